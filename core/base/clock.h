@@ -1,0 +1,20 @@
+// Wall and monotonic time behind a small interface so tests can inject time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+
+namespace mirrorcast {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  // Seconds since the Unix epoch (for signed expiries and ACK times).
+  virtual int64_t NowUnix() const = 0;
+  virtual std::chrono::steady_clock::time_point Steady() const = 0;
+
+  // The process-wide real clock. Thread-safe; never destroyed.
+  static const Clock& Real();
+};
+
+}  // namespace mirrorcast

@@ -1,0 +1,29 @@
+#include "core/cli/signals.h"
+
+#include <atomic>
+#include <csignal>
+
+namespace mirrorcast {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void HandleStopSignal(int) { g_stop.store(true); }
+
+}  // namespace
+
+void InstallStopSignals() {
+  struct sigaction sa {};
+  sa.sa_handler = HandleStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: blocking calls return EINTR and loops re-check
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+}
+
+bool StopRequested() { return g_stop.load(); }
+void RequestStop() { g_stop.store(true); }
+void ResetStopForTesting() { g_stop.store(false); }
+
+}  // namespace mirrorcast

@@ -1,0 +1,43 @@
+// Builds a Manifest from a directory tree: regular files, symlinks and
+// directories (other kinds are skipped with a warning). Files are hashed only
+// when the HashCache has no valid entry, so a scan of an unchanged tree is a
+// stat-only walk that reads no file contents.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/base/status.h"
+#include "core/manifest/hash_cache.h"
+#include "core/manifest/manifest.h"
+
+namespace mirrorcast {
+
+struct ScanStats {
+  uint64_t entries = 0;        // entries in the resulting manifest
+  uint64_t files_hashed = 0;   // files whose contents were read
+  uint64_t bytes_hashed = 0;   // bytes read from file contents
+  uint64_t cache_hits = 0;     // files whose digest came from the cache
+  uint64_t skipped = 0;        // sockets, fifos, devices, excluded names
+};
+
+struct ScanOptions {
+  // Top-level names never included (mirrorcast's own staging directory).
+  std::vector<std::string> exclude_top_level = {".mirrorcast-staging"};
+};
+
+// Scans all of `root`. `cache` may be null (then every file is hashed).
+Result<Manifest> ScanTree(const std::filesystem::path& root, HashCache* cache, ScanStats* stats,
+                          const ScanOptions& options = {});
+
+// Updates `manifest` for just `paths` (relative): each is re-stat'ed (and
+// re-hashed if its identity changed); a path that no longer exists is removed
+// together with everything below it; a new directory is scanned whole; missing
+// parent directories are added. Used by `mirrorcast-publish --paths-from`.
+Status RescanPaths(const std::filesystem::path& root, const std::vector<std::string>& paths,
+                   HashCache* cache, Manifest* manifest, ScanStats* stats,
+                   const ScanOptions& options = {});
+
+}  // namespace mirrorcast

@@ -1,0 +1,77 @@
+// Client side of a broker's content socket (DEALER -> ROUTER): whole files
+// and stored manifests in chunks, and librsync deltas.
+//
+// Flow control is credit-based: at most `credit` chunk requests are in flight
+// across all files being fetched, so many small files pipeline and one large
+// file streams without ever buffering more than credit * chunk bytes. A fetch
+// that sees no reply for `stall_timeout` fails (slow-retrieval defence).
+// Every byte is bounded by the size the caller expects (the signed size), so
+// endless data is refused. Owns its socket: one thread only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "core/base/status.h"
+#include "core/net/endpoint.h"
+#include "proto/mirrorcast.pb.h"
+
+namespace mirrorcast {
+
+struct ContentClientOptions {
+  uint32_t chunk_bytes = 256 * 1024;
+  int credit = 16;
+  std::chrono::milliseconds stall_timeout{30000};
+};
+
+struct FetchStats {
+  uint64_t bytes_fetched = 0;    // payload bytes received
+  uint64_t bytes_signature = 0;  // signature bytes sent
+  uint64_t files_fetched = 0;
+};
+
+// One whole file to fetch into `dest` (created or truncated, mode 0600).
+struct FileFetch {
+  std::string path;       // repo-relative path on the broker
+  uint64_t size = 0;      // the signed size: exactly this many bytes
+  std::string sha256;     // when non-empty, verified after the last byte
+  std::filesystem::path dest;
+};
+
+class ContentClient {
+ public:
+  ContentClient(zmq::context_t& context, HostPort content, std::string repo,
+                ContentClientOptions options = {});
+
+  // Fetches all `files` (pipelined). Returns the first error; files fetched
+  // before it are complete and verified. `should_stop` is polled between
+  // replies (daemon shutdown).
+  Status FetchFiles(const std::vector<FileFetch>& files, FetchStats* stats,
+                    const std::function<bool()>& should_stop = nullptr);
+
+  // The stored manifest of `serial` (bounded by `max_bytes`).
+  Result<std::string> FetchManifest(uint64_t serial, size_t max_bytes, FetchStats* stats);
+
+  // Asks for a delta of `path` against `signature` and writes it to
+  // `delta_dest`. Refuses deltas larger than `max_delta_bytes`.
+  Status FetchDelta(const std::string& path, const std::string& expected_sha256,
+                    const std::string& signature, const std::filesystem::path& delta_dest,
+                    uint64_t max_delta_bytes, FetchStats* stats);
+
+ private:
+  // One request -> its reply, waiting at most the stall timeout.
+  Result<v1::ContentReply> Request(v1::ContentRequest request);
+
+  HostPort content_;
+  std::string repo_;
+  ContentClientOptions options_;
+  zmq::socket_t socket_;
+  uint64_t next_request_id_ = 1;
+};
+
+}  // namespace mirrorcast

@@ -1,0 +1,43 @@
+// Client side of a broker's control socket (DEALER -> ROUTER).
+//
+// One request at a time; each carries an id and the reply with that id is
+// awaited with a deadline. Replies to earlier, timed-out requests are dropped.
+// Owns its socket: one thread only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <zmq.hpp>
+
+#include "core/base/status.h"
+#include "core/net/endpoint.h"
+#include "proto/mirrorcast.pb.h"
+
+namespace mirrorcast {
+
+class ControlClient {
+ public:
+  ControlClient(zmq::context_t& context, HostPort broker);
+
+  // Sends `request` (protocol_version and request_id are set here) and waits
+  // up to `timeout` for the matching reply. A reply with ok=false becomes a
+  // Status carrying the broker's error text (Rejected).
+  Result<v1::ControlReply> Call(v1::ControlRequest request, std::chrono::milliseconds timeout);
+
+  // Convenience wrappers.
+  Result<v1::HelloReply> Hello(const std::string& client, std::chrono::milliseconds timeout);
+  Result<v1::EventsReply> Events(const std::string& repo, uint64_t since_serial,
+                                 uint32_t max_events, std::chrono::milliseconds timeout);
+  Status SendAck(const v1::Ack& ack, std::chrono::milliseconds timeout);
+  Result<v1::StatusReply> GetStatus(std::chrono::milliseconds timeout);
+
+  const HostPort& broker() const { return broker_; }
+
+ private:
+  HostPort broker_;
+  zmq::socket_t socket_;
+  uint64_t next_request_id_ = 1;
+};
+
+}  // namespace mirrorcast

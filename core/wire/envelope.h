@@ -1,0 +1,48 @@
+// Signed envelopes: the only way a RepoChanged, Heartbeat or Recall travels.
+//
+// The signature covers the exact payload bytes (with a domain-separation
+// prefix); verification happens on those bytes before anything is parsed, and
+// the payload is never re-serialized before it is checked.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "core/base/status.h"
+#include "core/crypto/keys.h"
+#include "proto/mirrorcast.pb.h"
+
+namespace mirrorcast {
+
+inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr std::string_view kEnvelopeDomain{"mirrorcast-envelope-v1\0", 23};
+
+// Limits on untrusted input. A peer that exceeds them is refused, not trusted.
+inline constexpr size_t kMaxEnvelopeBytes = 64u << 20;
+inline constexpr size_t kMaxControlMessageBytes = 1u << 30;  // carries manifests
+inline constexpr size_t kMaxContentRequestBytes = 64u << 20; // carries delta signatures
+inline constexpr uint32_t kMaxChunk = 1u << 20;
+
+// Serializes `payload` (protocol_version is set here), signs it, and returns the
+// serialized Envelope.
+std::string SealEnvelope(v1::SignedPayload payload, const SigningKey& key);
+
+struct OpenedEnvelope {
+  v1::SignedPayload payload;
+  std::string key_id;
+};
+
+// Parses and verifies serialized Envelope bytes from an untrusted peer:
+// size limit, protocol version, known key, valid signature, parsable payload.
+// Never asserts on bad input.
+Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const TrustStore& trust);
+
+// Checks what every verifier checks of a RepoChanged beyond its signature:
+// repo name, serial > previous_serial, digest length, not expired at now_unix,
+// and every change's path (ValidateRelativePath) and entry shape.
+Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix);
+
+// Repo names: 1-64 of [A-Za-z0-9._-], not starting with '.'.
+Status ValidateRepoName(std::string_view repo);
+
+}  // namespace mirrorcast
