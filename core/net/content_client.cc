@@ -23,8 +23,8 @@ constexpr size_t kMaxReplyBytes = kMaxChunk + 4096;
 Status WriteAllAt(int fd, std::string_view data, uint64_t offset, const std::string& what) {
   size_t done = 0;
   while (done < data.size()) {
-    ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done,
-                         static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status::FromErrno("write " + what, errno);
@@ -48,7 +48,8 @@ ContentClient::ContentClient(zmq::context_t& context, HostPort content, std::str
       repo_(std::move(repo)),
       options_(options),
       socket_(context, zmq::socket_type::dealer) {
-  if (options_.chunk_bytes == 0 || options_.chunk_bytes > kMaxChunk) options_.chunk_bytes = kMaxChunk;
+  if (options_.chunk_bytes == 0 || options_.chunk_bytes > kMaxChunk)
+    options_.chunk_bytes = kMaxChunk;
   if (options_.credit < 1) options_.credit = 1;
   ConfigureSocket(socket_, content_, static_cast<int64_t>(kMaxReplyBytes));
   socket_.set(zmq::sockopt::reconnect_ivl, 100);
@@ -129,7 +130,8 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     if (!files[i].sha256.empty()) {
       MC_ASSIGN_OR_RETURN(std::string got, Sha256File(files[i].dest));
       if (got != files[i].sha256) {
-        return Status::Corruption("fetched " + files[i].path + " does not match its signed SHA-256");
+        return Status::Corruption("fetched " + files[i].path +
+                                  " does not match its signed SHA-256");
       }
     }
     return Status::Ok();

@@ -37,9 +37,9 @@ struct FetchStats {
 
 // One whole file to fetch into `dest` (created or truncated, mode 0600).
 struct FileFetch {
-  std::string path;       // repo-relative path on the broker
-  uint64_t size = 0;      // the signed size: exactly this many bytes
-  std::string sha256;     // when non-empty, verified after the last byte
+  std::string path;    // repo-relative path on the broker
+  uint64_t size = 0;   // the signed size: exactly this many bytes
+  std::string sha256;  // when non-empty, verified after the last byte
   std::filesystem::path dest;
 };
 

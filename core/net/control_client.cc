@@ -57,8 +57,8 @@ Result<v1::ControlReply> ControlClient::Call(v1::ControlRequest request, Millis 
       v1::ControlReply reply;
       Status parsed = ParseFrame(frames.back(), kMaxControlMessageBytes, &reply);
       if (!parsed.ok()) {
-        MC_LOG(warning) << "broker " << broker_.ToString() << " sent a bad reply: "
-                        << parsed.ToString();
+        MC_LOG(warning) << "broker " << broker_.ToString()
+                        << " sent a bad reply: " << parsed.ToString();
         continue;
       }
       if (reply.request_id() != id) continue;  // a late reply to an abandoned request

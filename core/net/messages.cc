@@ -26,7 +26,8 @@ std::vector<zmq::message_t> ReceiveMultipart(zmq::socket_t& socket) {
   std::vector<zmq::message_t> frames;
   for (;;) {
     zmq::message_t frame;
-    auto got = socket.recv(frame, frames.empty() ? zmq::recv_flags::dontwait : zmq::recv_flags::none);
+    auto got =
+        socket.recv(frame, frames.empty() ? zmq::recv_flags::dontwait : zmq::recv_flags::none);
     if (!got) break;
     bool more = frame.more();
     frames.push_back(std::move(frame));

@@ -1,0 +1,87 @@
+// mirrorcast-broker as a library: an origin broker that accepts signed
+// publishes, keeps them durably, fans them out, serves content and records
+// ACKs. main.cc only parses options; tests run a Broker in-process on port 0.
+//
+// Sockets and threads:
+//   control ROUTER (--listen) and events XPUB: the control thread, which also
+//     owns the SQLite state. Every send on it is non-blocking, so a slow or
+//     dead peer never stalls it.
+//   content ROUTER: ContentServer's own threads (see content_server.h).
+//
+// Command protocol: Start() binds everything and returns once serving (or an
+// error); Stop() is synchronous and idempotent; Run() is Start + wait for
+// SIGTERM/SIGINT + Stop. Start/Stop are called from one thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+#include <zmq.hpp>
+
+#include "broker/broker_state.h"
+#include "broker/content_server.h"
+#include "core/base/status.h"
+#include "core/crypto/keys.h"
+#include "core/net/endpoint.h"
+
+namespace mirrorcast {
+
+struct BrokerOptions {
+  HostPort listen;  // control socket; port 0 = any free port
+  std::filesystem::path state_dir;
+  std::filesystem::path tree_root;                 // repo R is served from tree_root/R
+  std::vector<std::filesystem::path> trust;        // publisher public keys
+  std::optional<std::filesystem::path> port_file;  // gets "HOST:PORT" once bound
+  // 0: listen port + 1 / + 2, or any free port when listening on port 0.
+  uint16_t events_port = 0;
+  uint16_t content_port = 0;
+  int content_workers = 4;
+  uint64_t keep_events = 100000;  // per repo, for catch-up
+  uint64_t keep_manifests = 4;    // per repo, for bootstrap and diffs
+  std::string broker_id;          // defaults to the hostname
+};
+
+class Broker {
+ public:
+  explicit Broker(BrokerOptions options);
+  ~Broker();
+
+  Status Start();
+  void Stop();
+  int Run();
+
+  uint16_t control_port() const { return control_port_; }
+  uint16_t events_port() const { return events_port_; }
+  uint16_t content_port() const { return content_port_; }
+
+ private:
+  void ControlLoop();
+  void HandleControl(std::vector<zmq::message_t>& frames);
+  v1::ControlReply Dispatch(const v1::ControlRequest& request);
+  v1::ControlReply HandlePublish(const v1::PublishRequest& request);
+  v1::ControlReply HandleEvents(const v1::EventsRequest& request);
+  v1::ControlReply HandleAck(const v1::AckRequest& request);
+  v1::ControlReply HandleStatus();
+  v1::ControlReply HandleHello(const v1::HelloRequest& request);
+  void FanOut(const std::string& repo, const std::string& envelope);
+
+  BrokerOptions options_;
+  zmq::context_t context_;
+  zmq::socket_t control_;
+  zmq::socket_t events_;
+  std::unique_ptr<ContentServer> content_;
+  std::unique_ptr<BrokerState> state_;
+  TrustStore trust_;
+  uint16_t control_port_ = 0;
+  uint16_t events_port_ = 0;
+  uint16_t content_port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread control_thread_;
+};
+
+}  // namespace mirrorcast
