@@ -1,1 +1,193 @@
-// (being written)
+#include "core/wire/envelope.h"
+
+#include <unordered_set>
+
+#include "core/crypto/sha256.h"
+#include "core/fs/path.h"
+#include "core/manifest/manifest.h"
+
+namespace mirrorcast {
+namespace {
+
+// Bounds the work a single event can ask of a verifier. An envelope is at most
+// kMaxEnvelopeBytes, so this only matters if that limit grows.
+constexpr int kMaxChanges = 10'000'000;
+
+// A peer-supplied string made safe for a log line or error message.
+std::string Printable(std::string_view s, size_t max_chars = 80) {
+  std::string out;
+  for (size_t i = 0; i < s.size() && i < max_chars; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      static constexpr char kDigits[] = "0123456789abcdef";
+      out += "\\x";
+      out.push_back(kDigits[c >> 4]);
+      out.push_back(kDigits[c & 0xf]);
+    }
+  }
+  if (s.size() > max_chars) out += "...";
+  return out;
+}
+
+std::string SignedBytes(std::string_view payload) {
+  std::string msg;
+  msg.reserve(kEnvelopeDomain.size() + payload.size());
+  msg.append(kEnvelopeDomain);
+  msg.append(payload);
+  return msg;
+}
+
+bool KnownEntryKind(v1::EntryKind kind) {
+  return kind == v1::ENTRY_FILE || kind == v1::ENTRY_SYMLINK || kind == v1::ENTRY_DIRECTORY;
+}
+
+Status CheckChange(const v1::Change& change) {
+  const v1::FileEntry& entry = change.entry();
+  MC_RETURN_IF_ERROR(ValidateRelativePath(entry.path()));
+  if (!change.previous_sha256().empty() && change.previous_sha256().size() != kSha256Size) {
+    return Status::Rejected("previous_sha256 is " +
+                            std::to_string(change.previous_sha256().size()) + " bytes, expected " +
+                            std::to_string(kSha256Size));
+  }
+  switch (change.kind()) {
+    case v1::CHANGE_ADDED:
+      if (!change.previous_sha256().empty()) {
+        return Status::Rejected("an added path cannot carry previous_sha256");
+      }
+      return CheckEntry(entry);
+    case v1::CHANGE_MODIFIED:
+      return CheckEntry(entry);
+    case v1::CHANGE_DELETED:
+      // A deletion names the path and its kind, nothing else.
+      if (!KnownEntryKind(entry.kind())) {
+        return Status::Rejected("deleted entry of unknown kind " + std::to_string(entry.kind()));
+      }
+      if (entry.size() != 0 || !entry.sha256().empty() || entry.mode() != 0 || entry.mtime() != 0 ||
+          !entry.symlink_target().empty()) {
+        return Status::Rejected("a deleted entry carries only its path and kind");
+      }
+      return Status::Ok();
+    default:
+      return Status::Rejected("unknown change kind " + std::to_string(change.kind()));
+  }
+}
+
+// Every failure of an event check is a verification refusal.
+Status AsRejected(const Status& status, std::string_view context) {
+  if (status.ok()) return status;
+  return Status::Rejected(std::string(context) + ": " + status.message());
+}
+
+}  // namespace
+
+std::string SealEnvelope(v1::SignedPayload payload, const SigningKey& key) {
+  payload.set_protocol_version(kProtocolVersion);
+  v1::Envelope envelope;
+  envelope.set_protocol_version(kProtocolVersion);
+  std::string* bytes = envelope.mutable_payload();
+  payload.SerializeToString(bytes);
+  envelope.set_signature(key.Sign(SignedBytes(*bytes)));
+  envelope.set_key_id(key.public_key().key_id());
+  return envelope.SerializeAsString();
+}
+
+Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const TrustStore& trust) {
+  if (envelope_bytes.size() > kMaxEnvelopeBytes) {
+    return Status::ResourceExhausted("envelope of " + std::to_string(envelope_bytes.size()) +
+                                     " bytes exceeds the limit of " +
+                                     std::to_string(kMaxEnvelopeBytes));
+  }
+  v1::Envelope envelope;
+  if (!envelope.ParseFromArray(envelope_bytes.data(), static_cast<int>(envelope_bytes.size()))) {
+    return Status::InvalidArgument("malformed envelope");
+  }
+  if (envelope.protocol_version() != kProtocolVersion) {
+    return Status::Rejected("unsupported envelope protocol version " +
+                            std::to_string(envelope.protocol_version()) + " (expected " +
+                            std::to_string(kProtocolVersion) + ")");
+  }
+  const PublicKey* key = trust.Find(envelope.key_id());
+  if (key == nullptr) {
+    return Status::Rejected("unknown signing key " + Printable(envelope.key_id()));
+  }
+  // Verified on the exact bytes received; nothing is parsed before this.
+  if (!key->Verify(SignedBytes(envelope.payload()), envelope.signature())) {
+    return Status::Rejected("bad signature (key " + key->key_id() + ")");
+  }
+  OpenedEnvelope opened;
+  if (!opened.payload.ParseFromString(envelope.payload())) {
+    return Status::InvalidArgument("malformed signed payload (key " + key->key_id() + ")");
+  }
+  if (opened.payload.protocol_version() != kProtocolVersion) {
+    return Status::Rejected("unsupported payload protocol version " +
+                            std::to_string(opened.payload.protocol_version()) + " (expected " +
+                            std::to_string(kProtocolVersion) + ")");
+  }
+  if (opened.payload.body_case() == v1::SignedPayload::BODY_NOT_SET) {
+    return Status::Rejected("signed payload carries no known body");
+  }
+  opened.key_id = key->key_id();
+  return opened;
+}
+
+Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix) {
+  MC_RETURN_IF_ERROR(AsRejected(ValidateRepoName(event.repo()), "repo name"));
+  const std::string where = "repo " + event.repo() + " serial " + std::to_string(event.serial());
+  if (event.serial() <= event.previous_serial()) {
+    return Status::Rejected(where + ": serial is not greater than previous serial " +
+                            std::to_string(event.previous_serial()));
+  }
+  if (event.manifest_sha256().size() != kSha256Size) {
+    return Status::Rejected(where + ": manifest digest is " +
+                            std::to_string(event.manifest_sha256().size()) + " bytes, expected " +
+                            std::to_string(kSha256Size));
+  }
+  if (event.expires_unix() != 0 && now_unix > event.expires_unix()) {
+    return Status::Rejected(where + ": expired at " + std::to_string(event.expires_unix()) +
+                            " (now " + std::to_string(now_unix) + ")");
+  }
+  if (event.changes_size() > kMaxChanges) {
+    return Status::Rejected(where + ": " + std::to_string(event.changes_size()) +
+                            " changes exceed the limit of " + std::to_string(kMaxChanges));
+  }
+  // A path changed twice in one event is ambiguous once the apply reorders
+  // changes (content first, metadata last, deletions at the end).
+  std::unordered_set<std::string_view> seen;
+  seen.reserve(static_cast<size_t>(event.changes_size()));
+  for (int i = 0; i < event.changes_size(); ++i) {
+    const v1::Change& change = event.changes(i);
+    Status st = CheckChange(change);
+    if (!st.ok()) {
+      return AsRejected(st, where + ": change " + std::to_string(i) + " (" +
+                                Printable(change.entry().path()) + ")");
+    }
+    if (!seen.insert(change.entry().path()).second) {
+      return Status::Rejected(where + ": path " + Printable(change.entry().path()) +
+                              " changed more than once");
+    }
+  }
+  return Status::Ok();
+}
+
+Status ValidateRepoName(std::string_view repo) {
+  if (repo.empty() || repo.size() > 64) {
+    return Status::InvalidArgument("repo name must be 1-64 characters, got " +
+                                   std::to_string(repo.size()));
+  }
+  if (repo.front() == '.') {
+    return Status::InvalidArgument("repo name " + Printable(repo) + " starts with '.'");
+  }
+  for (char c : repo) {
+    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) {
+      return Status::InvalidArgument("repo name " + Printable(repo) +
+                                     " may only contain A-Z a-z 0-9 . _ -");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace mirrorcast
