@@ -1,1 +1,337 @@
-// (being written)
+#include "subscriber/applier.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <map>
+#include <set>
+#include <system_error>
+
+#include "core/base/log.h"
+#include "core/crypto/sha256.h"
+#include "core/delta/delta.h"
+#include "core/fs/atomic.h"
+#include "core/fs/path.h"
+
+namespace mirrorcast {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::string_view kStagingName = ".mirrorcast-staging";
+
+bool IsFileChange(const v1::Change& c) {
+  return c.kind() != v1::CHANGE_DELETED && c.entry().kind() == v1::ENTRY_FILE;
+}
+
+Status CheckWritable(std::string_view path) {
+  MC_RETURN_IF_ERROR(ValidateRelativePath(path));
+  std::string_view first = path.substr(0, path.find('/'));
+  if (first == kStagingName) return Status::Rejected("path inside mirrorcast's staging area");
+  return Status::Ok();
+}
+
+Status SetModeAndTime(const fs::path& file, const v1::FileEntry& entry) {
+  if (::chmod(file.c_str(), static_cast<mode_t>(entry.mode() & 07777)) != 0) {
+    return Status::FromErrno("chmod " + file.string(), errno);
+  }
+  struct timespec times[2];
+  times[0].tv_sec = entry.mtime();
+  times[0].tv_nsec = 0;
+  times[1] = times[0];
+  if (::utimensat(AT_FDCWD, file.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) {
+    return Status::FromErrno("set mtime " + file.string(), errno);
+  }
+  return Status::Ok();
+}
+
+Status VerifyFile(const fs::path& file, const v1::FileEntry& entry) {
+  std::error_code ec;
+  const uint64_t size = fs::file_size(file, ec);
+  if (ec) return Status::IoError("stat " + file.string() + ": " + ec.message());
+  if (size != entry.size()) {
+    return Status::Corruption(entry.path() + ": " + std::to_string(size) +
+                              " bytes, signed size is " + std::to_string(entry.size()));
+  }
+  MC_ASSIGN_OR_RETURN(std::string sha, Sha256File(file));
+  if (sha != entry.sha256()) {
+    return Status::Corruption(entry.path() + " does not match its signed SHA-256");
+  }
+  return Status::Ok();
+}
+
+// Parent directories touched in one phase, fsync'd together at its end.
+class DirSync {
+ public:
+  explicit DirSync(const fs::path& tree) : tree_(tree) {}
+  void Touch(std::string_view rel) { dirs_.insert(std::string(ParentOf(rel))); }
+  Status Flush() {
+    for (const auto& d : dirs_) {
+      const fs::path dir = d.empty() ? tree_ : tree_ / d;
+      Status s = FsyncDir(dir);
+      if (!s.ok() && s.code() != Status::Code::kNotFound) return s;
+    }
+    dirs_.clear();
+    return Status::Ok();
+  }
+
+ private:
+  fs::path tree_;
+  std::set<std::string> dirs_;
+};
+
+}  // namespace
+
+fs::path Applier::StagedPath(size_t index) const {
+  return options_.staging / std::to_string(index);
+}
+
+Status Applier::ClearStaging() {
+  std::error_code ec;
+  fs::create_directories(options_.staging, ec);
+  if (ec) return Status::IoError("create " + options_.staging.string() + ": " + ec.message());
+  for (const auto& entry : fs::directory_iterator(options_.staging, ec)) {
+    std::error_code rm;
+    fs::remove_all(entry.path(), rm);
+    if (rm) return Status::IoError("clean " + entry.path().string() + ": " + rm.message());
+  }
+  if (ec) return Status::IoError("list " + options_.staging.string() + ": " + ec.message());
+  return Status::Ok();
+}
+
+Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& changes,
+                      ContentClient& content, ApplyStats* stats,
+                      const std::function<bool()>& should_stop) {
+  MC_RETURN_IF_ERROR(ClearStaging());
+  for (const auto& c : changes) MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
+
+  // Where the mirror already holds each content hash.
+  std::map<std::string, std::string, std::less<>> local_by_sha;
+  for (const auto& [path, entry] : local.entries()) {
+    if (entry.kind() == v1::ENTRY_FILE) local_by_sha.emplace(entry.sha256(), path);
+  }
+  std::map<std::string, size_t, std::less<>> staged_by_sha;  // first staged copy of a hash
+  std::vector<std::pair<size_t, size_t>> duplicates;         // (index, copy from index)
+  std::vector<FileFetch> whole;
+  std::vector<size_t> staged;  // indices with a staged file
+
+  for (size_t i = 0; i < changes.size(); ++i) {
+    if (should_stop && should_stop()) return Status::Unavailable("stopping");
+    const v1::Change& change = changes[i];
+    if (!IsFileChange(change)) continue;
+    const v1::FileEntry& entry = change.entry();
+    const v1::FileEntry* old = local.Find(entry.path());
+    if (old && old->kind() == v1::ENTRY_FILE && old->sha256() == entry.sha256()) {
+      continue;  // same content: Commit() only updates mode and mtime
+    }
+    stats->files_changed++;
+    staged.push_back(i);
+    if (auto dup = staged_by_sha.find(entry.sha256()); dup != staged_by_sha.end()) {
+      duplicates.emplace_back(i, dup->second);
+      continue;
+    }
+    staged_by_sha.emplace(entry.sha256(), i);
+    const fs::path dest = StagedPath(i);
+
+    if (auto have = local_by_sha.find(entry.sha256()); have != local_by_sha.end()) {
+      uint64_t copied = 0;
+      Status s = CopyFileContents(options_.tree / have->second, dest, 0600, &copied);
+      if (s.ok()) s = VerifyFile(dest, entry);
+      if (s.ok()) {
+        stats->bytes_reused += copied;
+        stats->files_reused++;
+        continue;
+      }
+      MC_LOG(warning) << "cannot reuse " << have->second << " for " << entry.path() << ": "
+                      << s.ToString() << "; fetching it";
+    }
+
+    if (old && old->kind() == v1::ENTRY_FILE && old->size() >= options_.delta_min_bytes &&
+        entry.size() >= options_.delta_min_bytes) {
+      const fs::path basis = options_.tree / entry.path();
+      const fs::path delta_file = options_.staging / (std::to_string(i) + ".delta");
+      FetchStats fetch;
+      Status s = CheckNoSymlinkParents(options_.tree, entry.path());
+      std::string signature;
+      if (s.ok()) {
+        auto sig = ComputeSignature(basis);
+        s = sig.status();
+        if (sig.ok()) signature = std::move(*sig);
+      }
+      if (s.ok() && options_.after_signature) options_.after_signature(entry.path());
+      if (s.ok()) {
+        // A delta larger than the file is worse than the file itself.
+        s = content.FetchDelta(entry.path(), entry.sha256(), signature, delta_file, entry.size(),
+                               &fetch);
+      }
+      if (s.ok()) s = ApplyDelta(basis, delta_file, dest, entry.size());
+      if (s.ok()) s = VerifyFile(dest, entry);
+      if (s.ok()) s = FsyncPath(dest);
+      std::error_code ec;
+      fs::remove(delta_file, ec);
+      stats->bytes_fetched += fetch.bytes_fetched;
+      stats->bytes_signature += fetch.bytes_signature;
+      if (s.ok()) {
+        stats->files_delta++;
+        if (entry.size() > fetch.bytes_fetched)
+          stats->bytes_reused += entry.size() - fetch.bytes_fetched;
+        continue;
+      }
+      stats->delta_fallbacks++;
+      MC_LOG(warning) << "delta for " << entry.path() << " failed (" << s.ToString()
+                      << "); fetching the whole file";
+    }
+    whole.push_back(FileFetch{entry.path(), entry.size(), entry.sha256(), dest});
+  }
+
+  if (!whole.empty()) {
+    FetchStats fetch;
+    Status s = content.FetchFiles(whole, &fetch, should_stop);
+    stats->bytes_fetched += fetch.bytes_fetched;
+    stats->files_fetched += fetch.files_fetched;
+    MC_RETURN_IF_ERROR(s);
+  }
+  for (const auto& [index, from] : duplicates) {
+    uint64_t copied = 0;
+    MC_RETURN_IF_ERROR(CopyFileContents(StagedPath(from), StagedPath(index), 0600, &copied));
+    stats->bytes_reused += copied;
+  }
+  for (size_t i : staged) {
+    MC_RETURN_IF_ERROR(SetModeAndTime(StagedPath(i), changes[i].entry()));
+    MC_RETURN_IF_ERROR(FsyncPath(StagedPath(i)));
+  }
+  return FsyncDir(options_.staging);
+}
+
+Status Applier::PrepareSlot(const std::string& path, v1::EntryKind new_kind) {
+  MC_RETURN_IF_ERROR(CheckWritable(path));
+  MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, path));
+  const fs::path target = options_.tree / path;
+  struct stat st {};
+  if (::lstat(target.c_str(), &st) != 0) return Status::Ok();
+  const bool is_dir = S_ISDIR(st.st_mode);
+  if (is_dir && new_kind != v1::ENTRY_DIRECTORY) {
+    // A directory becomes a file or link: everything below it was deleted by
+    // the same change list.
+    std::error_code ec;
+    fs::remove_all(target, ec);
+    if (ec) return Status::IoError("remove " + target.string() + ": " + ec.message());
+  } else if (!is_dir && new_kind == v1::ENTRY_DIRECTORY) {
+    if (::unlink(target.c_str()) != 0) return Status::FromErrno("unlink " + target.string(), errno);
+  }
+  return Status::Ok();
+}
+
+Status Applier::PlaceFile(const v1::Change& change, size_t index) {
+  const v1::FileEntry& entry = change.entry();
+  const fs::path target = options_.tree / entry.path();
+  const fs::path staged = StagedPath(index);
+  struct stat st {};
+  if (::lstat(staged.c_str(), &st) == 0) {
+    MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_FILE));
+    MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, ParentOf(entry.path())));
+    if (::rename(staged.c_str(), target.c_str()) != 0) {
+      return Status::FromErrno("rename into " + target.string(), errno);
+    }
+    return Status::Ok();
+  }
+  // Nothing staged: same content as before (mode or mtime changed), or
+  // already moved into place by an earlier, interrupted Commit().
+  if (::lstat(target.c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
+      static_cast<uint64_t>(st.st_size) != entry.size()) {
+    return Status::Corruption("no staged content for " + entry.path());
+  }
+  return SetModeAndTime(target, entry);
+}
+
+Status Applier::PlaceSymlink(const v1::FileEntry& entry) {
+  MC_RETURN_IF_ERROR(ValidateSymlinkTarget(entry.path(), entry.symlink_target()));
+  MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_SYMLINK));
+  MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, ParentOf(entry.path())));
+  const fs::path target = options_.tree / entry.path();
+  const fs::path tmp = target.parent_path() / (".mirrorcast-link." + target.filename().string());
+  ::unlink(tmp.c_str());
+  if (::symlink(entry.symlink_target().c_str(), tmp.c_str()) != 0) {
+    return Status::FromErrno("symlink " + tmp.string(), errno);
+  }
+  if (::rename(tmp.c_str(), target.c_str()) != 0) {
+    return Status::FromErrno("rename into " + target.string(), errno);
+  }
+  return Status::Ok();
+}
+
+Status Applier::Commit(const std::vector<v1::Change>& changes) {
+  DirSync sync(options_.tree);
+  // 1. New directories (parents first: changes are in path order).
+  for (const auto& c : changes) {
+    if (c.kind() == v1::CHANGE_DELETED || c.entry().kind() != v1::ENTRY_DIRECTORY) continue;
+    MC_RETURN_IF_ERROR(PrepareSlot(c.entry().path(), v1::ENTRY_DIRECTORY));
+    MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, c.entry().path()));
+    sync.Touch(c.entry().path());
+  }
+  MC_RETURN_IF_ERROR(sync.Flush());
+
+  // 2. Content, then metadata, then index roots: a client reading an index
+  //    always finds what it names.
+  for (int phase = 0; phase <= 2; ++phase) {
+    for (size_t i = 0; i < changes.size(); ++i) {
+      const v1::Change& c = changes[i];
+      if (c.kind() == v1::CHANGE_DELETED) continue;
+      const v1::FileEntry& entry = c.entry();
+      if (entry.kind() == v1::ENTRY_DIRECTORY) continue;
+      if (options_.metadata.ApplyPhase(entry.path()) != phase) continue;
+      if (entry.kind() == v1::ENTRY_FILE) {
+        MC_RETURN_IF_ERROR(PlaceFile(c, i));
+      } else if (entry.kind() == v1::ENTRY_SYMLINK) {
+        MC_RETURN_IF_ERROR(PlaceSymlink(entry));
+      }
+      sync.Touch(entry.path());
+    }
+    MC_RETURN_IF_ERROR(sync.Flush());
+  }
+
+  // 3. Deletions last: files and links, then directories deepest first.
+  for (const auto& c : changes) {
+    if (c.kind() != v1::CHANGE_DELETED || c.entry().kind() == v1::ENTRY_DIRECTORY) continue;
+    MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
+    MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, c.entry().path()));
+    const fs::path target = options_.tree / c.entry().path();
+    struct stat st {};
+    if (::lstat(target.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
+      if (::unlink(target.c_str()) != 0 && errno != ENOENT) {
+        return Status::FromErrno("delete " + target.string(), errno);
+      }
+    }
+    sync.Touch(c.entry().path());
+  }
+  for (auto it = changes.rbegin(); it != changes.rend(); ++it) {
+    const v1::Change& c = *it;
+    if (c.kind() != v1::CHANGE_DELETED || c.entry().kind() != v1::ENTRY_DIRECTORY) continue;
+    MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
+    MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, c.entry().path()));
+    const fs::path target = options_.tree / c.entry().path();
+    struct stat st {};
+    if (::lstat(target.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      std::error_code ec;
+      fs::remove_all(target, ec);
+      if (ec) return Status::IoError("delete " + target.string() + ": " + ec.message());
+    }
+    sync.Touch(c.entry().path());
+  }
+  MC_RETURN_IF_ERROR(sync.Flush());
+
+  // 4. Directory modes last, so a read-only directory is filled first.
+  for (const auto& c : changes) {
+    if (c.kind() == v1::CHANGE_DELETED || c.entry().kind() != v1::ENTRY_DIRECTORY) continue;
+    const fs::path dir = options_.tree / c.entry().path();
+    if (::chmod(dir.c_str(), static_cast<mode_t>(c.entry().mode() & 07777)) != 0) {
+      return Status::FromErrno("chmod " + dir.string(), errno);
+    }
+    sync.Touch(c.entry().path());
+  }
+  return sync.Flush();
+}
+
+}  // namespace mirrorcast

@@ -1,1 +1,89 @@
-int main() { return 0; }
+// mirrorcast-subscriber: parses options and runs the Subscriber library.
+#include <iostream>
+
+#include "core/cli/options.h"
+#include "core/cli/signals.h"
+#include "core/net/endpoint.h"
+#include "subscriber/subscriber.h"
+
+namespace po = boost::program_options;
+
+namespace {
+
+int SubscriberMain(int argc, char** argv) {
+  using namespace mirrorcast;
+  po::options_description options("Subscriber options");
+  // clang-format off
+  options.add_options()
+      ("broker", po::value<std::string>()->required(),
+       "HOST:PORT of the broker's control socket (the one address a mirror needs)")
+      ("trust", po::value<std::vector<std::string>>()->required()->composing(),
+       "public key file of the origin whose events this mirror accepts (repeatable)")
+      ("repo", po::value<std::string>()->required(), "repository name to mirror")
+      ("tree", po::value<std::string>()->required(),
+       "the served mirror directory (created if missing)")
+      ("state", po::value<std::string>()->required(),
+       "state directory: subscriber.db (serial, manifest, journal, pending ACKs), staging")
+      ("id", po::value<std::string>()->required(), "this mirror's name, reported in ACKs")
+      ("staging", po::value<std::string>(),
+       "staging directory on the tree's filesystem (default: STATE/staging when on the same "
+       "filesystem, else TREE/.mirrorcast-staging)")
+      ("metadata", po::value<std::vector<std::string>>()->composing(),
+       "metadata pattern, applied after content (repeatable; 'dir/' matches a directory "
+       "component, anything else a file name). Default: repodata/ dists/ Release InRelease")
+      ("delta-min-bytes", po::value<uint64_t>()->default_value(64 * 1024),
+       "files smaller than this are fetched whole instead of by librsync delta")
+      ("poll-interval", po::value<int>()->default_value(30),
+       "seconds between checks of the broker's latest serial (besides events)")
+      ("stall-timeout", po::value<int>()->default_value(30),
+       "seconds without data after which a transfer is aborted and retried")
+      ("once", po::bool_switch(), "bring the tree to the broker's latest serial, then exit");
+  // clang-format on
+  ProgramInfo info{
+      "mirrorcast-subscriber",
+      "mirrorcast-subscriber --broker HOST:PORT --trust PUBFILE --repo R --tree DIR --state DIR "
+      "--id NAME [options]",
+      "Keeps one mirror tree at the broker's latest serial: verifies each signed event, fetches "
+      "only what changed (local reuse, librsync deltas, or whole files), checks every SHA-256 "
+      "against the signed manifest, applies content before metadata and deletions last, records "
+      "the serial durably and acknowledges it to the broker. Stops cleanly on SIGTERM."};
+  auto vm = ParseCommandLine(argc, argv, info, options);
+  if (!vm) return 0;
+  auto broker = ParseHostPort((*vm)["broker"].as<std::string>());
+  if (!broker.ok()) throw std::runtime_error(broker.status().message());
+
+  SubscriberOptions opts;
+  opts.broker = *broker;
+  for (const auto& t : (*vm)["trust"].as<std::vector<std::string>>()) opts.trust.emplace_back(t);
+  opts.repo = (*vm)["repo"].as<std::string>();
+  opts.tree = (*vm)["tree"].as<std::string>();
+  opts.state = (*vm)["state"].as<std::string>();
+  opts.id = (*vm)["id"].as<std::string>();
+  if (vm->count("staging")) opts.staging = (*vm)["staging"].as<std::string>();
+  if (vm->count("metadata")) {
+    opts.metadata_patterns = (*vm)["metadata"].as<std::vector<std::string>>();
+  }
+  opts.delta_min_bytes = (*vm)["delta-min-bytes"].as<uint64_t>();
+  opts.poll_interval = std::chrono::seconds(std::max(1, (*vm)["poll-interval"].as<int>()));
+  opts.stall_timeout = std::chrono::seconds(std::max(1, (*vm)["stall-timeout"].as<int>()));
+
+  InstallStopSignals();
+  Subscriber subscriber(std::move(opts));
+  if ((*vm)["once"].as<bool>()) {
+    auto report = subscriber.SyncOnce();
+    if (!report.ok()) {
+      std::cerr << "mirrorcast-subscriber: " << report.status().ToString() << "\n";
+      return 1;
+    }
+    std::cout << "repo at serial " << report->serial << " (" << report->applied
+              << " serial(s) applied)\n";
+    return 0;
+  }
+  return subscriber.Run();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return mirrorcast::RunMain("mirrorcast-subscriber", SubscriberMain, argc, argv);
+}

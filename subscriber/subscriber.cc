@@ -1,1 +1,466 @@
-// (being written)
+#include "subscriber/subscriber.h"
+
+#include <algorithm>
+#include <system_error>
+
+#include "core/base/clock.h"
+#include "core/base/log.h"
+#include "core/cli/signals.h"
+#include "core/crypto/sha256.h"
+#include "core/fs/atomic.h"
+#include "core/manifest/manifest.h"
+#include "core/manifest/scanner.h"
+#include "core/net/content_client.h"
+#include "core/net/control_client.h"
+#include "core/net/messages.h"
+#include "core/wire/envelope.h"
+#include "subscriber/applier.h"
+#include "subscriber/local_state.h"
+
+namespace mirrorcast {
+
+namespace fs = std::filesystem;
+using Millis = std::chrono::milliseconds;
+using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr Millis kControlTimeout{5000};
+constexpr uint32_t kEventsPerRequest = 100;
+constexpr size_t kMaxManifestBytes = kMaxControlMessageBytes;
+
+// Replaying more events than this costs more than one manifest download.
+constexpr size_t kMaxReplayChanges = 200000;
+
+}  // namespace
+
+// Everything the loop thread owns. Created and used on one thread only.
+class Subscriber::Session {
+ public:
+  Session(const SubscriberOptions& options, std::atomic<bool>& stop, std::atomic<uint64_t>& serial)
+      : options_(options), stop_(stop), serial_out_(serial), context_(1) {}
+
+  // Opens state, finishes an interrupted apply, adopts an unknown tree, and
+  // connects (retrying until the broker answers or Stop()).
+  Status Init();
+  // Brings the tree to the broker's latest serial. Ok when at the latest.
+  Status CatchUp();
+  // Serves events until Stop().
+  void Serve();
+  void FlushAcks();
+
+ private:
+  Status Connect();
+  Result<v1::RepoChanged> Verify(const std::string& envelope);
+  Status ApplyEvent(const v1::RepoChanged& event);
+  Status JumpTo(const v1::RepoChanged& event);
+  Status ApplyChanges(uint64_t serial, const std::string& digest,
+                      const std::vector<v1::Change>& changes);
+  void Ack(v1::AckState state, uint64_t target, const ApplyStats& stats, double seconds,
+           const std::string& error);
+  void Reject(uint64_t serial, const Status& why);
+  Result<uint64_t> BrokerHead();
+  bool ShouldStop() const { return stop_.load(); }
+
+  const SubscriberOptions& options_;
+  std::atomic<bool>& stop_;
+  std::atomic<uint64_t>& serial_out_;
+  zmq::context_t context_;
+  TrustStore trust_;
+  std::unique_ptr<LocalState> state_;
+  std::unique_ptr<Applier> applier_;
+  std::unique_ptr<ControlClient> control_;
+  std::unique_ptr<ContentClient> content_;
+  std::unique_ptr<zmq::socket_t> events_;
+  uint64_t last_rejected_ = 0;
+};
+
+Status Subscriber::Session::Init() {
+  for (const auto& file : options_.trust) {
+    MC_RETURN_IF_ERROR(trust_.AddFile(file).WithContext("trust key " + file.string()));
+  }
+  if (trust_.empty()) return Status::InvalidArgument("no trusted origin key (--trust)");
+  MC_RETURN_IF_ERROR(ValidateRepoName(options_.repo));
+  std::error_code ec;
+  fs::create_directories(options_.tree, ec);
+  if (ec) return Status::IoError("create tree " + options_.tree.string() + ": " + ec.message());
+  MC_ASSIGN_OR_RETURN(state_, LocalState::Open(options_.state, options_.repo));
+
+  ApplierOptions apply;
+  apply.tree = options_.tree;
+  if (options_.staging) {
+    apply.staging = *options_.staging;
+  } else {
+    MC_ASSIGN_OR_RETURN(bool same, SameFilesystem(options_.state, options_.tree));
+    apply.staging = same ? options_.state / "staging" : options_.tree / ".mirrorcast-staging";
+  }
+  fs::create_directories(apply.staging, ec);
+  MC_ASSIGN_OR_RETURN(bool staging_ok, SameFilesystem(apply.staging, options_.tree));
+  if (!staging_ok) {
+    return Status::InvalidArgument("staging directory " + apply.staging.string() +
+                                   " is not on the tree's filesystem: renames would not be atomic");
+  }
+  if (!options_.metadata_patterns.empty()) {
+    apply.metadata = MetadataMatcher(options_.metadata_patterns);
+  }
+  apply.delta_min_bytes = options_.delta_min_bytes;
+  apply.after_signature = options_.after_signature;
+  applier_ = std::make_unique<Applier>(std::move(apply));
+
+  // An apply interrupted after staging: finish it before anything else.
+  MC_ASSIGN_OR_RETURN(auto journal, state_->ReadJournal());
+  if (journal) {
+    MC_LOG(warning) << "finishing interrupted apply of serial " << journal->serial;
+    MC_RETURN_IF_ERROR(applier_->Commit(journal->changes).WithContext("resume apply"));
+    MC_RETURN_IF_ERROR(
+        state_->CommitApply(journal->serial, journal->manifest_sha256, journal->changes));
+    MC_LOG(info) << "resumed apply done: repo=" << options_.repo << " serial=" << journal->serial;
+  }
+  MC_RETURN_IF_ERROR(applier_->ClearStaging());
+
+  if (!state_->initialized()) {
+    // First start: learn what the tree already holds, so it can be reused.
+    auto cache = HashCache::Open(options_.state / "hashcache.db");
+    if (!cache.ok()) return cache.status();
+    ScanStats stats;
+    ScanOptions scan;
+    MC_ASSIGN_OR_RETURN(Manifest scanned, ScanTree(options_.tree, cache->get(), &stats, scan));
+    MC_LOG(info) << "adopting existing tree: entries=" << stats.entries
+                 << " hashed_bytes=" << stats.bytes_hashed;
+    MC_RETURN_IF_ERROR(state_->Adopt(std::move(scanned)));
+  }
+  serial_out_ = state_->serial();
+  MC_LOG(info) << "mirror " << options_.id << " repo=" << options_.repo
+               << " at serial=" << state_->serial() << " tree=" << options_.tree.string();
+  return Connect();
+}
+
+Status Subscriber::Session::Connect() {
+  control_ = std::make_unique<ControlClient>(context_, options_.broker);
+  auto backoff = Millis(200);
+  for (;;) {
+    auto hello = control_->Hello("subscriber " + options_.id, kControlTimeout);
+    if (hello.ok()) {
+      ContentClientOptions content;
+      content.stall_timeout = options_.stall_timeout;
+      content.credit = options_.fetch_credit;
+      content_ = std::make_unique<ContentClient>(
+          context_, options_.broker.WithPort(static_cast<uint16_t>(hello->content_port())),
+          options_.repo, content);
+      events_ = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::sub);
+      ConfigureSocket(*events_, options_.broker, static_cast<int64_t>(kMaxEnvelopeBytes) + 1024);
+      events_->set(zmq::sockopt::rcvhwm, 10000);
+      std::string topic = options_.repo;
+      topic.push_back('\0');
+      events_->set(zmq::sockopt::subscribe, topic);
+      events_->connect(
+          options_.broker.WithPort(static_cast<uint16_t>(hello->events_port())).Endpoint());
+      MC_LOG(info) << "connected to broker " << hello->broker_id() << " at "
+                   << options_.broker.ToString();
+      return Status::Ok();
+    }
+    MC_LOG(warning) << "broker " << options_.broker.ToString()
+                    << " not answering: " << hello.status().ToString() << "; retrying";
+    const auto until = SteadyClock::now() + backoff;
+    while (SteadyClock::now() < until) {
+      if (ShouldStop()) return Status::Unavailable("stopped before the broker answered");
+      std::this_thread::sleep_for(Millis(50));
+    }
+    backoff = std::min(backoff * 2, Millis(10000));
+  }
+}
+
+Result<v1::RepoChanged> Subscriber::Session::Verify(const std::string& envelope) {
+  MC_ASSIGN_OR_RETURN(OpenedEnvelope opened, OpenEnvelope(envelope, trust_));
+  if (!opened.payload.has_repo_changed()) return Status::Rejected("not a RepoChanged event");
+  v1::RepoChanged event = std::move(*opened.payload.mutable_repo_changed());
+  if (event.repo() != options_.repo) {
+    return Status::Rejected("event for repo '" + event.repo() + "', expected '" + options_.repo +
+                            "'");
+  }
+  MC_RETURN_IF_ERROR(CheckRepoChanged(event, Clock::Real().NowUnix()));
+  return event;
+}
+
+Result<uint64_t> Subscriber::Session::BrokerHead() {
+  MC_ASSIGN_OR_RETURN(v1::HelloReply hello,
+                      control_->Hello("subscriber " + options_.id, kControlTimeout));
+  for (const auto& r : hello.repos()) {
+    if (r.repo() == options_.repo) return r.serial();
+  }
+  return uint64_t{0};
+}
+
+Status Subscriber::Session::CatchUp() {
+  for (;;) {
+    if (ShouldStop()) return Status::Unavailable("stopping");
+    const uint64_t local = state_->serial();
+    MC_ASSIGN_OR_RETURN(v1::EventsReply reply,
+                        control_->Events(options_.repo, local, kEventsPerRequest, kControlTimeout));
+    if (reply.latest_serial() <= local) {
+      if (reply.latest_serial() < local) {
+        MC_LOG(warning) << "broker is at serial " << reply.latest_serial()
+                        << ", behind this mirror (" << local << "); keeping the newer tree";
+      }
+      return Status::Ok();
+    }
+    // Verify what the log gives; stop at the first bad event.
+    std::vector<v1::RepoChanged> chain;
+    size_t total_changes = 0;
+    for (const auto& envelope : reply.envelopes()) {
+      auto event = Verify(envelope);
+      if (!event.ok()) {
+        Reject(0, event.status());
+        return event.status();
+      }
+      total_changes += static_cast<size_t>(event->changes_size());
+      chain.push_back(std::move(*event));
+    }
+    const bool contiguous = !chain.empty() && chain.front().previous_serial() == local;
+    if (contiguous && !reply.gap() && total_changes <= kMaxReplayChanges) {
+      for (const auto& event : chain) {
+        if (event.serial() <= state_->serial()) continue;
+        MC_RETURN_IF_ERROR(ApplyEvent(event));
+      }
+      continue;  // more may have arrived meanwhile
+    }
+    // Too far behind, or the log does not reach back: jump to the latest.
+    MC_ASSIGN_OR_RETURN(
+        v1::EventsReply latest,
+        control_->Events(options_.repo, reply.latest_serial() - 1, 1, kControlTimeout));
+    if (latest.envelopes_size() == 0) return Status::Unavailable("broker has no latest event");
+    auto event = Verify(latest.envelopes(0));
+    if (!event.ok()) {
+      Reject(0, event.status());
+      return event.status();
+    }
+    MC_RETURN_IF_ERROR(JumpTo(*event));
+  }
+}
+
+Status Subscriber::Session::ApplyEvent(const v1::RepoChanged& event) {
+  if (event.previous_serial() != state_->serial()) return JumpTo(event);
+  // The signed change list must take our manifest to the signed digest
+  // (mix-and-match defence) before any byte is fetched.
+  Manifest next = state_->manifest();
+  Status applies = next.ApplyChanges(event.changes());
+  if (!applies.ok() || next.Digest() != event.manifest_sha256()) {
+    Status why = Status::Rejected(
+        "event " + std::to_string(event.serial()) + " does not match this mirror's serial " +
+        std::to_string(state_->serial()) +
+        (applies.ok() ? " (manifest digest differs)" : ": " + applies.message()));
+    MC_LOG(warning) << why.message() << "; jumping to the signed manifest instead";
+    return JumpTo(event);
+  }
+  std::vector<v1::Change> changes(event.changes().begin(), event.changes().end());
+  return ApplyChanges(event.serial(), event.manifest_sha256(), changes);
+}
+
+Status Subscriber::Session::JumpTo(const v1::RepoChanged& event) {
+  FetchStats stats;
+  MC_ASSIGN_OR_RETURN(std::string bytes,
+                      content_->FetchManifest(event.serial(), kMaxManifestBytes, &stats));
+  auto target = Manifest::Parse(bytes);
+  if (!target.ok()) {
+    Reject(event.serial(), target.status());
+    return target.status();
+  }
+  if (target->repo() != options_.repo || target->serial() != event.serial() ||
+      target->Digest() != event.manifest_sha256()) {
+    Status why = Status::Rejected("manifest " + std::to_string(event.serial()) +
+                                  " does not match the signed event (mix-and-match)");
+    Reject(event.serial(), why);
+    return why;
+  }
+  std::vector<v1::Change> changes = DiffManifests(state_->manifest(), *target);
+  MC_LOG(info) << "jumping from serial " << state_->serial() << " to " << event.serial() << " ("
+               << changes.size() << " changes)";
+  return ApplyChanges(event.serial(), event.manifest_sha256(), changes);
+}
+
+Status Subscriber::Session::ApplyChanges(uint64_t serial, const std::string& digest,
+                                         const std::vector<v1::Change>& changes) {
+  const auto started = SteadyClock::now();
+  ApplyStats stats;
+  auto seconds = [&] {
+    return std::chrono::duration<double>(SteadyClock::now() - started).count();
+  };
+  Status staged = applier_->Stage(state_->manifest(), changes, *content_, &stats,
+                                  [this] { return ShouldStop(); });
+  if (!staged.ok()) {
+    MC_LOG(error) << "apply of serial " << serial << " failed: " << staged.ToString()
+                  << " (tree stays at serial " << state_->serial() << ")";
+    applier_->ClearStaging();
+    if (!ShouldStop()) Ack(v1::ACK_FAILED, serial, stats, seconds(), staged.ToString());
+    return staged;
+  }
+  Journal journal{serial, digest, changes};
+  Status s = state_->WriteJournal(journal);
+  if (s.ok()) s = applier_->Commit(changes);
+  if (s.ok()) s = state_->CommitApply(serial, digest, changes);
+  if (!s.ok()) {
+    // The journal stays: the next attempt (or restart) finishes this apply.
+    MC_LOG(error) << "commit of serial " << serial << " failed: " << s.ToString();
+    Ack(v1::ACK_FAILED, serial, stats, seconds(), s.ToString());
+    return s;
+  }
+  applier_->ClearStaging();
+  serial_out_ = serial;
+  MC_LOG(info) << "applied repo=" << options_.repo << " serial=" << serial
+               << " changes=" << changes.size() << " fetched=" << stats.bytes_fetched
+               << " reused=" << stats.bytes_reused << " deltas=" << stats.files_delta
+               << " delta_fallbacks=" << stats.delta_fallbacks << " seconds=" << seconds();
+  Ack(v1::ACK_APPLIED, serial, stats, seconds(), "");
+  return Status::Ok();
+}
+
+void Subscriber::Session::Ack(v1::AckState state, uint64_t target, const ApplyStats& stats,
+                              double seconds, const std::string& error) {
+  v1::Ack ack;
+  ack.set_protocol_version(kProtocolVersion);
+  ack.set_mirror_id(options_.id);
+  ack.set_repo(options_.repo);
+  ack.set_serial(state_->serial());
+  ack.set_state(state);
+  ack.set_target_serial(target);
+  ack.set_bytes_fetched(stats.bytes_fetched);
+  ack.set_bytes_reused(stats.bytes_reused);
+  ack.set_bytes_signature(stats.bytes_signature);
+  ack.set_files_changed(stats.files_changed);
+  ack.set_seconds(seconds);
+  ack.set_error(error.substr(0, 4000));
+  ack.set_sent_unix(Clock::Real().NowUnix());
+  // Durable first: an ACK survives a restart until the broker confirms it.
+  if (Status s = state_->QueueAck(ack); !s.ok()) {
+    MC_LOG(error) << "cannot queue ACK: " << s.ToString();
+  }
+  FlushAcks();
+}
+
+void Subscriber::Session::Reject(uint64_t serial, const Status& why) {
+  MC_LOG(warning) << "rejected event" << (serial ? " " + std::to_string(serial) : std::string())
+                  << ": " << why.ToString() << " (tree unchanged at serial " << state_->serial()
+                  << ")";
+  if (serial != 0 && serial == last_rejected_) return;  // already reported
+  last_rejected_ = serial;
+  Ack(v1::ACK_REJECTED, serial, ApplyStats{}, 0.0, why.ToString());
+}
+
+void Subscriber::Session::FlushAcks() {
+  auto pending = state_->PendingAcks();
+  if (!pending.ok()) return;
+  for (const auto& [id, ack] : *pending) {
+    Status sent = control_->SendAck(ack, Millis(2000));
+    if (!sent.ok()) {
+      MC_LOG(debug) << "ACK not confirmed yet: " << sent.ToString();
+      return;  // retried on the next loop turn
+    }
+    state_->DropAck(id);
+  }
+}
+
+void Subscriber::Session::Serve() {
+  auto next_sync = SteadyClock::now();  // catch up right away
+  auto next_poll = SteadyClock::now() + options_.poll_interval;
+  auto next_ack = SteadyClock::now() + Millis(1000);
+  auto backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
+  bool need_sync = true;
+  while (!ShouldStop()) {
+    if (need_sync && SteadyClock::now() >= next_sync) {
+      Status s = CatchUp();
+      if (s.ok()) {
+        need_sync = false;
+        backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
+      } else if (!ShouldStop()) {
+        MC_LOG(warning) << "catch-up failed: " << s.ToString() << "; retrying in "
+                        << backoff.count() << " ms";
+        next_sync = SteadyClock::now() + backoff;
+        backoff = std::min(backoff * 2, std::chrono::duration_cast<Millis>(options_.retry_max));
+      }
+    }
+    zmq::pollitem_t item{static_cast<void*>(*events_), 0, ZMQ_POLLIN, 0};
+    try {
+      zmq::poll(&item, 1, Millis(200));
+    } catch (const zmq::error_t& e) {
+      if (e.num() != EINTR) MC_LOG(error) << "poll: " << e.what();
+      continue;
+    }
+    if (item.revents & ZMQ_POLLIN) {
+      // Drain everything queued; only the newest serial matters, and the
+      // catch-up fetches anything in between from the durable log.
+      for (int i = 0; i < 10000; ++i) {
+        auto frames = ReceiveMultipart(*events_);
+        if (frames.empty()) break;
+        if (frames.size() != 2) continue;
+        auto event = Verify(frames[1].to_string());
+        if (!event.ok()) {
+          Reject(0, event.status());
+          continue;
+        }
+        if (event->serial() > state_->serial()) need_sync = true;
+      }
+    }
+    const auto now = SteadyClock::now();
+    if (now >= next_poll) {
+      next_poll = now + options_.poll_interval;
+      auto head = BrokerHead();
+      if (head.ok() && *head > state_->serial()) need_sync = true;
+    }
+    if (now >= next_ack) {
+      next_ack = now + Millis(1000);
+      FlushAcks();
+    }
+  }
+}
+
+Subscriber::Subscriber(SubscriberOptions options) : options_(std::move(options)) {
+  if (options_.id.empty()) options_.id = "mirror";
+}
+
+Subscriber::~Subscriber() { Stop(); }
+
+Status Subscriber::Start() {
+  stop_ = false;
+  session_ = std::make_unique<Session>(options_, stop_, serial_);
+  thread_ = std::thread([this] { Loop(); });
+  return Status::Ok();
+}
+
+void Subscriber::Loop() {
+  Status s = session_->Init();
+  if (!s.ok()) {
+    if (!stop_) MC_LOG(error) << "cannot start: " << s.ToString();
+    stop_ = true;
+    return;
+  }
+  session_->Serve();
+}
+
+void Subscriber::Stop() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+  session_.reset();
+}
+
+int Subscriber::Run() {
+  Start();
+  while (!StopRequested() && !stop_.load()) std::this_thread::sleep_for(Millis(100));
+  const bool failed = stop_.load() && !StopRequested();
+  if (!failed) MC_LOG(info) << "stopping";
+  Stop();
+  return failed ? 1 : 0;
+}
+
+Result<SyncReport> Subscriber::SyncOnce() {
+  stop_ = false;
+  session_ = std::make_unique<Session>(options_, stop_, serial_);
+  MC_RETURN_IF_ERROR(session_->Init());
+  const uint64_t before = serial_.load();
+  Status s = session_->CatchUp();
+  session_->FlushAcks();
+  session_.reset();
+  MC_RETURN_IF_ERROR(s);
+  return SyncReport{serial_.load(), serial_.load() - before};
+}
+
+}  // namespace mirrorcast

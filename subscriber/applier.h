@@ -1,0 +1,85 @@
+// Applies a change list to a mirror's tree so that a web client never sees an
+// inconsistent repository.
+//
+// Two steps:
+//   Stage(): every new file's content is placed in the staging directory (on
+//     the tree's filesystem): reused from a local file with the same SHA-256,
+//     rebuilt from a librsync delta against the old version, or fetched whole.
+//     Every staged file is checked against its signed SHA-256 and size, gets
+//     its mode and mtime, and is fsync'd. The tree is not touched; a failure
+//     here leaves the mirror exactly at its old serial.
+//   Commit(): moves staged content into the tree in a fixed order: new
+//     directories; content files; metadata (repodata/, dists/, ...); index
+//     roots (repomd.xml, InRelease, ...); then deletions; then directory
+//     modes; with directory fsyncs between phases. Every step is idempotent,
+//     so after a crash Commit() is simply run again from the journal (the same
+//     change list and whatever is still staged) and finishes the job.
+//
+// Staged files are named by the change's index in the list ("<staging>/<i>"),
+// which is what makes Commit() replayable. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/base/status.h"
+#include "core/manifest/manifest.h"
+#include "core/manifest/metadata.h"
+#include "core/net/content_client.h"
+#include "proto/mirrorcast.pb.h"
+
+namespace mirrorcast {
+
+struct ApplyStats {
+  uint64_t bytes_fetched = 0;    // whole-file and delta bytes received
+  uint64_t bytes_reused = 0;     // bytes taken from content the mirror already had
+  uint64_t bytes_signature = 0;  // librsync signature bytes sent
+  uint64_t files_fetched = 0;
+  uint64_t files_reused = 0;
+  uint64_t files_delta = 0;
+  uint64_t delta_fallbacks = 0;  // deltas that failed and were fetched whole
+  uint64_t files_changed = 0;
+};
+
+struct ApplierOptions {
+  std::filesystem::path tree;
+  std::filesystem::path staging;  // same filesystem as `tree`; emptied by Stage()
+  MetadataMatcher metadata;
+  uint64_t delta_min_bytes = 64 * 1024;  // smaller files are fetched whole
+  // Test hook: runs after the signature of a delta basis is computed and
+  // before the delta is fetched (lets a test change the basis underneath).
+  std::function<void(const std::string& path)> after_signature;
+};
+
+class Applier {
+ public:
+  explicit Applier(ApplierOptions options) : options_(std::move(options)) {}
+
+  // Stages the content of every file change in `changes`. `local` describes
+  // what the tree holds now. `content` fetches from the broker.
+  Status Stage(const Manifest& local, const std::vector<v1::Change>& changes,
+               ContentClient& content, ApplyStats* stats,
+               const std::function<bool()>& should_stop = nullptr);
+
+  // Moves staged content into the tree in the safe order, fsyncs, and
+  // removes what the change list deletes. Idempotent; see above.
+  Status Commit(const std::vector<v1::Change>& changes);
+
+  // Removes everything from the staging directory.
+  Status ClearStaging();
+
+  const ApplierOptions& options() const { return options_; }
+
+ private:
+  std::filesystem::path StagedPath(size_t index) const;
+  Status PlaceFile(const v1::Change& change, size_t index);
+  Status PlaceSymlink(const v1::FileEntry& entry);
+  Status PrepareSlot(const std::string& path, v1::EntryKind new_kind);
+
+  ApplierOptions options_;
+};
+
+}  // namespace mirrorcast

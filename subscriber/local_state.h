@@ -1,0 +1,73 @@
+// A mirror's durable record of what its tree holds (<state>/subscriber.db):
+// the serial and manifest digest of its repo, every entry of that manifest,
+// the journal of an apply in progress, and ACKs not yet confirmed.
+//
+// The journal makes applies resumable: it is written (durably) once all
+// content is staged and before the tree is touched, and removed in the same
+// transaction that records the new serial. If it is present at start-up, the
+// apply was interrupted and Applier::Commit() is run again from it.
+//
+// Owned by the subscriber's loop thread; not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/base/status.h"
+#include "core/manifest/manifest.h"
+#include "core/store/sqlite.h"
+#include "proto/mirrorcast.pb.h"
+
+namespace mirrorcast {
+
+struct Journal {
+  uint64_t serial = 0;              // the serial being applied
+  std::string manifest_sha256;      // its canonical digest
+  std::vector<v1::Change> changes;  // the change list being applied
+};
+
+class LocalState {
+ public:
+  static Result<std::unique_ptr<LocalState>> Open(const std::filesystem::path& state_dir,
+                                                  const std::string& repo);
+
+  // False until the first apply (or an adopted scan) is recorded.
+  bool initialized() const { return initialized_; }
+  const Manifest& manifest() const { return manifest_; }
+  uint64_t serial() const { return manifest_.serial(); }
+  const std::string& digest() const { return digest_; }
+
+  // Adopts `scanned` (a scan of the existing tree at serial 0) as the local
+  // manifest, so content already there can be reused.
+  Status Adopt(Manifest scanned);
+
+  Status WriteJournal(const Journal& journal);
+  Result<std::optional<Journal>> ReadJournal();
+
+  // Applies `changes` to the recorded manifest and records `serial` and
+  // `digest`, removing the journal, in one transaction.
+  Status CommitApply(uint64_t serial, const std::string& digest,
+                     const std::vector<v1::Change>& changes);
+
+  // ACKs that the broker has not confirmed yet, oldest first.
+  Status QueueAck(const v1::Ack& ack);
+  Result<std::vector<std::pair<int64_t, v1::Ack>>> PendingAcks();
+  Status DropAck(int64_t id);
+
+ private:
+  LocalState(std::string repo, std::unique_ptr<Database> db)
+      : repo_(std::move(repo)), db_(std::move(db)) {}
+  Status Load();
+
+  std::string repo_;
+  std::unique_ptr<Database> db_;
+  Manifest manifest_;
+  std::string digest_;
+  bool initialized_ = false;
+};
+
+}  // namespace mirrorcast

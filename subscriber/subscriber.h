@@ -1,0 +1,88 @@
+// mirrorcast-subscriber as a library: the daemon that keeps one mirror tree
+// of one repo at the broker's latest serial.
+//
+// It verifies every event (trusted Ed25519 key, expiry, paths, serial order,
+// manifest digest), stages what changed (reuse, librsync delta, or whole
+// file), applies it in the safe order (see applier.h), records the serial
+// durably and ACKs. Events are hints: whenever it learns of a newer serial
+// (event, start-up, periodic poll) it catches up from the broker's event log,
+// or jumps straight to the latest signed manifest when the log does not reach
+// back far enough.
+//
+// Threads: Start() launches one loop thread that owns every socket and the
+// state; Stop() asks it to finish and joins it (an apply in progress stops at
+// its next check and leaves the tree at the old serial). Run() is Start +
+// wait for SIGTERM + Stop. SyncOnce() runs one catch-up in the caller's
+// thread (for --once and tests) and must not be mixed with Start().
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/base/status.h"
+#include "core/crypto/keys.h"
+#include "core/manifest/metadata.h"
+#include "core/net/endpoint.h"
+#include "proto/mirrorcast.pb.h"
+
+namespace mirrorcast {
+
+struct SubscriberOptions {
+  HostPort broker;
+  std::vector<std::filesystem::path> trust;  // origin public keys
+  std::string repo;
+  std::filesystem::path tree;
+  std::filesystem::path state;
+  std::string id;                                // mirror id reported in ACKs
+  std::optional<std::filesystem::path> staging;  // default: <state>/staging if on the tree's
+                                                 // filesystem, else <tree>/.mirrorcast-staging
+  std::vector<std::string> metadata_patterns;    // empty: yum/dnf + apt defaults
+  uint64_t delta_min_bytes = 64 * 1024;
+  std::chrono::seconds poll_interval{30};  // ask the broker for its head this often
+  std::chrono::milliseconds stall_timeout{30000};
+  std::chrono::seconds retry_min{2};  // after a failed apply
+  std::chrono::seconds retry_max{300};
+  int fetch_credit = 16;
+  // Test hook, see ApplierOptions::after_signature.
+  std::function<void(const std::string&)> after_signature;
+};
+
+struct SyncReport {
+  uint64_t serial = 0;   // serial after the sync
+  uint64_t applied = 0;  // serials applied
+};
+
+class Subscriber {
+ public:
+  explicit Subscriber(SubscriberOptions options);
+  ~Subscriber();
+
+  Status Start();
+  void Stop();
+  int Run();
+  // Brings the tree to the broker's latest serial once (no event socket).
+  Result<SyncReport> SyncOnce();
+
+  // The serial the tree is at (readable from any thread).
+  uint64_t serial() const { return serial_.load(); }
+
+ private:
+  class Session;
+  void Loop();
+
+  SubscriberOptions options_;
+  std::atomic<uint64_t> serial_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::unique_ptr<Session> session_;
+};
+
+}  // namespace mirrorcast
