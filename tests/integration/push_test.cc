@@ -1,1 +1,150 @@
+// End to end: real broker, publisher and subscriber processes on loopback.
 #include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "core/cli/signals.h"
+#include "core/net/endpoint.h"
+#include "subscriber/subscriber.h"
+#include "tests/integration/cluster.h"
+#include "tests/support/tree.h"
+
+namespace mirrorcast::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+constexpr size_t kBig = 4u << 20;
+
+// A few KiB changed in the middle of a file, in place.
+void PatchMiddle(const fs::path& file, size_t bytes, uint64_t seed) {
+  std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f);
+  f.seekp(static_cast<std::streamoff>(fs::file_size(file) / 2));
+  const std::string data = RandomBytes(bytes, seed);
+  f.write(data.data(), static_cast<std::streamsize>(data.size()));
+}
+
+TEST(Push, ThreeMirrorsConvergeAndALargeFileChangeTravelsAsADelta) {
+  Cluster c;
+  MakeSampleRepo(c.origin_tree(), 60, kBig);
+  c.StartBroker();
+  const std::vector<std::string> mirrors = {"m1", "m2", "m3"};
+  for (const auto& id : mirrors) c.StartSubscriber(id);
+
+  EXPECT_NE(c.PublishOk().find("serial=1"), std::string::npos);
+  c.WaitForSerial(mirrors, 1);
+  const TreeSnapshot origin1 = SnapshotTree(c.origin_tree());
+  for (const auto& id : mirrors) EXPECT_EQ(SnapshotTree(c.mirror_tree(id)), origin1) << id;
+
+  // Second change: files added, a few KiB inside the big file, a delete, a rename.
+  for (int i = 0; i < 5; ++i) {
+    WriteFile(c.origin_tree() / ("Packages/new/n" + std::to_string(i) + ".rpm"),
+              RandomBytes(3000, 500 + i));
+  }
+  PatchMiddle(c.origin_tree() / "isos/big.iso", 4096, 42);
+  fs::remove(c.origin_tree() / "Packages/p0/pkg-0.rpm");
+  fs::rename(c.origin_tree() / "Packages/p1/pkg-1.rpm", c.origin_tree() / "Packages/renamed.rpm");
+  WriteFile(c.origin_tree() / "repodata/repomd.xml", "<repomd version=\"2\"/>\n");
+  EXPECT_NE(c.PublishOk().find("serial=2"), std::string::npos);
+  c.WaitForSerial(mirrors, 2);
+
+  const TreeSnapshot origin2 = SnapshotTree(c.origin_tree());
+  for (const auto& id : mirrors) {
+    EXPECT_EQ(SnapshotTree(c.mirror_tree(id)), origin2) << id;
+    auto m = c.Mirror(id);
+    ASSERT_TRUE(m.has_value());
+    // New files (~15 KiB), repomd, and a delta for 4 KiB inside 4 MiB.
+    EXPECT_LT(m->bytes_fetched(), 200u * 1024) << id;
+    // The unchanged bulk of the big file and the renamed package were reused.
+    EXPECT_GT(m->bytes_reused(), kBig - 200u * 1024) << id;
+  }
+}
+
+TEST(Push, SecondPublishWithNothingChangedSendsNothingAndReadsNoFile) {
+  Cluster c;
+  MakeSampleRepo(c.origin_tree(), 30, 1u << 20);
+  c.StartBroker();
+  const std::string first = c.PublishOk();
+  EXPECT_NE(first.find("hashed_files=33"), std::string::npos) << first;  // 30 + 2 repodata + iso
+  const RunResult second = c.Publish();
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_NE(second.out.find("nothing changed"), std::string::npos) << second.out;
+  EXPECT_NE(second.out.find("hashed_files=0 hashed_bytes=0"), std::string::npos) << second.out;
+  EXPECT_EQ(c.Status().repos(0).serial(), 1u);
+}
+
+TEST(Push, LateSubscriberWithAStaleTreeCatchesUpAndReusesWhatItHas) {
+  Cluster c;
+  MakeSampleRepo(c.origin_tree(), 40, 1u << 20);
+  c.StartBroker();
+  c.PublishOk();
+  WriteFile(c.origin_tree() / "Packages/late.rpm", RandomBytes(5000, 77));
+  c.PublishOk();
+  // The mirror already holds a stale copy (as after a one-off rsync).
+  fs::create_directories(c.mirror_tree("late"));
+  fs::copy(c.origin_tree() / "isos", c.mirror_tree("late") / "isos", fs::copy_options::recursive);
+  WriteFile(c.mirror_tree("late") / "stray.txt", "not in the repo");
+
+  c.StartSubscriber("late");
+  c.WaitForSerial({"late"}, 2);
+  EXPECT_EQ(SnapshotTree(c.mirror_tree("late")), SnapshotTree(c.origin_tree()));
+  auto m = c.Mirror("late");
+  ASSERT_TRUE(m.has_value());
+  EXPECT_GE(m->bytes_reused(), 1u << 20);
+}
+
+TEST(Push, BrokerRefusesAPublishSignedByAnUntrustedKey) {
+  Cluster c;
+  MakeSampleRepo(c.origin_tree(), 5, 0);
+  c.StartBroker();
+  const fs::path rogue = c.MakeKey("rogue");
+  RunResult r = c.Publish({}, fs::path(rogue.string() + ".key"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("unknown signing key"), std::string::npos) << r.err;
+  EXPECT_EQ(c.Status().repos_size(), 0);
+}
+
+TEST(Push, DeltaThatYieldsTheWrongHashFallsBackToAWholeFileFetch) {
+  Cluster c;
+  const size_t size = 1u << 20;
+  MakeSampleRepo(c.origin_tree(), 3, size);
+  c.StartBroker();
+  c.PublishOk();
+
+  SubscriberOptions opts;
+  opts.broker = HostPort{"127.0.0.1", c.broker_port()};
+  opts.trust = {c.origin_pub()};
+  opts.repo = c.repo();
+  opts.tree = c.mirror_tree("inproc");
+  opts.state = c.mirror_state("inproc");
+  opts.id = "inproc";
+  int hook_calls = 0;
+  opts.after_signature = [&](const std::string& path) {
+    // The basis changes after its signature was sent: the delta then rebuilds
+    // garbage, which the SHA-256 check must catch.
+    ++hook_calls;
+    WriteFile(opts.tree / path, RandomBytes(size, 4242));
+  };
+  {
+    Subscriber first(opts);
+    auto r = first.SyncOnce();
+    ASSERT_TRUE(r.ok()) << r.status().ToString() << c.Logs();
+    EXPECT_EQ(r->serial, 1u);
+  }
+  PatchMiddle(c.origin_tree() / "isos/big.iso", 2048, 5);
+  c.PublishOk();
+  Subscriber second(opts);
+  auto r = second.SyncOnce();
+  ASSERT_TRUE(r.ok()) << r.status().ToString() << c.Logs();
+  EXPECT_EQ(r->serial, 2u);
+  EXPECT_EQ(hook_calls, 1);
+  EXPECT_EQ(SnapshotTree(opts.tree), SnapshotTree(c.origin_tree()));
+  auto m = c.Mirror("inproc");
+  ASSERT_TRUE(m.has_value());
+  EXPECT_GE(m->bytes_fetched(), size);  // the whole file came over the wire
+}
+
+}  // namespace
+}  // namespace mirrorcast::testing
