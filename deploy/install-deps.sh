@@ -9,7 +9,7 @@ PACKAGES=(
   libprotobuf-dev protobuf-compiler
   librsync-dev libssl-dev libsqlite3-dev
   libboost-log-dev libboost-program-options-dev
-  libgtest-dev
+  libgtest-dev nlohmann-json3-dev
   rsync iproute2 util-linux e2fsprogs
 )
 

@@ -1,1 +1,92 @@
-int main() { return 0; }
+// mirrorcast-publish: parses options and runs one Publish() (publisher/publisher.h).
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+#include <zmq.hpp>
+
+#include "core/cli/options.h"
+#include "core/net/endpoint.h"
+#include "publisher/publisher.h"
+
+namespace po = boost::program_options;
+
+namespace mirrorcast {
+namespace {
+
+constexpr const char* kProgram = "mirrorcast-publish";
+
+const ProgramInfo kInfo{
+    kProgram, "mirrorcast-publish --broker HOST:PORT --key KEYFILE --repo R --tree DIR [options]",
+    "Finds what changed in the repository tree DIR since the last serial the broker holds, "
+    "signs a RepoChanged event for it and hands it to the origin broker. Exits 0 only once the "
+    "broker has durably accepted the event; when nothing changed it publishes nothing and "
+    "exits 0. Unchanged files are never re-read (a persistent hash cache in --state).\n"
+    "Prints 'scan: entries=N hashed_files=H hashed_bytes=B cache_hits=C', then "
+    "'published repo=R serial=N changes=K (...)' or 'nothing changed: repo=R stays at serial "
+    "N'.\n"
+    "Exit codes: 0 published or nothing to do; 1 publish failed or refused by the broker; "
+    "2 usage or configuration error; 3 broker unreachable or timed out."};
+
+int PublishMain(int argc, char** argv) {
+  po::options_description options("Publish options");
+  options.add_options()("broker", po::value<std::string>()->required(),
+                        "origin broker control endpoint, HOST:PORT or [V6]:PORT")(
+      "key", po::value<std::string>()->required(),
+      "Ed25519 secret key file (from 'mirrorcast keygen'; must be mode 0600)")(
+      "repo", po::value<std::string>()->required(),
+      "repository name: 1-64 of [A-Za-z0-9._-], not starting with '.'")(
+      "tree", po::value<std::string>()->required(), "root directory of the repository tree")(
+      "paths-from", po::value<std::string>(),
+      "rescan only the paths listed in FILE (one repo-relative path per line; blank lines and "
+      "'#' comments ignored; '-' reads stdin) instead of scanning the whole tree; a listed "
+      "path that no longer exists is deleted, a listed directory is scanned whole")(
+      "timeout", po::value<double>()->default_value(60),
+      "seconds to wait for each broker reply (hello, manifest, publish confirmation)")(
+      "state", po::value<std::string>()->default_value(kDefaultPublishStateDir),
+      "state directory: last published manifest (<repo>.manifest) and hash cache "
+      "(<repo>.hashcache.db); created if missing")(
+      "expiry-days", po::value<int>()->default_value(30),
+      "days after which mirrors refuse the event (1-3650)");
+
+  auto vm = ParseCommandLine(argc, argv, kInfo, options);
+  if (!vm) return 0;
+
+  PublisherOptions publish;
+  Result<HostPort> broker = ParseHostPort((*vm)["broker"].as<std::string>());
+  if (!broker.ok()) throw std::runtime_error("bad --broker: " + broker.status().message());
+  publish.broker = *broker;
+  publish.key_file = (*vm)["key"].as<std::string>();
+  publish.repo = (*vm)["repo"].as<std::string>();
+  publish.tree = (*vm)["tree"].as<std::string>();
+  if (vm->count("paths-from")) publish.paths_from = (*vm)["paths-from"].as<std::string>();
+  const double timeout = (*vm)["timeout"].as<double>();
+  if (!std::isfinite(timeout) || timeout <= 0 || timeout > 86400) {
+    throw std::runtime_error("bad --timeout: must be between 0 and 86400 seconds");
+  }
+  publish.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000)));
+  publish.state_dir = (*vm)["state"].as<std::string>();
+  publish.expiry_days = (*vm)["expiry-days"].as<int>();
+  publish.client_name = std::string(kProgram) + " repo=" + publish.repo;
+
+  zmq::context_t context;
+  Result<PublishOutcome> outcome = Publish(publish, context);
+  if (!outcome.ok()) {
+    std::string message = outcome.status().message();
+    for (char& c : message) {
+      if (c == '\n' || c == '\r') c = ' ';
+    }
+    std::cerr << kProgram << ": error: " << message << "\n";
+    return PublishExitCode(outcome.status());
+  }
+  std::cout << DescribeScan(outcome->scan) << "\n" << DescribeOutcome(*outcome) << std::endl;
+  return 0;
+}
+
+}  // namespace
+}  // namespace mirrorcast
+
+int main(int argc, char** argv) {
+  return mirrorcast::RunMain("mirrorcast-publish", mirrorcast::PublishMain, argc, argv);
+}

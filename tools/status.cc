@@ -1,1 +1,244 @@
-// (being written)
+// mirrorcast status --broker HOST:PORT [--json]: what a broker knows of its
+// repos and of every mirror's last report (built from their ACKs).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+#include <zmq.hpp>
+
+#include "core/base/clock.h"
+#include "core/cli/options.h"
+#include "core/crypto/sha256.h"
+#include "core/net/control_client.h"
+#include "core/net/endpoint.h"
+#include "tools/commands.h"
+
+namespace po = boost::program_options;
+
+namespace mirrorcast {
+namespace {
+
+const char* StateName(v1::AckState state) {
+  switch (state) {
+    case v1::ACK_APPLIED:
+      return "applied";
+    case v1::ACK_FAILED:
+      return "failed";
+    case v1::ACK_REJECTED:
+      return "rejected";
+    case v1::ACK_STALE:
+      return "stale";
+    case v1::ACK_IN_PROGRESS:
+      return "in_progress";
+    default:
+      return "unknown";
+  }
+}
+
+std::string IsoTime(int64_t unix_seconds) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  if (gmtime_r(&t, &tm) == nullptr) return "?";
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
+std::string Age(int64_t seconds) {
+  if (seconds < 0) return "in " + std::to_string(-seconds) + "s";
+  if (seconds < 60) return std::to_string(seconds) + "s ago";
+  if (seconds < 3600) return std::to_string(seconds / 60) + "m ago";
+  if (seconds < 86400) return std::to_string(seconds / 3600) + "h ago";
+  return std::to_string(seconds / 86400) + "d ago";
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double value = static_cast<double>(bytes);
+  size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.1f %s", value, kUnits[unit]);
+  return buffer;
+}
+
+// Peer-supplied text on one line: control characters become spaces.
+std::string OneLine(std::string text) {
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  return text;
+}
+
+// Left-aligned columns, two spaces apart; the last column is not padded.
+std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& row : rows) {
+    if (widths.size() < row.size()) widths.resize(row.size(), 0);
+    for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+  }
+  std::string out;
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+  return out;
+}
+
+std::vector<v1::MirrorStatus> SortedMirrors(const v1::StatusReply& status) {
+  std::vector<v1::MirrorStatus> mirrors(status.mirrors().begin(), status.mirrors().end());
+  std::sort(mirrors.begin(), mirrors.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.mirror_id(), a.repo()) < std::tie(b.mirror_id(), b.repo());
+  });
+  return mirrors;
+}
+
+std::vector<v1::RepoSerial> SortedRepos(const v1::StatusReply& status) {
+  std::vector<v1::RepoSerial> repos(status.repos().begin(), status.repos().end());
+  std::sort(repos.begin(), repos.end(),
+            [](const auto& a, const auto& b) { return a.repo() < b.repo(); });
+  return repos;
+}
+
+}  // namespace
+
+std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
+  std::ostringstream out;
+  out << "broker " << OneLine(status.broker_id()) << " at " << IsoTime(now_unix) << "\n\n";
+
+  const std::vector<v1::RepoSerial> repos = SortedRepos(status);
+  if (repos.empty()) {
+    out << "no repos published yet\n";
+  } else {
+    std::vector<std::vector<std::string>> rows{{"REPO", "LATEST SERIAL", "MANIFEST SHA256"}};
+    for (const v1::RepoSerial& r : repos) {
+      rows.push_back({OneLine(r.repo()), std::to_string(r.serial()), ToHex(r.manifest_sha256())});
+    }
+    out << RenderTable(rows);
+  }
+  out << "\n";
+
+  const std::vector<v1::MirrorStatus> mirrors = SortedMirrors(status);
+  if (mirrors.empty()) {
+    out << "no mirrors have reported yet\n";
+    return out.str();
+  }
+  std::vector<std::vector<std::string>> rows{
+      {"MIRROR", "REPO", "SERIAL", "STATE", "LAST ACK", "FETCHED", "REUSED", "SECONDS", "ERROR"}};
+  for (const v1::MirrorStatus& m : mirrors) {
+    std::string serial = std::to_string(m.serial());
+    if (m.target_serial() != 0 && m.target_serial() != m.serial()) {
+      serial += " -> " + std::to_string(m.target_serial());
+    }
+    std::string last_ack = "never";
+    if (m.last_ack_unix() != 0) {
+      last_ack = Age(now_unix - m.last_ack_unix()) + " (" + IsoTime(m.last_ack_unix()) + ")";
+    }
+    char seconds[32];
+    std::snprintf(seconds, sizeof seconds, "%.2f", m.seconds());
+    rows.push_back({OneLine(m.mirror_id()), OneLine(m.repo()), serial, StateName(m.state()),
+                    last_ack, HumanBytes(m.bytes_fetched()), HumanBytes(m.bytes_reused()), seconds,
+                    m.error().empty() ? "-" : OneLine(m.error())});
+  }
+  out << RenderTable(rows);
+  return out.str();
+}
+
+std::string FormatStatusJson(const v1::StatusReply& status) {
+  nlohmann::json repos = nlohmann::json::array();
+  for (const v1::RepoSerial& r : SortedRepos(status)) {
+    repos.push_back({{"repo", r.repo()},
+                     {"serial", r.serial()},
+                     {"manifest_sha256", ToHex(r.manifest_sha256())}});
+  }
+  nlohmann::json mirrors = nlohmann::json::array();
+  for (const v1::MirrorStatus& m : SortedMirrors(status)) {
+    mirrors.push_back({{"mirror_id", m.mirror_id()},
+                       {"repo", m.repo()},
+                       {"serial", m.serial()},
+                       {"target_serial", m.target_serial()},
+                       {"state", StateName(m.state())},
+                       {"last_ack_unix", m.last_ack_unix()},
+                       {"bytes_fetched", m.bytes_fetched()},
+                       {"bytes_reused", m.bytes_reused()},
+                       {"seconds", std::isfinite(m.seconds()) ? m.seconds() : 0.0},
+                       {"error", m.error()}});
+  }
+  nlohmann::json doc = {{"broker_id", status.broker_id()},
+                        {"now_unix", status.now_unix()},
+                        {"repos", std::move(repos)},
+                        {"mirrors", std::move(mirrors)}};
+  // Peer-supplied strings may not be UTF-8: replace, never throw.
+  return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+int StatusMain(int argc, char** argv) {
+  const ProgramInfo info{
+      "mirrorcast status", "mirrorcast status --broker HOST:PORT [--json] [--timeout S]",
+      "Asks a broker for the latest serial of every repo it serves and for the last report of "
+      "every mirror (from their ACKs), and prints them as a table, or as one JSON object with "
+      "--json. Exit codes: 0 printed; 1 the broker refused; 2 usage error; 3 broker "
+      "unreachable or timed out."};
+  po::options_description options("Status options");
+  options.add_options()("broker", po::value<std::string>()->required(),
+                        "broker control endpoint, HOST:PORT or [V6]:PORT")(
+      "json", po::bool_switch(), "print one JSON object instead of a table")(
+      "timeout", po::value<double>()->default_value(10), "seconds to wait for the broker");
+  auto vm = ParseCommandLine(argc, argv, info, options);
+  if (!vm) return 0;
+
+  Result<HostPort> broker = ParseHostPort((*vm)["broker"].as<std::string>());
+  if (!broker.ok()) throw std::runtime_error("bad --broker: " + broker.status().message());
+  if (broker->port == 0) throw std::runtime_error("bad --broker: the port must not be 0");
+  const double timeout = (*vm)["timeout"].as<double>();
+  if (!std::isfinite(timeout) || timeout <= 0 || timeout > 86400) {
+    throw std::runtime_error("bad --timeout: must be between 0 and 86400 seconds");
+  }
+
+  zmq::context_t context;
+  Result<v1::StatusReply> status = Status::Internal("not asked");
+  {
+    ControlClient control(context, *broker);
+    status = control.GetStatus(
+        std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000))));
+  }
+  if (!status.ok()) {
+    const Status& s = status.status();
+    const bool unreachable =
+        s.code() == Status::Code::kTimeout || s.code() == Status::Code::kUnavailable;
+    if (unreachable) {
+      std::cerr << info.name << ": error: " << OneLine(s.message()) << " (waited " << timeout
+                << " s)\n";
+    } else {
+      std::cerr << info.name << ": error: broker " << broker->ToString()
+                << " refused: " << OneLine(s.message()) << "\n";
+    }
+    return unreachable ? 3 : 1;
+  }
+  if ((*vm)["json"].as<bool>()) {
+    std::cout << FormatStatusJson(*status) << std::endl;
+  } else {
+    const int64_t now = status->now_unix() != 0 ? status->now_unix() : Clock::Real().NowUnix();
+    std::cout << FormatStatusTable(*status, now) << std::flush;
+  }
+  return 0;
+}
+
+}  // namespace mirrorcast

@@ -1,0 +1,104 @@
+// The publisher: finds what changed in a repository tree, signs a RepoChanged
+// event for it and hands it to the origin broker, succeeding only once the
+// broker has durably accepted it. `mirrorcast-publish` is a thin wrapper.
+//
+// One Publish() call is one publish attempt:
+//   1. load the signing key;
+//   2. Hello to the broker: its latest serial and canonical manifest digest
+//      for the repo (an absent repo is serial 0 with an empty manifest);
+//   3. the previous manifest: the copy kept in the state directory when its
+//      serial and digest match the broker's, else the broker's stored one
+//      (fetched from the content socket and checked against the digest);
+//   4. the new manifest: a stat-only scan of the whole tree with a persistent
+//      hash cache, or, with `paths_from`, the previous manifest updated for
+//      just the listed paths;
+//   5. nothing changed -> done, nothing is sent;
+//   6. otherwise sign RepoChanged(serial = latest + 1) and send it with the
+//      new manifest on the control socket; on the broker's confirmation the
+//      new manifest is kept in the state directory.
+//
+// State directory layout (one publisher per repo at a time):
+//   <state>/<repo>.manifest      serialized v1::Manifest of the last serial
+//                                this publisher saw confirmed (or verified)
+//   <state>/<repo>.hashcache.db  HashCache (SQLite) for the tree scan
+//
+// Not thread-safe; call from one thread. The zmq context may be shared.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "core/base/clock.h"
+#include "core/base/status.h"
+#include "core/manifest/scanner.h"
+#include "core/net/endpoint.h"
+
+namespace mirrorcast {
+
+inline constexpr const char* kDefaultPublishStateDir = "/var/lib/mirrorcast/publish";
+
+struct PublisherOptions {
+  HostPort broker;                 // control endpoint of the origin broker
+  std::filesystem::path key_file;  // Ed25519 secret key (PREFIX.key, mode 0600)
+  std::string repo;                // repository name (ValidateRepoName)
+  std::filesystem::path tree;      // root of the repository tree
+  // When set: rescan only the paths listed in this file (ReadPathsFile; "-"
+  // is standard input); otherwise scan the whole tree.
+  std::optional<std::filesystem::path> paths_from;
+  std::chrono::milliseconds timeout{std::chrono::seconds(60)};  // per broker reply
+  std::filesystem::path state_dir = kDefaultPublishStateDir;
+  int expiry_days = 30;                   // RepoChanged.expires_unix = now + this
+  std::string client_name = "publisher";  // shown in the broker's logs
+  ScanOptions scan;
+  const Clock* clock = &Clock::Real();  // not owned; outlives Publish()
+};
+
+struct PublishOutcome {
+  std::string repo;
+  bool published = false;        // false: nothing changed, nothing was sent
+  uint64_t serial = 0;           // the repo's serial after this run
+  uint64_t previous_serial = 0;  // the broker's latest serial before this run
+  uint64_t added = 0;
+  uint64_t modified = 0;
+  uint64_t deleted = 0;
+  uint64_t manifest_entries = 0;
+  bool previous_from_state = false;  // previous manifest came from the state dir
+  ScanStats scan;
+  double scan_seconds = 0;
+
+  uint64_t changes() const { return added + modified + deleted; }
+};
+
+// Runs one publish attempt (see the top of this file). Errors:
+//   InvalidArgument      bad options; unreadable key, tree, path list or state dir
+//   Unavailable, Timeout the broker did not answer in time
+//   Rejected             the broker refused (e.g. another publish won the serial)
+//   anything else        a local failure (scan I/O, manifest mismatch, ...)
+// A Timeout on the publish request itself means the broker may still accept
+// the event; the next run finds out from the broker's serial.
+Result<PublishOutcome> Publish(const PublisherOptions& options, zmq::context_t& context);
+
+// Parses a --paths-from list: one repo-relative path per line; blank lines and
+// lines starting with '#' are ignored, a trailing '\r', leading "./" and
+// trailing '/' are dropped. Every path must pass ValidateRelativePath
+// (InvalidArgument naming the line otherwise). Sorted, without duplicates.
+Result<std::vector<std::string>> ParsePathList(std::string_view text);
+// Reads and parses a list file; "-" reads standard input.
+Result<std::vector<std::string>> ReadPathsFile(const std::filesystem::path& file);
+
+// Process exit code for a failed Publish(): 2 usage/config error,
+// 3 broker unreachable or timed out, 1 anything else (publish failed/refused).
+int PublishExitCode(const Status& status);
+
+// "published repo=R serial=N changes=K (added A, modified M, deleted D)" or
+// "nothing changed: repo=R stays at serial N".
+std::string DescribeOutcome(const PublishOutcome& outcome);
+// "scan: entries=N hashed_files=H hashed_bytes=B cache_hits=C".
+std::string DescribeScan(const ScanStats& stats);
+
+}  // namespace mirrorcast

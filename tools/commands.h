@@ -1,0 +1,25 @@
+// The subcommands of the `mirrorcast` admin command. Each takes argv shifted
+// so that argv[0] is the subcommand name, parses its own options (with
+// --help) and returns the process exit code: 0 success, 1 the operation
+// failed, 2 usage error, 3 broker unreachable or timed out.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "proto/mirrorcast.pb.h"
+
+namespace mirrorcast {
+
+// mirrorcast keygen --out PREFIX
+int KeygenMain(int argc, char** argv);
+
+// mirrorcast status --broker HOST:PORT [--json] [--timeout S]
+int StatusMain(int argc, char** argv);
+
+// The human table printed by `status`, ages relative to `now_unix`.
+std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix);
+// The one-line JSON object printed by `status --json`.
+std::string FormatStatusJson(const v1::StatusReply& status);
+
+}  // namespace mirrorcast
