@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstdint>
 
 namespace mirrorcast {
 namespace {
@@ -35,6 +36,46 @@ Status Reject(std::string_view what, std::string_view path) {
   return Status::Rejected(std::move(msg));
 }
 
+// Paths travel in protobuf `string` fields, whose parser refuses invalid
+// UTF-8: a non-UTF-8 name would make the whole manifest unparseable on every
+// mirror. Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF.
+bool IsValidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    uint32_t cp;
+    if ((c & 0xe0) == 0xc0) {
+      len = 2;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      len = 3;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > s.size()) return false;
+    for (size_t k = 1; k < len; ++k) {
+      unsigned char cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
 }  // namespace
 
 Status ValidateRelativePath(std::string_view rel) {
@@ -42,6 +83,7 @@ Status ValidateRelativePath(std::string_view rel) {
   if (rel.size() > kMaxPathBytes) return Reject("path too long", rel);
   if (rel.find('\0') != std::string_view::npos) return Reject("path contains NUL", rel);
   if (rel.find('\\') != std::string_view::npos) return Reject("path contains backslash", rel);
+  if (!IsValidUtf8(rel)) return Reject("path is not valid UTF-8", rel);
   if (rel.front() == '/') return Reject("absolute path", rel);
   if (rel.back() == '/') return Reject("path ends with '/'", rel);
   size_t start = 0;
@@ -77,6 +119,7 @@ Status ValidateSymlinkTarget(std::string_view link_path, std::string_view target
   if (target.find('\\') != std::string_view::npos) {
     return Reject("symlink target contains backslash", link_path);
   }
+  if (!IsValidUtf8(target)) return Reject("symlink target is not valid UTF-8", link_path);
   if (target.front() == '/') return Reject("absolute symlink target", link_path);
 
   // Depth of the directory holding the link: "a/b/link" lives at depth 2.

@@ -15,12 +15,15 @@ inline constexpr size_t kMaxComponentBytes = 255;
 
 // A safe repository-relative path: non-empty, at most kMaxPathBytes, no
 // leading or trailing '/', no empty, "." or ".." component, no NUL, no '\',
-// no component longer than kMaxComponentBytes. Returns Rejected otherwise.
+// no component longer than kMaxComponentBytes, valid UTF-8 (paths travel in
+// protobuf string fields). Returns Rejected otherwise.
 Status ValidateRelativePath(std::string_view rel);
 
 // A symlink at `link_path` (a valid relative path) pointing to `target` must
-// stay inside the tree: target relative, not empty, no NUL or '\', and its
-// lexical resolution from the link's directory never climbs above the root.
+// stay inside the tree: target relative, not empty, valid UTF-8, no NUL or
+// '\', and its lexical resolution from the link's directory never climbs above
+// the root. '..' is accepted only as a leading run: after a name it could
+// climb out through a symlinked directory.
 Status ValidateSymlinkTarget(std::string_view link_path, std::string_view target);
 
 // No existing component of root/rel *above the last one* is a symlink or a

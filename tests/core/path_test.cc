@@ -31,9 +31,13 @@ TEST(PathTest, RejectsUnsafePaths) {
   while (too_long.size() <= kMaxPathBytes) too_long += "abcdefg/";
   too_long += "z";
   const std::vector<std::string> bad_paths = {
-      "",       "..",  ".",     "a/../b", "a/..",  "../a", "/abs",         "a//b",
-      "a/",     "./a", "a/./b", "a\\b",   "..\\a", kNul,   long_component, "a/" + long_component,
-      too_long, "/"};
+      "", "..", ".", "a/../b", "a/..", "../a", "/abs", "a//b", "a/", "./a", "a/./b", "a\\b",
+      "..\\a", kNul, long_component, "a/" + long_component, too_long, "/",
+      // Not UTF-8: Latin-1, overlong '/', a surrogate, a truncated sequence.
+      "caf\xe9",
+      "a/\xc0\xaf"
+      "b",
+      "\xed\xa0\x80", "x\xe2\x82"};
   for (const std::string& bad : bad_paths) {
     Status s = ValidateRelativePath(bad);
     EXPECT_FALSE(s.ok()) << "accepted: " << bad.substr(0, 40);
@@ -66,12 +70,12 @@ TEST(PathTest, SymlinkTargetsEscapingOrMalformed) {
     std::string link;
     std::string target;
   };
-  for (const Case& c :
-       {Case{"a", ".."}, Case{"a", "../x"}, Case{"d/a", "../../x"},
-        Case{"d/e/a", "../../../etc/passwd"}, Case{"a", "/etc/passwd"}, Case{"a", ""},
-        Case{"a", "x\\y"}, Case{"a", std::string("x\0y", 3)},
-        // ".." after a name could climb out of a symlinked directory.
-        Case{"d/a", "s/../x"}, Case{"a", "x/../../y"}, Case{"../a", "x"}, Case{"/a", "x"}}) {
+  for (const Case& c : {Case{"a", ".."}, Case{"a", "../x"}, Case{"d/a", "../../x"},
+                        Case{"d/e/a", "../../../etc/passwd"}, Case{"a", "/etc/passwd"},
+                        Case{"a", ""}, Case{"a", "x\\y"}, Case{"a", std::string("x\0y", 3)},
+                        // ".." after a name could climb out of a symlinked directory.
+                        Case{"d/a", "s/../x"}, Case{"a", "x/../../y"}, Case{"../a", "x"},
+                        Case{"/a", "x"}, Case{"a", "caf\xe9"}}) {
     Status s = ValidateSymlinkTarget(c.link, c.target);
     EXPECT_FALSE(s.ok()) << c.link << " -> " << c.target;
     if (!s.ok()) {

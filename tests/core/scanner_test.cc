@@ -42,6 +42,7 @@ class ScannerTest : public ::testing::Test {
     ASSERT_EQ(::symlink("/etc/passwd", (tree_ / "abs").c_str()), 0);
     ASSERT_EQ(::mkfifo((tree_ / "fifo").c_str(), 0644), 0);
     WriteFile(tree_ / "back\\slash", "x");
+    WriteFile(tree_ / "latin1-caf\xe9", "x");  // not UTF-8: protobuf could not carry it
     WriteFile(tree_ / ".mirrorcast-staging/partial", "x");
     file_bytes_ = 5 + 100000 + 5;
   }
@@ -78,8 +79,8 @@ TEST_F(ScannerTest, ScansFilesDirectoriesAndSafeSymlinks) {
   EXPECT_EQ(stats.files_hashed, 3u);
   EXPECT_EQ(stats.bytes_hashed, file_bytes_);
   EXPECT_EQ(stats.cache_hits, 0u);
-  // evil, abs, fifo, back\slash, .mirrorcast-staging
-  EXPECT_EQ(stats.skipped, 5u);
+  // evil, abs, fifo, back\slash, latin1-caf\xe9, .mirrorcast-staging
+  EXPECT_EQ(stats.skipped, 6u);
 
   const v1::FileEntry* b = m.Find("dir/b.bin");
   ASSERT_NE(b, nullptr);
