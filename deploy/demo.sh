@@ -347,7 +347,7 @@ say "working in $D"
 say "generating the origin signing key"
 "$BIN/mirrorcast" keygen --out "$D/origin" >>"$LOGS/keygen.log" 2>&1 ||
   die "mirrorcast keygen failed (log: $LOGS/keygen.log)"
-info "$(head -c 100 "$D/origin.pub")"
+sed 's/^[[:space:]]*/    /' "$LOGS/keygen.log"
 
 say "creating the sample repository (300 packages, repodata/, a 50 MiB image)"
 make_sample_repo "$D/origin-root/$REPO"
