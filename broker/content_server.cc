@@ -244,8 +244,9 @@ v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request) {
   }
   const fs::path out = options_.scratch_dir / ("delta-" + std::to_string(id));
   DeltaStats stats;
-  // Compute from the path we validated; /proc/self/fd keeps it the same inode.
-  const fs::path source = "/proc/self/fd/" + std::to_string(fd->get());
+  // OpenServedFile checked every parent; ComputeDelta opens the last
+  // component without following a symlink either.
+  const fs::path source = options_.tree_root / request.repo() / req.path();
   if (Status s = ComputeDelta(req.signature(), source, out, &stats); !s.ok()) {
     std::error_code ec;
     fs::remove(out, ec);

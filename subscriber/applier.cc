@@ -124,7 +124,8 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
     const v1::FileEntry& entry = change.entry();
     const v1::FileEntry* old = local.Find(entry.path());
     if (old && old->kind() == v1::ENTRY_FILE && old->sha256() == entry.sha256()) {
-      continue;  // same content: Commit() only updates mode and mtime
+      stats->bytes_reused += entry.size();  // kept in place; Commit() sets mode and mtime
+      continue;
     }
     stats->files_changed++;
     staged.push_back(i);

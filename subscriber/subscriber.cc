@@ -218,11 +218,18 @@ Status Subscriber::Session::CatchUp() {
     }
     const bool contiguous = !chain.empty() && chain.front().previous_serial() == local;
     if (contiguous && !reply.gap() && total_changes <= kMaxReplayChanges) {
+      bool fits = true;
       for (const auto& event : chain) {
         if (event.serial() <= state_->serial()) continue;
-        MC_RETURN_IF_ERROR(ApplyEvent(event));
+        Status s = ApplyEvent(event);
+        if (s.code() == Status::Code::kFailedPrecondition) {
+          MC_LOG(warning) << s.message() << "; jumping to the latest signed manifest";
+          fits = false;
+          break;
+        }
+        MC_RETURN_IF_ERROR(s);
       }
-      continue;  // more may have arrived meanwhile
+      if (fits) continue;  // more may have arrived meanwhile
     }
     // Too far behind, or the log does not reach back: jump to the latest.
     MC_ASSIGN_OR_RETURN(
@@ -239,18 +246,19 @@ Status Subscriber::Session::CatchUp() {
 }
 
 Status Subscriber::Session::ApplyEvent(const v1::RepoChanged& event) {
-  if (event.previous_serial() != state_->serial()) return JumpTo(event);
+  if (event.previous_serial() != state_->serial()) {
+    return Status::FailedPrecondition("event does not follow this mirror's serial");
+  }
   // The signed change list must take our manifest to the signed digest
-  // (mix-and-match defence) before any byte is fetched.
+  // (mix-and-match defence) before any byte is fetched. A mirror whose tree
+  // differs (adopted from a scan, or repaired) jumps to the manifest instead.
   Manifest next = state_->manifest();
   Status applies = next.ApplyChanges(event.changes());
   if (!applies.ok() || next.Digest() != event.manifest_sha256()) {
-    Status why = Status::Rejected(
-        "event " + std::to_string(event.serial()) + " does not match this mirror's serial " +
+    return Status::FailedPrecondition(
+        "event " + std::to_string(event.serial()) + " does not fit this mirror's tree at serial " +
         std::to_string(state_->serial()) +
         (applies.ok() ? " (manifest digest differs)" : ": " + applies.message()));
-    MC_LOG(warning) << why.message() << "; jumping to the signed manifest instead";
-    return JumpTo(event);
   }
   std::vector<v1::Change> changes(event.changes().begin(), event.changes().end());
   return ApplyChanges(event.serial(), event.manifest_sha256(), changes);
@@ -258,9 +266,15 @@ Status Subscriber::Session::ApplyEvent(const v1::RepoChanged& event) {
 
 Status Subscriber::Session::JumpTo(const v1::RepoChanged& event) {
   FetchStats stats;
-  MC_ASSIGN_OR_RETURN(std::string bytes,
-                      content_->FetchManifest(event.serial(), kMaxManifestBytes, &stats));
-  auto target = Manifest::Parse(bytes);
+  auto bytes = content_->FetchManifest(event.serial(), kMaxManifestBytes, &stats);
+  if (!bytes.ok()) {
+    ApplyStats none;
+    none.bytes_fetched = stats.bytes_fetched;
+    Ack(v1::ACK_FAILED, event.serial(), none, 0.0,
+        "manifest " + std::to_string(event.serial()) + ": " + bytes.status().ToString());
+    return bytes.status();
+  }
+  auto target = Manifest::Parse(*bytes);
   if (!target.ok()) {
     Reject(event.serial(), target.status());
     return target.status();

@@ -98,8 +98,7 @@ int Cluster::StopSubscriber(const std::string& id) {
   return status;
 }
 
-RunResult Cluster::Publish(const std::vector<std::string>& extra,
-                           std::optional<fs::path> key) {
+RunResult Cluster::Publish(const std::vector<std::string>& extra, std::optional<fs::path> key) {
   std::vector<std::string> argv = {BinPath("mirrorcast-publish").string(),
                                    "--broker",
                                    broker_address(),
@@ -132,7 +131,8 @@ v1::StatusReply Cluster::Status() {
 }
 
 std::optional<v1::MirrorStatus> Cluster::Mirror(const std::string& id) {
-  for (const auto& m : Status().mirrors()) {
+  const v1::StatusReply status = Status();
+  for (const auto& m : status.mirrors()) {
     if (m.mirror_id() == id && m.repo() == repo_) return m;
   }
   return std::nullopt;
@@ -143,14 +143,14 @@ void Cluster::WaitForSerial(const std::vector<std::string>& ids, uint64_t serial
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     size_t done = 0;
-    for (const auto& m : Status().mirrors()) {
+    const v1::StatusReply status = Status();
+    for (const auto& m : status.mirrors()) {
       if (m.repo() != repo_ || m.serial() < serial || m.state() != v1::ACK_APPLIED) continue;
       if (std::find(ids.begin(), ids.end(), m.mirror_id()) != ids.end()) ++done;
     }
     if (done == ids.size()) return;
     if (std::chrono::steady_clock::now() > deadline) {
-      FAIL() << "mirrors did not reach serial " << serial << " within " << timeout.count()
-             << " s\n"
+      FAIL() << "mirrors did not reach serial " << serial << " within " << timeout.count() << " s\n"
              << Logs();
       return;
     }
@@ -174,8 +174,8 @@ void MakeSampleRepo(const fs::path& tree, int packages, size_t big_bytes) {
   std::ostringstream repomd;
   repomd << "<repomd>\n";
   for (int i = 0; i < packages; ++i) {
-    const std::string name = "Packages/p" + std::to_string(i % 7) + "/pkg-" + std::to_string(i) +
-                             ".rpm";
+    const std::string name =
+        "Packages/p" + std::to_string(i % 7) + "/pkg-" + std::to_string(i) + ".rpm";
     WriteFile(tree / name, RandomBytes(1000 + (i * 37) % 5000, 1000 + i));
     repomd << "  <package href=\"" << name << "\"/>\n";
   }

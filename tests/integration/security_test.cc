@@ -28,10 +28,10 @@ using namespace std::chrono_literals;
 // configured: an attacker (or a compromised relay) in front of a mirror.
 class HostileBroker {
  public:
-  std::vector<std::string> envelopes;          // answered to every Events request
+  std::vector<std::string> envelopes;  // answered to every Events request
   uint64_t latest_serial = 1;
-  std::map<uint64_t, std::string> manifests;   // serial -> bytes
-  std::map<std::string, std::string> files;    // path -> content
+  std::map<uint64_t, std::string> manifests;  // serial -> bytes
+  std::map<std::string, std::string> files;   // path -> content
   std::string repo = "demo";
 
   void Start() {
@@ -182,12 +182,12 @@ class SubscriberUnderAttack : public ::testing::Test {
   // Runs `mirrorcast-subscriber --once` against the hostile broker.
   RunResult RunSubscriber() {
     broker_.Start();
-    return Run({BinPath("mirrorcast-subscriber").string(), "--broker",
-                "127.0.0.1:" + std::to_string(broker_.port()), "--trust",
-                (dir_ / "origin.pub").string(), "--repo", "demo", "--tree",
-                (dir_ / "tree").string(), "--state", (dir_ / "state").string(), "--id", "victim",
-                "--once", "--stall-timeout", "5"},
-               60s);
+    return testing::Run(
+        {BinPath("mirrorcast-subscriber").string(), "--broker",
+         "127.0.0.1:" + std::to_string(broker_.port()), "--trust", (dir_ / "origin.pub").string(),
+         "--repo", "demo", "--tree", (dir_ / "tree").string(), "--state", (dir_ / "state").string(),
+         "--id", "victim", "--once", "--stall-timeout", "5"},
+        60s);
   }
 
   // The subscriber refused, said why in its ACK, and left the tree alone.
@@ -275,7 +275,9 @@ TEST_F(SubscriberUnderAttack, ManifestThatDoesNotMatchTheSignedDigestIsRejected)
 
 TEST_F(SubscriberUnderAttack, ContentThatDoesNotMatchItsSignedHashNeverReachesTheTree) {
   const std::string good(100000, 'g');
-  broker_.envelopes = {SealEnvelope(EventAdding("Packages/new.rpm", good), origin_)};
+  Manifest manifest;
+  broker_.envelopes = {SealEnvelope(EventAdding("Packages/new.rpm", good, &manifest), origin_)};
+  broker_.manifests[1] = manifest.Serialize();
   std::string bad = good;
   bad[5000] = 'b';
   broker_.files["Packages/new.rpm"] = bad;
@@ -284,7 +286,9 @@ TEST_F(SubscriberUnderAttack, ContentThatDoesNotMatchItsSignedHashNeverReachesTh
 
 TEST_F(SubscriberUnderAttack, ContentLongerThanItsSignedSizeIsRefused) {
   const std::string good(100000, 'g');
-  broker_.envelopes = {SealEnvelope(EventAdding("Packages/new.rpm", good), origin_)};
+  Manifest manifest;
+  broker_.envelopes = {SealEnvelope(EventAdding("Packages/new.rpm", good, &manifest), origin_)};
+  broker_.manifests[1] = manifest.Serialize();
   broker_.files["Packages/new.rpm"] = good + std::string(1 << 20, 'e');  // endless data
   ExpectRefused(RunSubscriber(), v1::ACK_FAILED, "signed size");
 }
