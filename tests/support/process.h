@@ -85,7 +85,9 @@ struct RunResult {
   std::string err;         // everything written to stderr
 };
 
-// Runs argv to completion with stdout and stderr captured separately. A child
+// Runs argv to completion with stdout and stderr captured separately.
+// Inside a GoogleTest fixture, gtest's own Test::Run() hides this name: call
+// it qualified (mirrorcast::testing::Run). A child
 // still running after `timeout` is killed (its whole group) and the result has
 // timed_out set. Throws if the program cannot be executed.
 RunResult Run(const std::vector<std::string>& argv,
