@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -168,6 +169,20 @@ std::string Cluster::Logs() const {
     out << "----- " << entry.path().filename().string() << "\n" << text << "\n";
   }
   return out.str();
+}
+
+ChildProcess& Cluster::broker() {
+  if (!broker_) throw std::runtime_error("no broker is running");
+  return *broker_;
+}
+
+int Cluster::KillBroker() {
+  if (!broker_) return -1;
+  broker_->Signal(SIGKILL);
+  const std::optional<int> status = broker_->Wait(10s);
+  if (!status) throw std::runtime_error("broker survived SIGKILL for 10 s");
+  broker_.reset();
+  return *status;
 }
 
 void MakeSampleRepo(const fs::path& tree, int packages, size_t big_bytes) {

@@ -61,6 +61,13 @@ class Cluster {
   // The logs of every process, for failure messages.
   std::string Logs() const;
 
+  // Fault injection. The running broker's process, e.g. for SIGSTOP/SIGCONT
+  // (throws std::runtime_error when no broker runs).
+  ChildProcess& broker();
+  // SIGKILLs the broker (no clean shutdown) and reaps it; StartBroker()
+  // afterwards restarts it on the same control port. Returns its exit status.
+  int KillBroker();
+
  private:
   TempDir dir_;
   std::string repo_;
