@@ -68,6 +68,13 @@ Status Broker::Start() {
     MC_RETURN_IF_ERROR(trust_.AddFile(file).WithContext("trust key " + file.string()));
   }
   if (trust_.empty()) return Status::InvalidArgument("no trusted publisher key (--trust)");
+  if (options_.heartbeat_key) {
+    auto key = SigningKey::LoadFile(*options_.heartbeat_key);
+    if (!key.ok()) return key.status().WithContext("heartbeat key");
+    heartbeat_key_ = std::move(*key);
+  } else {
+    MC_LOG(warning) << "no --heartbeat-key: mirrors cannot prove they are fresh";
+  }
   std::error_code ec;
   if (!fs::is_directory(options_.tree_root, ec)) {
     return Status::NotFound("tree root " + options_.tree_root.string() + " is not a directory");
@@ -147,8 +154,35 @@ int Broker::Run() {
   return 0;
 }
 
+void Broker::SendHeartbeat() {
+  if (!heartbeat_key_ || state_->repos().empty()) return;
+  const int64_t now = Clock::Real().NowUnix();
+  v1::SignedPayload payload;
+  auto* hb = payload.mutable_heartbeat();
+  hb->set_origin(options_.broker_id);
+  hb->set_issued_unix(now);
+  // Valid for a few intervals, so one lost heartbeat does not make anyone stale.
+  hb->set_expires_unix(now + std::max<int64_t>(30, 3 * options_.heartbeat_interval.count()));
+  for (const auto& [repo, head] : state_->repos()) {
+    auto* r = hb->add_repos();
+    r->set_repo(repo);
+    r->set_serial(head.serial);
+    r->set_manifest_sha256(head.manifest_sha256);
+  }
+  const std::string envelope = SealEnvelope(std::move(payload), *heartbeat_key_);
+  for (const auto& [repo, head] : state_->repos()) {
+    (void)head;
+    FanOut(repo, envelope);
+  }
+}
+
 void Broker::ControlLoop() {
+  auto next_heartbeat = std::chrono::steady_clock::now();
   while (!stop_) {
+    if (std::chrono::steady_clock::now() >= next_heartbeat) {
+      SendHeartbeat();
+      next_heartbeat = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+    }
     zmq::pollitem_t items[] = {{static_cast<void*>(control_), 0, ZMQ_POLLIN, 0},
                                {static_cast<void*>(events_), 0, ZMQ_POLLIN, 0}};
     try {

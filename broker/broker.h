@@ -14,6 +14,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -44,6 +45,10 @@ struct BrokerOptions {
   uint64_t keep_events = 100000;  // per repo, for catch-up
   uint64_t keep_manifests = 4;    // per repo, for bootstrap and diffs
   std::string broker_id;          // defaults to the hostname
+  // The origin's online key for signed heartbeats (freshness proof); none
+  // without it. Subscribers trust it for heartbeats only.
+  std::optional<std::filesystem::path> heartbeat_key;
+  std::chrono::seconds heartbeat_interval{10};
 };
 
 class Broker {
@@ -69,6 +74,7 @@ class Broker {
   v1::ControlReply HandleStatus();
   v1::ControlReply HandleHello(const v1::HelloRequest& request);
   void FanOut(const std::string& repo, const std::string& envelope);
+  void SendHeartbeat();
 
   BrokerOptions options_;
   zmq::context_t context_;
@@ -77,6 +83,7 @@ class Broker {
   std::unique_ptr<ContentServer> content_;
   std::unique_ptr<BrokerState> state_;
   TrustStore trust_;
+  std::optional<SigningKey> heartbeat_key_;
   uint16_t control_port_ = 0;
   uint16_t events_port_ = 0;
   uint16_t content_port_ = 0;

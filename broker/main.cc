@@ -12,26 +12,33 @@ namespace {
 int BrokerMain(int argc, char** argv) {
   using namespace mirrorcast;
   po::options_description options("Broker options");
-  options.add_options()(
-      "listen", po::value<std::string>()->required(),
-      "HOST:PORT of the control socket (port 0: any free port). Clients are configured with "
-      "this one address and learn the events and content ports from it")(
-      "state", po::value<std::string>()->required(),
-      "state directory: broker.db (event log, mirror table) and stored manifests")(
-      "tree-root", po::value<std::string>()->required(),
-      "directory whose subdirectory R is the content of repo R")(
-      "trust", po::value<std::vector<std::string>>()->required()->composing(),
-      "public key file of a publisher allowed to publish (repeatable)")(
-      "port-file", po::value<std::string>(),
-      "write HOST:PORT of the control socket here once bound")(
-      "events-port", po::value<uint16_t>()->default_value(0),
-      "port of the events socket (0: control port + 1, or any free port with --listen ...:0)")(
-      "content-port", po::value<uint16_t>()->default_value(0),
-      "port of the content socket (0: control port + 2, or any free port with --listen ...:0)")(
-      "content-workers", po::value<int>()->default_value(4), "threads serving content and deltas")(
-      "keep-events", po::value<uint64_t>()->default_value(100000),
-      "events kept per repo for catch-up")("broker-id", po::value<std::string>(),
-                                           "name shown in status (default: hostname)");
+  // clang-format off
+  options.add_options()
+      ("listen", po::value<std::string>()->required(),
+       "HOST:PORT of the control socket (port 0: any free port). Clients are configured with "
+       "this one address and learn the events and content ports from it")
+      ("state", po::value<std::string>()->required(),
+       "state directory: broker.db (event log, mirror table) and stored manifests")
+      ("tree-root", po::value<std::string>()->required(),
+       "directory whose subdirectory R is the content of repo R")
+      ("trust", po::value<std::vector<std::string>>()->required()->composing(),
+       "public key file of a publisher allowed to publish (repeatable)")
+      ("port-file", po::value<std::string>(),
+       "write HOST:PORT of the control socket here once bound")
+      ("events-port", po::value<uint16_t>()->default_value(0),
+       "port of the events socket (0: control port + 1, or any free port with --listen ...:0)")
+      ("content-port", po::value<uint16_t>()->default_value(0),
+       "port of the content socket (0: control port + 2, or any free port with --listen ...:0)")
+      ("content-workers", po::value<int>()->default_value(4),
+       "threads serving content and computing deltas")
+      ("keep-events", po::value<uint64_t>()->default_value(100000),
+       "events kept per repo for catch-up")
+      ("broker-id", po::value<std::string>(), "name shown in status (default: hostname)")
+      ("heartbeat-key", po::value<std::string>(),
+       "secret key file (the origin's online key) used to sign heartbeats: the latest serial "
+       "of every repo, so mirrors notice missed events and can prove they are fresh")
+      ("heartbeat-interval", po::value<int>()->default_value(10), "seconds between heartbeats");
+  // clang-format on
   ProgramInfo info{
       "mirrorcast-broker",
       "mirrorcast-broker --listen HOST:PORT --state DIR --tree-root DIR --trust PUBFILE "
@@ -56,6 +63,9 @@ int BrokerMain(int argc, char** argv) {
   opts.content_workers = (*vm)["content-workers"].as<int>();
   opts.keep_events = (*vm)["keep-events"].as<uint64_t>();
   if (vm->count("broker-id")) opts.broker_id = (*vm)["broker-id"].as<std::string>();
+  if (vm->count("heartbeat-key")) opts.heartbeat_key = (*vm)["heartbeat-key"].as<std::string>();
+  opts.heartbeat_interval =
+      std::chrono::seconds(std::max(1, (*vm)["heartbeat-interval"].as<int>()));
 
   InstallStopSignals();
   Broker broker(std::move(opts));

@@ -19,6 +19,12 @@ int SubscriberMain(int argc, char** argv) {
        "HOST:PORT of the broker's control socket (the one address a mirror needs)")
       ("trust", po::value<std::vector<std::string>>()->required()->composing(),
        "public key file of the origin whose events this mirror accepts (repeatable)")
+      ("heartbeat-trust", po::value<std::vector<std::string>>()->composing(),
+       "public key file trusted to sign heartbeats only: the origin broker's online key "
+       "(repeatable). Enables freshness tracking: see --stale-after")
+      ("stale-after", po::value<int>()->default_value(60),
+       "report this mirror stale (log, ACK, status) once the newest valid heartbeat is older "
+       "than this many seconds")
       ("repo", po::value<std::string>()->required(), "repository name to mirror")
       ("tree", po::value<std::string>()->required(),
        "the served mirror directory (created if missing)")
@@ -55,6 +61,12 @@ int SubscriberMain(int argc, char** argv) {
   SubscriberOptions opts;
   opts.broker = *broker;
   for (const auto& t : (*vm)["trust"].as<std::vector<std::string>>()) opts.trust.emplace_back(t);
+  if (vm->count("heartbeat-trust")) {
+    for (const auto& t : (*vm)["heartbeat-trust"].as<std::vector<std::string>>()) {
+      opts.heartbeat_trust.emplace_back(t);
+    }
+  }
+  opts.stale_after = std::chrono::seconds(std::max(1, (*vm)["stale-after"].as<int>()));
   opts.repo = (*vm)["repo"].as<std::string>();
   opts.tree = (*vm)["tree"].as<std::string>();
   opts.state = (*vm)["state"].as<std::string>();

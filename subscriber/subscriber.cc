@@ -51,7 +51,13 @@ class Subscriber::Session {
 
  private:
   Status Connect();
+  // (Re)creates the content and event sockets for the ports in `hello`.
+  void Attach(const v1::HelloReply& hello);
+  Status ResumeJournal();
   Result<v1::RepoChanged> Verify(const std::string& envelope);
+  // Handles any envelope from the event socket: events, heartbeats.
+  void OnBroadcast(const std::string& envelope, bool* need_sync);
+  void CheckFreshness();
   Status ApplyEvent(const v1::RepoChanged& event);
   Status JumpTo(const v1::RepoChanged& event);
   Status ApplyChanges(uint64_t serial, const std::string& digest,
@@ -72,7 +78,17 @@ class Subscriber::Session {
   std::unique_ptr<ControlClient> control_;
   std::unique_ptr<ContentClient> content_;
   std::unique_ptr<zmq::socket_t> events_;
+  uint32_t events_port_ = 0;
+  uint32_t content_port_ = 0;
   uint64_t last_rejected_ = 0;
+
+  // Freshness: only with heartbeat keys configured.
+  TrustStore heartbeat_trust_;
+  int64_t last_heartbeat_issued_ = 0;
+  int64_t started_unix_ = 0;
+  bool stale_ = false;
+  SteadyClock::time_point next_ack_try_{};
+  Millis ack_backoff_{1000};
 };
 
 Status Subscriber::Session::Init() {
@@ -80,6 +96,11 @@ Status Subscriber::Session::Init() {
     MC_RETURN_IF_ERROR(trust_.AddFile(file).WithContext("trust key " + file.string()));
   }
   if (trust_.empty()) return Status::InvalidArgument("no trusted origin key (--trust)");
+  for (const auto& file : options_.heartbeat_trust) {
+    MC_RETURN_IF_ERROR(
+        heartbeat_trust_.AddFile(file).WithContext("heartbeat key " + file.string()));
+  }
+  started_unix_ = Clock::Real().NowUnix();
   MC_RETURN_IF_ERROR(ValidateRepoName(options_.repo));
   std::error_code ec;
   fs::create_directories(options_.tree, ec);
@@ -108,14 +129,7 @@ Status Subscriber::Session::Init() {
   applier_ = std::make_unique<Applier>(std::move(apply));
 
   // An apply interrupted after staging: finish it before anything else.
-  MC_ASSIGN_OR_RETURN(auto journal, state_->ReadJournal());
-  if (journal) {
-    MC_LOG(warning) << "finishing interrupted apply of serial " << journal->serial;
-    MC_RETURN_IF_ERROR(applier_->Commit(journal->changes).WithContext("resume apply"));
-    MC_RETURN_IF_ERROR(
-        state_->CommitApply(journal->serial, journal->manifest_sha256, journal->changes));
-    MC_LOG(info) << "resumed apply done: repo=" << options_.repo << " serial=" << journal->serial;
-  }
+  MC_RETURN_IF_ERROR(ResumeJournal());
   MC_RETURN_IF_ERROR(applier_->ClearStaging());
 
   if (!state_->initialized()) {
@@ -135,26 +149,27 @@ Status Subscriber::Session::Init() {
   return Connect();
 }
 
+Status Subscriber::Session::ResumeJournal() {
+  MC_ASSIGN_OR_RETURN(auto journal, state_->ReadJournal());
+  if (!journal) return Status::Ok();
+  MC_LOG(warning) << "finishing interrupted apply of serial " << journal->serial;
+  MC_RETURN_IF_ERROR(applier_->Commit(journal->changes).WithContext("resume apply"));
+  MC_RETURN_IF_ERROR(
+      state_->CommitApply(journal->serial, journal->manifest_sha256, journal->changes));
+  serial_out_ = journal->serial;
+  MC_LOG(info) << "resumed apply done: repo=" << options_.repo << " serial=" << journal->serial;
+  ApplyStats none;
+  Ack(v1::ACK_APPLIED, journal->serial, none, 0.0, "");
+  return applier_->ClearStaging();
+}
+
 Status Subscriber::Session::Connect() {
   control_ = std::make_unique<ControlClient>(context_, options_.broker);
   auto backoff = Millis(200);
   for (;;) {
     auto hello = control_->Hello("subscriber " + options_.id, kControlTimeout);
     if (hello.ok()) {
-      ContentClientOptions content;
-      content.stall_timeout = options_.stall_timeout;
-      content.credit = options_.fetch_credit;
-      content_ = std::make_unique<ContentClient>(
-          context_, options_.broker.WithPort(static_cast<uint16_t>(hello->content_port())),
-          options_.repo, content);
-      events_ = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::sub);
-      ConfigureSocket(*events_, options_.broker, static_cast<int64_t>(kMaxEnvelopeBytes) + 1024);
-      events_->set(zmq::sockopt::rcvhwm, 10000);
-      std::string topic = options_.repo;
-      topic.push_back('\0');
-      events_->set(zmq::sockopt::subscribe, topic);
-      events_->connect(
-          options_.broker.WithPort(static_cast<uint16_t>(hello->events_port())).Endpoint());
+      Attach(*hello);
       MC_LOG(info) << "connected to broker " << hello->broker_id() << " at "
                    << options_.broker.ToString();
       return Status::Ok();
@@ -168,6 +183,24 @@ Status Subscriber::Session::Connect() {
     }
     backoff = std::min(backoff * 2, Millis(10000));
   }
+}
+
+void Subscriber::Session::Attach(const v1::HelloReply& hello) {
+  ContentClientOptions content;
+  content.stall_timeout = options_.stall_timeout;
+  content.credit = options_.fetch_credit;
+  content_ = std::make_unique<ContentClient>(
+      context_, options_.broker.WithPort(static_cast<uint16_t>(hello.content_port())),
+      options_.repo, content);
+  events_ = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::sub);
+  ConfigureSocket(*events_, options_.broker, static_cast<int64_t>(kMaxEnvelopeBytes) + 1024);
+  events_->set(zmq::sockopt::rcvhwm, 10000);
+  std::string topic = options_.repo;
+  topic.push_back('\0');
+  events_->set(zmq::sockopt::subscribe, topic);
+  events_->connect(options_.broker.WithPort(static_cast<uint16_t>(hello.events_port())).Endpoint());
+  events_port_ = hello.events_port();
+  content_port_ = hello.content_port();
 }
 
 Result<v1::RepoChanged> Subscriber::Session::Verify(const std::string& envelope) {
@@ -192,6 +225,7 @@ Result<uint64_t> Subscriber::Session::BrokerHead() {
 }
 
 Status Subscriber::Session::CatchUp() {
+  MC_RETURN_IF_ERROR(ResumeJournal());
   for (;;) {
     if (ShouldStop()) return Status::Unavailable("stopping");
     const uint64_t local = state_->serial();
@@ -348,7 +382,8 @@ void Subscriber::Session::Ack(v1::AckState state, uint64_t target, const ApplySt
   if (Status s = state_->QueueAck(ack); !s.ok()) {
     MC_LOG(error) << "cannot queue ACK: " << s.ToString();
   }
-  FlushAcks();
+  next_ack_try_ = SteadyClock::time_point{};  // a new ACK goes out right away
+  if (control_) FlushAcks();
 }
 
 void Subscriber::Session::Reject(uint64_t serial, const Status& why) {
@@ -361,15 +396,86 @@ void Subscriber::Session::Reject(uint64_t serial, const Status& why) {
 }
 
 void Subscriber::Session::FlushAcks() {
+  if (SteadyClock::now() < next_ack_try_) return;
   auto pending = state_->PendingAcks();
   if (!pending.ok()) return;
   for (const auto& [id, ack] : *pending) {
     Status sent = control_->SendAck(ack, Millis(2000));
     if (!sent.ok()) {
-      MC_LOG(debug) << "ACK not confirmed yet: " << sent.ToString();
-      return;  // retried on the next loop turn
+      // Retried with backoff; duplicates are harmless (the broker upserts).
+      MC_LOG(debug) << "ACK not confirmed yet: " << sent.ToString() << "; retrying in "
+                    << ack_backoff_.count() << " ms";
+      next_ack_try_ = SteadyClock::now() + ack_backoff_;
+      ack_backoff_ = std::min(ack_backoff_ * 2, Millis(30000));
+      return;
     }
     state_->DropAck(id);
+  }
+  ack_backoff_ = Millis(1000);
+}
+
+void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sync) {
+  v1::Envelope outer;
+  if (!outer.ParseFromString(envelope)) {
+    Reject(0, Status::Rejected("malformed envelope"));
+    return;
+  }
+  if (trust_.Find(outer.key_id()) == nullptr && heartbeat_trust_.Find(outer.key_id())) {
+    // A heartbeat key may sign heartbeats and nothing else.
+    auto opened = OpenEnvelope(envelope, heartbeat_trust_);
+    if (!opened.ok() || !opened->payload.has_heartbeat()) {
+      Reject(0, opened.ok() ? Status::Rejected("heartbeat key signed something else")
+                            : opened.status());
+      return;
+    }
+    const v1::Heartbeat& hb = opened->payload.heartbeat();
+    const int64_t now = Clock::Real().NowUnix();
+    if (hb.expires_unix() != 0 && now > hb.expires_unix()) {
+      MC_LOG(warning) << "ignoring expired heartbeat issued at " << hb.issued_unix();
+      return;
+    }
+    if (hb.issued_unix() > now + 300) {
+      MC_LOG(warning) << "ignoring heartbeat from the future (clock skew?)";
+      return;
+    }
+    if (hb.issued_unix() < last_heartbeat_issued_) return;  // replayed or reordered
+    last_heartbeat_issued_ = hb.issued_unix();
+    for (const auto& r : hb.repos()) {
+      if (r.repo() == options_.repo && r.serial() > state_->serial()) {
+        MC_LOG(info) << "heartbeat says serial " << r.serial() << ", this mirror has "
+                     << state_->serial() << ": catching up";
+        *need_sync = true;
+      }
+    }
+    CheckFreshness();
+    return;
+  }
+  auto event = Verify(envelope);
+  if (!event.ok()) {
+    Reject(0, event.status());
+    return;
+  }
+  if (event->serial() > state_->serial()) *need_sync = true;
+}
+
+void Subscriber::Session::CheckFreshness() {
+  if (heartbeat_trust_.empty()) return;
+  const int64_t now = Clock::Real().NowUnix();
+  const int64_t since = last_heartbeat_issued_ ? last_heartbeat_issued_ : started_unix_;
+  const bool stale = now - since > options_.stale_after.count();
+  if (stale == stale_) return;
+  stale_ = stale;
+  ApplyStats none;
+  if (stale) {
+    const std::string why = last_heartbeat_issued_
+                                ? "no valid heartbeat for " + std::to_string(now - since) + " s"
+                                : "no valid heartbeat since start";
+    MC_LOG(warning) << "mirror is stale: " << why << " (limit " << options_.stale_after.count()
+                    << " s); the origin may be frozen or unreachable";
+    Ack(v1::ACK_STALE, state_->serial(), none, 0.0, why);
+  } else {
+    MC_LOG(info) << "fresh again: valid heartbeat received";
+    Ack(v1::ACK_APPLIED, state_->serial(), none, 0.0, "");
   }
 }
 
@@ -406,23 +512,22 @@ void Subscriber::Session::Serve() {
         auto frames = ReceiveMultipart(*events_);
         if (frames.empty()) break;
         if (frames.size() != 2) continue;
-        auto event = Verify(frames[1].to_string());
-        if (!event.ok()) {
-          Reject(0, event.status());
-          continue;
-        }
-        if (event->serial() > state_->serial()) need_sync = true;
+        OnBroadcast(frames[1].to_string(), &need_sync);
       }
     }
     const auto now = SteadyClock::now();
     if (now >= next_poll) {
-      next_poll = now + options_.poll_interval;
+      // A stale mirror asks more often: the broker may be back on new ports.
+      next_poll = now + (stale_ ? std::min<std::chrono::seconds>(options_.poll_interval,
+                                                                 std::chrono::seconds(5))
+                                : options_.poll_interval);
       auto head = BrokerHead();
       if (head.ok() && *head > state_->serial()) need_sync = true;
     }
     if (now >= next_ack) {
       next_ack = now + Millis(1000);
       FlushAcks();
+      CheckFreshness();
     }
   }
 }

@@ -38,6 +38,11 @@ namespace mirrorcast {
 struct SubscriberOptions {
   HostPort broker;
   std::vector<std::filesystem::path> trust;  // origin public keys
+  // Keys trusted to sign heartbeats only (the origin broker's online key).
+  std::vector<std::filesystem::path> heartbeat_trust;
+  // With heartbeat keys: report stale once the newest valid heartbeat was
+  // issued longer ago than this (freeze defence).
+  std::chrono::seconds stale_after{60};
   std::string repo;
   std::filesystem::path tree;
   std::filesystem::path state;
