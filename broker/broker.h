@@ -42,9 +42,9 @@ struct BrokerOptions {
   uint16_t events_port = 0;
   uint16_t content_port = 0;
   int content_workers = 4;
-  uint64_t keep_events = 100000;  // per repo, for catch-up
-  uint64_t keep_manifests = 4;    // per repo, for bootstrap and diffs
-  std::string broker_id;          // defaults to the hostname
+  uint64_t keep_events = 10000;  // per repo, for catch-up (older: manifest jump)
+  uint64_t keep_manifests = 4;   // per repo, for bootstrap and diffs
+  std::string broker_id;         // defaults to the hostname
   // The origin's online key for signed heartbeats (freshness proof); none
   // without it. Subscribers trust it for heartbeats only.
   std::optional<std::filesystem::path> heartbeat_key;

@@ -31,8 +31,8 @@ int BrokerMain(int argc, char** argv) {
        "port of the content socket (0: control port + 2, or any free port with --listen ...:0)")
       ("content-workers", po::value<int>()->default_value(4),
        "threads serving content and computing deltas")
-      ("keep-events", po::value<uint64_t>()->default_value(100000),
-       "events kept per repo for catch-up")
+      ("keep-events", po::value<uint64_t>()->default_value(10000),
+       "events kept per repo for catch-up; a mirror further behind jumps to the latest manifest")
       ("broker-id", po::value<std::string>(), "name shown in status (default: hostname)")
       ("heartbeat-key", po::value<std::string>(),
        "secret key file (the origin's online key) used to sign heartbeats: the latest serial "
