@@ -17,6 +17,10 @@ int KeygenMain(int argc, char** argv);
 // mirrorcast status --broker HOST:PORT [--json] [--timeout S]
 int StatusMain(int argc, char** argv);
 
+// mirrorcast verify --tree DIR --state DIR [--repo R] [--rate MBPS]
+//                   [--repair --broker HOST:PORT [--delete-extra]] [--json]
+int VerifyMain(int argc, char** argv);
+
 // The human table printed by `status`, ages relative to `now_unix`.
 std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix);
 // The one-line JSON object printed by `status --json`.
