@@ -1,5 +1,8 @@
 #include "subscriber/subscriber.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <system_error>
 
@@ -31,6 +34,30 @@ constexpr size_t kMaxManifestBytes = kMaxControlMessageBytes;
 
 // Replaying more events than this costs more than one manifest download.
 constexpr size_t kMaxReplayChanges = 200000;
+
+// Staged files reach the tree by rename(2), which is atomic only within one
+// mount: st_dev alone misses two bind mounts of one filesystem, so try it.
+Status CheckRenameWorks(const fs::path& staging, const fs::path& tree) {
+  const std::string name = ".mirrorcast-probe-" + std::to_string(::getpid());
+  const fs::path from = staging / name;
+  const fs::path to = tree / name;
+  {
+    UniqueFd fd(::open(from.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!fd.valid()) return Status::FromErrno("create " + from.string(), errno);
+  }
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(from.c_str());
+    if (err == EXDEV) {
+      return Status::InvalidArgument("staging directory " + staging.string() +
+                                     " is not on the tree's mount: renames would not be atomic "
+                                     "(use --staging on the tree's filesystem)");
+    }
+    return Status::FromErrno("rename probe into " + tree.string(), err);
+  }
+  ::unlink(to.c_str());
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -116,11 +143,7 @@ Status Subscriber::Session::Init() {
     apply.staging = same ? options_.state / "staging" : options_.tree / ".mirrorcast-staging";
   }
   fs::create_directories(apply.staging, ec);
-  MC_ASSIGN_OR_RETURN(bool staging_ok, SameFilesystem(apply.staging, options_.tree));
-  if (!staging_ok) {
-    return Status::InvalidArgument("staging directory " + apply.staging.string() +
-                                   " is not on the tree's filesystem: renames would not be atomic");
-  }
+  MC_RETURN_IF_ERROR(CheckRenameWorks(apply.staging, options_.tree));
   if (!options_.metadata_patterns.empty()) {
     apply.metadata = MetadataMatcher(options_.metadata_patterns);
   }
