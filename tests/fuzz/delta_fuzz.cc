@@ -13,12 +13,9 @@
 #include <system_error>
 #include <vector>
 
-#include <boost/log/core.hpp>
-#include <boost/log/expressions.hpp>
-#include <boost/log/trivial.hpp>
-
 #include "core/delta/delta.h"
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/fuzz/quiet_logs.h"
 #include "tests/fuzz/scratch_dir.h"
 
 #ifndef MIRRORCAST_FUZZ_ENTRY
@@ -53,9 +50,6 @@ std::string Content(uint32_t seed, size_t size) {
 
 const Files& FixedFiles() {
   static const Files files = [] {
-    // librsync traces every refusal at debug level; printing those lines
-    // would cost more than the delta work itself.
-    boost::log::core::get()->set_filter(boost::log::trivial::severity >= boost::log::trivial::info);
     Files f;
     f.basis = Scratch() / "basis";
     f.new_file = Scratch() / "new";
@@ -115,6 +109,7 @@ std::vector<std::string> DeltaSeeds() {
 }  // namespace mirrorcast::fuzz
 
 extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
+  mirrorcast::fuzz::QuietLibraryLogs();
   using namespace mirrorcast;
   using namespace mirrorcast::fuzz;
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);

@@ -20,6 +20,7 @@
 #include "core/wire/envelope.h"
 #include "proto/mirrorcast.pb.h"
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/fuzz/quiet_logs.h"
 #include "tests/fuzz/scratch_dir.h"
 
 #ifndef MIRRORCAST_FUZZ_ENTRY
@@ -192,6 +193,7 @@ std::vector<std::string> EnvelopeSeeds() {
 }  // namespace mirrorcast::fuzz
 
 extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
+  mirrorcast::fuzz::QuietLibraryLogs();
   using namespace mirrorcast::fuzz;
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   Verify(bytes);

@@ -4,7 +4,6 @@
 // single-bit flips, byte insertions and deletions, splices of two seeds, and
 // random inputs from a fixed-seed generator. A target that crashes or traps
 // kills this process, which fails the test run.
-#include <google/protobuf/stubs/logging.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/fuzz/quiet_logs.h"
 
 namespace mirrorcast::fuzz {
 namespace {
@@ -132,9 +132,7 @@ size_t Replay(Entry entry, const std::vector<std::string>& seeds, const Budget& 
 
 class FuzzReplay : public ::testing::Test {
  protected:
-  // Random bytes in proto3 string fields make protobuf log every refusal;
-  // those lines are expected here and would bury real output.
-  void SetUp() override { google::protobuf::SetLogHandler(nullptr); }
+  void SetUp() override { QuietLibraryLogs(); }
 
   void ReplayTarget(Entry entry, const std::vector<std::string>& seeds) {
     ASSERT_FALSE(seeds.empty());

@@ -11,6 +11,7 @@
 #include "core/crypto/keys.h"
 #include "core/crypto/sha256.h"
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/fuzz/quiet_logs.h"
 #include "tests/fuzz/scratch_dir.h"
 
 #ifndef MIRRORCAST_FUZZ_ENTRY
@@ -49,6 +50,7 @@ std::vector<std::string> KeyfileSeeds() {
 }  // namespace mirrorcast::fuzz
 
 extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
+  mirrorcast::fuzz::QuietLibraryLogs();
   using namespace mirrorcast;
   using namespace mirrorcast::fuzz;
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);

@@ -12,6 +12,7 @@
 #include "core/manifest/manifest.h"
 #include "proto/mirrorcast.pb.h"
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/fuzz/quiet_logs.h"
 
 #ifndef MIRRORCAST_FUZZ_ENTRY
 #define MIRRORCAST_FUZZ_ENTRY LLVMFuzzerTestOneInput
@@ -168,6 +169,7 @@ std::vector<std::string> ManifestSeeds() {
 }  // namespace mirrorcast::fuzz
 
 extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
+  mirrorcast::fuzz::QuietLibraryLogs();
   using namespace mirrorcast;
   using namespace mirrorcast::fuzz;
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);

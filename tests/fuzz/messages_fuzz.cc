@@ -15,6 +15,7 @@
 #include "core/wire/envelope.h"
 #include "proto/mirrorcast.pb.h"
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/fuzz/quiet_logs.h"
 
 #ifndef MIRRORCAST_FUZZ_ENTRY
 #define MIRRORCAST_FUZZ_ENTRY LLVMFuzzerTestOneInput
@@ -140,6 +141,7 @@ std::vector<std::string> MessagesSeeds() {
 }  // namespace mirrorcast::fuzz
 
 extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
+  mirrorcast::fuzz::QuietLibraryLogs();
   using namespace mirrorcast;
   using namespace mirrorcast::fuzz;
   const zmq::message_t frame(data, size);

@@ -11,6 +11,7 @@
 
 #include "core/fs/path.h"
 #include "tests/fuzz/fuzz_targets.h"
+#include "tests/fuzz/quiet_logs.h"
 
 #ifndef MIRRORCAST_FUZZ_ENTRY
 #define MIRRORCAST_FUZZ_ENTRY LLVMFuzzerTestOneInput
@@ -154,6 +155,7 @@ std::vector<std::string> PathSeeds() {
 }  // namespace mirrorcast::fuzz
 
 extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
+  mirrorcast::fuzz::QuietLibraryLogs();
   using namespace mirrorcast::fuzz;
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   CheckPath(bytes);
