@@ -118,7 +118,7 @@ Result<std::optional<Journal>> LocalState::ReadJournal() {
 }
 
 Status LocalState::CommitApply(uint64_t serial, const std::string& digest,
-                               const std::vector<v1::Change>& changes) {
+                               const std::vector<v1::Change>& changes, const v1::Ack* ack) {
   Manifest next = manifest_;
   google::protobuf::RepeatedPtrField<v1::Change> list(changes.begin(), changes.end());
   MC_RETURN_IF_ERROR(next.ApplyChanges(list));
@@ -151,6 +151,7 @@ Status LocalState::CommitApply(uint64_t serial, const std::string& digest,
     MC_ASSIGN_OR_RETURN(Statement journal, db_->Prepare("DELETE FROM journal WHERE repo = ?"));
     journal.Bind(1, repo_);
     MC_RETURN_IF_ERROR(journal.Run());
+    if (ack != nullptr) MC_RETURN_IF_ERROR(QueueAck(*ack));
   }
   MC_RETURN_IF_ERROR(tx.Commit());
   next.set_serial(serial);

@@ -49,9 +49,10 @@ class LocalState {
   Result<std::optional<Journal>> ReadJournal();
 
   // Applies `changes` to the recorded manifest and records `serial` and
-  // `digest`, removing the journal, in one transaction.
+  // `digest`, removing the journal and queueing `ack` (when given), in one
+  // transaction: a crash can never record the serial but lose its ACK.
   Status CommitApply(uint64_t serial, const std::string& digest,
-                     const std::vector<v1::Change>& changes);
+                     const std::vector<v1::Change>& changes, const v1::Ack* ack = nullptr);
 
   // ACKs that the broker has not confirmed yet, oldest first.
   Status QueueAck(const v1::Ack& ack);

@@ -89,6 +89,9 @@ class Subscriber::Session {
   Status JumpTo(const v1::RepoChanged& event);
   Status ApplyChanges(uint64_t serial, const std::string& digest,
                       const std::vector<v1::Change>& changes);
+  v1::Ack MakeAck(v1::AckState state, uint64_t serial, uint64_t target, const ApplyStats& stats,
+                  double seconds, const std::string& error) const;
+  // Queues (durably) and sends an ACK for the tree's current serial.
   void Ack(v1::AckState state, uint64_t target, const ApplyStats& stats, double seconds,
            const std::string& error);
   void Reject(uint64_t serial, const Status& why);
@@ -177,12 +180,13 @@ Status Subscriber::Session::ResumeJournal() {
   if (!journal) return Status::Ok();
   MC_LOG(warning) << "finishing interrupted apply of serial " << journal->serial;
   MC_RETURN_IF_ERROR(applier_->Commit(journal->changes).WithContext("resume apply"));
+  const v1::Ack ack =
+      MakeAck(v1::ACK_APPLIED, journal->serial, journal->serial, ApplyStats{}, 0.0, "");
   MC_RETURN_IF_ERROR(
-      state_->CommitApply(journal->serial, journal->manifest_sha256, journal->changes));
+      state_->CommitApply(journal->serial, journal->manifest_sha256, journal->changes, &ack));
   serial_out_ = journal->serial;
   MC_LOG(info) << "resumed apply done: repo=" << options_.repo << " serial=" << journal->serial;
-  ApplyStats none;
-  Ack(v1::ACK_APPLIED, journal->serial, none, 0.0, "");
+  if (control_) FlushAcks();  // else sent once connected
   return applier_->ClearStaging();
 }
 
@@ -195,6 +199,7 @@ Status Subscriber::Session::Connect() {
       Attach(*hello);
       MC_LOG(info) << "connected to broker " << hello->broker_id() << " at "
                    << options_.broker.ToString();
+      FlushAcks();  // whatever a previous run could not deliver
       return Status::Ok();
     }
     MC_LOG(warning) << "broker " << options_.broker.ToString()
@@ -368,7 +373,8 @@ Status Subscriber::Session::ApplyChanges(uint64_t serial, const std::string& dig
   Journal journal{serial, digest, changes};
   Status s = state_->WriteJournal(journal);
   if (s.ok()) s = applier_->Commit(changes);
-  if (s.ok()) s = state_->CommitApply(serial, digest, changes);
+  const v1::Ack applied = MakeAck(v1::ACK_APPLIED, serial, serial, stats, seconds(), "");
+  if (s.ok()) s = state_->CommitApply(serial, digest, changes, &applied);
   if (!s.ok()) {
     // The journal stays: the next attempt (or restart) finishes this apply.
     MC_LOG(error) << "commit of serial " << serial << " failed: " << s.ToString();
@@ -380,18 +386,31 @@ Status Subscriber::Session::ApplyChanges(uint64_t serial, const std::string& dig
   MC_LOG(info) << "applied repo=" << options_.repo << " serial=" << serial
                << " changes=" << changes.size() << " fetched=" << stats.bytes_fetched
                << " reused=" << stats.bytes_reused << " deltas=" << stats.files_delta
-               << " delta_fallbacks=" << stats.delta_fallbacks << " seconds=" << seconds();
-  Ack(v1::ACK_APPLIED, serial, stats, seconds(), "");
+               << " delta_fallbacks=" << stats.delta_fallbacks << " seconds=" << applied.seconds();
+  next_ack_try_ = SteadyClock::time_point{};  // the queued ACK goes out right away
+  FlushAcks();
   return Status::Ok();
 }
 
 void Subscriber::Session::Ack(v1::AckState state, uint64_t target, const ApplyStats& stats,
                               double seconds, const std::string& error) {
+  const v1::Ack ack = MakeAck(state, state_->serial(), target, stats, seconds, error);
+  // Durable first: an ACK survives a restart until the broker confirms it.
+  if (Status s = state_->QueueAck(ack); !s.ok()) {
+    MC_LOG(error) << "cannot queue ACK: " << s.ToString();
+  }
+  next_ack_try_ = SteadyClock::time_point{};  // a new ACK goes out right away
+  if (control_) FlushAcks();
+}
+
+v1::Ack Subscriber::Session::MakeAck(v1::AckState state, uint64_t serial, uint64_t target,
+                                     const ApplyStats& stats, double seconds,
+                                     const std::string& error) const {
   v1::Ack ack;
   ack.set_protocol_version(kProtocolVersion);
   ack.set_mirror_id(options_.id);
   ack.set_repo(options_.repo);
-  ack.set_serial(state_->serial());
+  ack.set_serial(serial);
   ack.set_state(state);
   ack.set_target_serial(target);
   ack.set_bytes_fetched(stats.bytes_fetched);
@@ -401,12 +420,7 @@ void Subscriber::Session::Ack(v1::AckState state, uint64_t target, const ApplySt
   ack.set_seconds(seconds);
   ack.set_error(error.substr(0, 4000));
   ack.set_sent_unix(Clock::Real().NowUnix());
-  // Durable first: an ACK survives a restart until the broker confirms it.
-  if (Status s = state_->QueueAck(ack); !s.ok()) {
-    MC_LOG(error) << "cannot queue ACK: " << s.ToString();
-  }
-  next_ack_try_ = SteadyClock::time_point{};  // a new ACK goes out right away
-  if (control_) FlushAcks();
+  return ack;
 }
 
 void Subscriber::Session::Reject(uint64_t serial, const Status& why) {
