@@ -85,7 +85,16 @@ class Subscriber::Session {
   // Handles any envelope from the event socket: events, heartbeats.
   void OnBroadcast(const std::string& envelope, bool* need_sync);
   void CheckFreshness();
-  Status ApplyEvent(const v1::RepoChanged& event);
+  // A broadcast named `serial`, newer than the tree.
+  void NoteNewer(uint64_t serial, bool* need_sync) {
+    *need_sync = true;
+    if (serial > highest_seen_) {
+      highest_seen_ = serial;
+      poked_ = true;
+    }
+  }
+  // Applies a verified chain of events that starts at this mirror's serial.
+  Status ApplyChain(const std::vector<v1::RepoChanged>& chain);
   Status JumpTo(const v1::RepoChanged& event);
   Status ApplyChanges(uint64_t serial, const std::string& digest,
                       const std::vector<v1::Change>& changes);
@@ -95,7 +104,9 @@ class Subscriber::Session {
   void Ack(v1::AckState state, uint64_t target, const ApplyStats& stats, double seconds,
            const std::string& error);
   void Reject(uint64_t serial, const Status& why);
-  Result<uint64_t> BrokerHead();
+  // Hello: the broker's latest serial of our repo; reattaches when the
+  // broker's event or content port moved (it restarted elsewhere).
+  Result<uint64_t> RefreshBroker();
   bool ShouldStop() const { return stop_.load(); }
 
   const SubscriberOptions& options_;
@@ -111,6 +122,8 @@ class Subscriber::Session {
   uint32_t events_port_ = 0;
   uint32_t content_port_ = 0;
   uint64_t last_rejected_ = 0;
+  uint64_t highest_seen_ = 0;  // newest serial any broadcast named
+  bool poked_ = false;         // a broadcast named a serial not seen before
 
   // Freshness: only with heartbeat keys configured.
   TrustStore heartbeat_trust_;
@@ -243,9 +256,14 @@ Result<v1::RepoChanged> Subscriber::Session::Verify(const std::string& envelope)
   return event;
 }
 
-Result<uint64_t> Subscriber::Session::BrokerHead() {
+Result<uint64_t> Subscriber::Session::RefreshBroker() {
   MC_ASSIGN_OR_RETURN(v1::HelloReply hello,
                       control_->Hello("subscriber " + options_.id, kControlTimeout));
+  if (hello.events_port() != events_port_ || hello.content_port() != content_port_) {
+    MC_LOG(info) << "broker moved its event/content ports to " << hello.events_port() << "/"
+                 << hello.content_port() << "; reconnecting";
+    Attach(hello);
+  }
   for (const auto& r : hello.repos()) {
     if (r.repo() == options_.repo) return r.serial();
   }
@@ -256,6 +274,7 @@ Status Subscriber::Session::CatchUp() {
   MC_RETURN_IF_ERROR(ResumeJournal());
   for (;;) {
     if (ShouldStop()) return Status::Unavailable("stopping");
+    MC_RETURN_IF_ERROR(RefreshBroker().status());
     const uint64_t local = state_->serial();
     MC_ASSIGN_OR_RETURN(v1::EventsReply reply,
                         control_->Events(options_.repo, local, kEventsPerRequest, kControlTimeout));
@@ -280,20 +299,12 @@ Status Subscriber::Session::CatchUp() {
     }
     const bool contiguous = !chain.empty() && chain.front().previous_serial() == local;
     if (contiguous && !reply.gap() && total_changes <= kMaxReplayChanges) {
-      bool fits = true;
-      for (const auto& event : chain) {
-        if (event.serial() <= state_->serial()) continue;
-        Status s = ApplyEvent(event);
-        if (s.code() == Status::Code::kFailedPrecondition) {
-          MC_LOG(warning) << s.message() << "; jumping to the latest signed manifest";
-          fits = false;
-          break;
-        }
-        MC_RETURN_IF_ERROR(s);
-      }
-      if (fits) continue;  // more may have arrived meanwhile
+      Status s = ApplyChain(chain);
+      if (s.ok()) continue;  // more may have arrived meanwhile
+      if (s.code() != Status::Code::kFailedPrecondition) return s;
+      MC_LOG(warning) << s.message() << "; jumping to the latest signed manifest";
     }
-    // Too far behind, or the log does not reach back: jump to the latest.
+    // Too far behind, or the log does not fit this tree: jump to the latest.
     MC_ASSIGN_OR_RETURN(
         v1::EventsReply latest,
         control_->Events(options_.repo, reply.latest_serial() - 1, 1, kControlTimeout));
@@ -307,23 +318,30 @@ Status Subscriber::Session::CatchUp() {
   }
 }
 
-Status Subscriber::Session::ApplyEvent(const v1::RepoChanged& event) {
-  if (event.previous_serial() != state_->serial()) {
-    return Status::FailedPrecondition("event does not follow this mirror's serial");
-  }
-  // The signed change list must take our manifest to the signed digest
+Status Subscriber::Session::ApplyChain(const std::vector<v1::RepoChanged>& chain) {
+  // Each signed change list must take the manifest to its signed digest
   // (mix-and-match defence) before any byte is fetched. A mirror whose tree
   // differs (adopted from a scan, or repaired) jumps to the manifest instead.
   Manifest next = state_->manifest();
-  Status applies = next.ApplyChanges(event.changes());
-  if (!applies.ok() || next.Digest() != event.manifest_sha256()) {
-    return Status::FailedPrecondition(
-        "event " + std::to_string(event.serial()) + " does not fit this mirror's tree at serial " +
-        std::to_string(state_->serial()) +
-        (applies.ok() ? " (manifest digest differs)" : ": " + applies.message()));
+  for (const auto& event : chain) {
+    Status applies = next.ApplyChanges(event.changes());
+    if (!applies.ok() || next.Digest() != event.manifest_sha256()) {
+      return Status::FailedPrecondition(
+          "event " + std::to_string(event.serial()) +
+          " does not fit this mirror's tree at serial " + std::to_string(state_->serial()) +
+          (applies.ok() ? " (manifest digest differs)" : ": " + applies.message()));
+    }
   }
-  std::vector<v1::Change> changes(event.changes().begin(), event.changes().end());
-  return ApplyChanges(event.serial(), event.manifest_sha256(), changes);
+  // Several serials behind: only the newest content is still served, so the
+  // chain is squashed into one apply of its net change list.
+  const v1::RepoChanged& last = chain.back();
+  std::vector<v1::Change> changes;
+  if (chain.size() == 1) {
+    changes.assign(last.changes().begin(), last.changes().end());
+  } else {
+    changes = DiffManifests(state_->manifest(), next);
+  }
+  return ApplyChanges(last.serial(), last.manifest_sha256(), changes);
 }
 
 Status Subscriber::Session::JumpTo(const v1::RepoChanged& event) {
@@ -481,7 +499,7 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
       if (r.repo() == options_.repo && r.serial() > state_->serial()) {
         MC_LOG(info) << "heartbeat says serial " << r.serial() << ", this mirror has "
                      << state_->serial() << ": catching up";
-        *need_sync = true;
+        NoteNewer(r.serial(), need_sync);
       }
     }
     CheckFreshness();
@@ -492,7 +510,7 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
     Reject(0, event.status());
     return;
   }
-  if (event->serial() > state_->serial()) *need_sync = true;
+  if (event->serial() > state_->serial()) NoteNewer(event->serial(), need_sync);
 }
 
 void Subscriber::Session::CheckFreshness() {
@@ -550,6 +568,12 @@ void Subscriber::Session::Serve() {
         if (frames.empty()) break;
         if (frames.size() != 2) continue;
         OnBroadcast(frames[1].to_string(), &need_sync);
+        if (poked_) {
+          // News of a serial not seen before: retry now, whatever the backoff said.
+          poked_ = false;
+          next_sync = SteadyClock::now();
+          backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
+        }
       }
     }
     const auto now = SteadyClock::now();
@@ -558,7 +582,7 @@ void Subscriber::Session::Serve() {
       next_poll = now + (stale_ ? std::min<std::chrono::seconds>(options_.poll_interval,
                                                                  std::chrono::seconds(5))
                                 : options_.poll_interval);
-      auto head = BrokerHead();
+      auto head = RefreshBroker();
       if (head.ok() && *head > state_->serial()) need_sync = true;
     }
     if (now >= next_ack) {

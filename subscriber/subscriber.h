@@ -54,7 +54,7 @@ struct SubscriberOptions {
   std::chrono::seconds poll_interval{30};  // ask the broker for its head this often
   std::chrono::milliseconds stall_timeout{30000};
   std::chrono::seconds retry_min{2};  // after a failed apply
-  std::chrono::seconds retry_max{300};
+  std::chrono::seconds retry_max{60};
   int fetch_credit = 16;
   // Test hook, see ApplierOptions::after_signature.
   std::function<void(const std::string&)> after_signature;
