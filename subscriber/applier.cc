@@ -62,24 +62,22 @@ Status VerifyFile(const fs::path& file, const v1::FileEntry& entry) {
   return Status::Ok();
 }
 
-// Parent directories touched in one phase, fsync'd together at its end.
+// Makes each phase of a Commit() durable before the next one starts.
 class DirSync {
  public:
   explicit DirSync(const fs::path& tree) : tree_(tree) {}
-  void Touch(std::string_view rel) { dirs_.insert(std::string(ParentOf(rel))); }
+  void Touch(std::string_view) { touched_ = true; }
+  // One syncfs per phase: every rename of the phase is durable before the
+  // next phase starts, so a crash can never keep metadata but lose content.
   Status Flush() {
-    for (const auto& d : dirs_) {
-      const fs::path dir = d.empty() ? tree_ : tree_ / d;
-      Status s = FsyncDir(dir);
-      if (!s.ok() && s.code() != Status::Code::kNotFound) return s;
-    }
-    dirs_.clear();
-    return Status::Ok();
+    if (!touched_) return Status::Ok();
+    touched_ = false;
+    return SyncFilesystem(tree_);
   }
 
  private:
   fs::path tree_;
-  std::set<std::string> dirs_;
+  bool touched_ = false;
 };
 
 }  // namespace
@@ -169,7 +167,6 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
       }
       if (s.ok()) s = ApplyDelta(basis, delta_file, dest, entry.size());
       if (s.ok()) s = VerifyFile(dest, entry);
-      if (s.ok()) s = FsyncPath(dest);
       std::error_code ec;
       fs::remove(delta_file, ec);
       stats->bytes_fetched += fetch.bytes_fetched;
@@ -201,9 +198,9 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
   }
   for (size_t i : staged) {
     MC_RETURN_IF_ERROR(SetModeAndTime(StagedPath(i), changes[i].entry()));
-    MC_RETURN_IF_ERROR(FsyncPath(StagedPath(i)));
   }
-  return FsyncDir(options_.staging);
+  // One syncfs makes every staged file (content, mode, mtime) durable.
+  return SyncFilesystem(options_.staging);
 }
 
 Status Applier::PrepareSlot(const std::string& path, v1::EntryKind new_kind) {

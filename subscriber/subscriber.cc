@@ -230,6 +230,7 @@ void Subscriber::Session::Attach(const v1::HelloReply& hello) {
   ContentClientOptions content;
   content.stall_timeout = options_.stall_timeout;
   content.credit = options_.fetch_credit;
+  content.fsync_each_file = false;  // Applier::Stage syncs the staging filesystem once
   content_ = std::make_unique<ContentClient>(
       context_, options_.broker.WithPort(static_cast<uint16_t>(hello.content_port())),
       options_.repo, content);

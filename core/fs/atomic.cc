@@ -320,4 +320,11 @@ Result<bool> SameFilesystem(const std::filesystem::path& a, const std::filesyste
   return dev_a == dev_b;
 }
 
+Status SyncFilesystem(const std::filesystem::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_DIRECTORY));
+  if (!fd.valid()) return Status::FromErrno("open " + path.string(), errno);
+  if (::syncfs(fd.get()) != 0) return Status::FromErrno("syncfs " + path.string(), errno);
+  return Status::Ok();
+}
+
 }  // namespace mirrorcast

@@ -36,10 +36,14 @@ class UniqueFd {
 Status FsyncFd(int fd, std::string_view what);
 Status FsyncPath(const std::filesystem::path& path);  // file or directory
 Status FsyncDir(const std::filesystem::path& dir);
+// syncfs(2) of the filesystem holding `path`: one call makes every file and
+// rename on it durable, far cheaper than an fsync per file for a batch.
+Status SyncFilesystem(const std::filesystem::path& path);
 
 // Writes `data` to `path` atomically and durably: a temporary file in the same
 // directory, fsync, chmod `mode`, rename over `path`, fsync the directory.
-Status WriteFileAtomic(const std::filesystem::path& path, std::string_view data, mode_t mode = 0644);
+Status WriteFileAtomic(const std::filesystem::path& path, std::string_view data,
+                       mode_t mode = 0644);
 
 // Reads a whole small file (config, key, manifest) with a size limit.
 Result<std::string> ReadFileToString(const std::filesystem::path& path, size_t max_bytes);

@@ -27,6 +27,9 @@ struct ContentClientOptions {
   uint32_t chunk_bytes = 256 * 1024;
   int credit = 16;
   std::chrono::milliseconds stall_timeout{30000};
+  // fsync each fetched file. False when the caller makes a whole batch
+  // durable at once (SyncFilesystem) before relying on it.
+  bool fsync_each_file = true;
 };
 
 struct FetchStats {
