@@ -23,7 +23,7 @@ namespace {
 constexpr size_t kSigHeaderBytes = 12;
 constexpr size_t kWeakSumBytes = 4;
 constexpr uint32_t kMaxStrongLen = 32;  // BLAKE2 sum length in librsync
-constexpr size_t kStrongLen = 16;       // what ComputeSignature uses (at least)
+constexpr size_t kStrongLen = 8;        // what ComputeSignature uses (at least)
 // rs_sig_args never picks blocks under 256 bytes; tiny blocks from a peer
 // would make a delta huge and slow to compute, absurd ones exhaust memory.
 constexpr uint32_t kMinBlockLen = 128;
@@ -263,10 +263,11 @@ Result<std::string> ComputeSignature(const std::filesystem::path& basis) {
   size_t strong_len = static_cast<size_t>(-1);  // the minimum safe for this size...
   rs_result r = rs_sig_args(static_cast<rs_long_t>(st.st_size), &magic, &block_len, &strong_len);
   if (r != RS_DONE) return Status::Internal(RsError("rs_sig_args", r));
-  // ...but never under 128 bits, so crafted collisions stay out of reach. A
-  // collision could only corrupt the rebuilt file, which its signed SHA-256
-  // catches; this keeps that fallback rare. The full 32 bytes would make the
-  // signature over 1% of the file.
+  // ...but never under 64 bits. A collision (even a crafted one) can only
+  // corrupt the rebuilt file, which its signed SHA-256 catches before the
+  // file is used, falling back to a whole-file fetch: so the strong sum is a
+  // bandwidth trade-off, not a security boundary. Longer sums would make the
+  // signature the larger part of the traffic for a small change.
   strong_len = std::max(strong_len, kStrongLen);
   char* mem = nullptr;
   size_t mem_size = 0;
