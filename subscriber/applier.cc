@@ -165,8 +165,13 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
         s = content.FetchDelta(entry.path(), entry.sha256(), signature, delta_file, entry.size(),
                                &fetch);
       }
-      if (s.ok()) s = ApplyDelta(basis, delta_file, dest, entry.size());
-      if (s.ok()) s = VerifyFile(dest, entry);
+      std::string rebuilt_sha;
+      if (s.ok()) s = ApplyDelta(basis, delta_file, dest, entry.size(), &rebuilt_sha);
+      if (s.ok() && rebuilt_sha != entry.sha256()) {
+        s = Status::Corruption(entry.path() +
+                               " rebuilt from the delta does not match its signed "
+                               "SHA-256 (basis changed?)");
+      }
       std::error_code ec;
       fs::remove(delta_file, ec);
       stats->bytes_fetched += fetch.bytes_fetched;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/base/log.h"
+#include "core/crypto/sha256.h"
 
 namespace mirrorcast {
 namespace {
@@ -193,7 +194,7 @@ Status WriteAll(int fd, const char* data, size_t size, const std::filesystem::pa
 
 Status RunPatch(int basis_fd, int delta_fd, int out_fd, const std::filesystem::path& basis,
                 const std::filesystem::path& delta, const std::filesystem::path& out,
-                uint64_t max_output_bytes) {
+                uint64_t max_output_bytes, Sha256* output_hash) {
   CopySource source{basis_fd};
   JobPtr job(rs_patch_begin(&CopyFromBasis, &source));
   if (!job) return Status::ResourceExhausted("librsync could not start a patch");
@@ -230,6 +231,7 @@ Status RunPatch(int basis_fd, int delta_fd, int out_fd, const std::filesystem::p
                                        std::to_string(max_output_bytes) + " bytes");
     }
     MC_RETURN_IF_ERROR(WriteAll(out_fd, outbuf.data(), produced, out));
+    if (output_hash) output_hash->Update(outbuf.data(), produced);
     written += produced;
     if (r == RS_DONE) return Status::Ok();
     if (r != RS_BLOCKED) {
@@ -362,7 +364,8 @@ Status ComputeDelta(std::string_view signature, const std::filesystem::path& new
 }
 
 Status ApplyDelta(const std::filesystem::path& basis, const std::filesystem::path& delta,
-                  const std::filesystem::path& out, uint64_t max_output_bytes) {
+                  const std::filesystem::path& out, uint64_t max_output_bytes,
+                  std::string* output_sha256) {
   InitLibrsync();
   Fd basis_fd(::open(basis.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!basis_fd.valid()) return Status::FromErrno("open basis " + basis.string(), errno);
@@ -377,8 +380,10 @@ Status ApplyDelta(const std::filesystem::path& basis, const std::filesystem::pat
   Fd out_fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
   if (!out_fd.valid()) return Status::FromErrno("create " + out.string(), errno);
 
-  Status st_patch =
-      RunPatch(basis_fd.get(), delta_fd.get(), out_fd.get(), basis, delta, out, max_output_bytes);
+  Sha256 hash;
+  Status st_patch = RunPatch(basis_fd.get(), delta_fd.get(), out_fd.get(), basis, delta, out,
+                             max_output_bytes, output_sha256 ? &hash : nullptr);
+  if (st_patch.ok() && output_sha256) *output_sha256 = hash.Finish();
   if (st_patch.ok() && ::close(out_fd.release()) != 0) {
     st_patch = Status::FromErrno("close " + out.string(), errno);
   }

@@ -36,8 +36,10 @@ Status ComputeDelta(std::string_view signature, const std::filesystem::path& new
 
 // Applies `delta` to `basis` (seekable), writing `out` (created/truncated).
 // Stops with ResourceExhausted once `out` would exceed `max_output_bytes`
-// (the signed size of the file being rebuilt).
+// (the signed size of the file being rebuilt). With `output_sha256`, also
+// returns the SHA-256 of what it wrote, so the caller need not read it back.
 Status ApplyDelta(const std::filesystem::path& basis, const std::filesystem::path& delta,
-                  const std::filesystem::path& out, uint64_t max_output_bytes);
+                  const std::filesystem::path& out, uint64_t max_output_bytes,
+                  std::string* output_sha256 = nullptr);
 
 }  // namespace mirrorcast

@@ -98,6 +98,25 @@ TEST_F(DeltaTest, SmallChangeInLargeFileGivesSmallDelta) {
   EXPECT_LT(sig->size(), size / 100);
 }
 
+TEST_F(DeltaTest, ApplyReportsTheHashOfWhatItWrote) {
+  const std::string basis = RandomBytes(1 << 20, 21);
+  std::string target = basis;
+  target.replace(5000, 3000, RandomBytes(3000, 22));
+  WriteFile(dir_ / "basis", basis);
+  WriteFile(dir_ / "target", target);
+  auto sig = ComputeSignature(dir_ / "basis");
+  ASSERT_TRUE(sig.ok());
+  ASSERT_TRUE(ComputeDelta(*sig, dir_ / "target", dir_ / "delta", nullptr).ok());
+  std::string sha;
+  ASSERT_TRUE(ApplyDelta(dir_ / "basis", dir_ / "delta", dir_ / "out", target.size(), &sha).ok());
+  EXPECT_EQ(sha, Sha256Of(target));
+  // Against another basis, the reported hash is that of the garbage written.
+  WriteFile(dir_ / "other", RandomBytes(1 << 20, 23));
+  ASSERT_TRUE(ApplyDelta(dir_ / "other", dir_ / "delta", dir_ / "out2", target.size(), &sha).ok());
+  EXPECT_NE(sha, Sha256Of(target));
+  EXPECT_EQ(sha, *Sha256File(dir_ / "out2"));
+}
+
 TEST_F(DeltaTest, IdenticalFile) {
   const std::string data = RandomBytes(1u << 20, 5);
   DeltaStats stats = RoundTrip(data, data);
