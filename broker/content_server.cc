@@ -7,6 +7,7 @@
 #include <system_error>
 
 #include "core/base/log.h"
+#include "core/crypto/sha256.h"
 #include "core/delta/delta.h"
 #include "core/fs/atomic.h"
 #include "core/fs/path.h"
@@ -111,12 +112,8 @@ void ContentServer::Stop() {
   io_thread_.join();
   router_.close();
   std::lock_guard lock(deltas_mu_);
-  for (auto& [id, delta] : deltas_) {
-    (void)id;
-    std::error_code ec;
-    fs::remove(delta.file, ec);
-  }
-  deltas_.clear();
+  transfers_.clear();
+  delta_cache_.clear();
 }
 
 void ContentServer::IoLoop() {
@@ -227,6 +224,12 @@ v1::ContentReply ContentServer::ServeRange(const v1::ContentRequest& request) {
   return ReadRange(fd->get(), range.offset(), range.length(), range.path());
 }
 
+ContentServer::DeltaFile::~DeltaFile() {
+  if (file.empty()) return;
+  std::error_code ec;
+  fs::remove(file, ec);
+}
+
 v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request) {
   ExpireDeltas();
   const v1::DeltaRequest& req = request.delta();
@@ -237,68 +240,107 @@ v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request) {
   }
   auto fd = OpenServedFile(options_.tree_root / request.repo(), req.path());
   if (!fd.ok()) return Error(fd.status().message());
+  struct stat st {};
+  if (::fstat(fd->get(), &st) != 0) return Error("stat " + req.path() + " failed");
+  // The same file version and the same signature give the same delta.
+  std::string key = request.repo() + '\0' + req.path() + '\0' + Sha256Of(req.signature());
+  for (int64_t v :
+       {static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino),
+        static_cast<int64_t>(st.st_mtim.tv_sec), static_cast<int64_t>(st.st_mtim.tv_nsec),
+        static_cast<int64_t>(st.st_ctim.tv_sec), static_cast<int64_t>(st.st_ctim.tv_nsec)}) {
+    key += '\0' + std::to_string(v);
+  }
+
+  std::promise<DeltaPtr> promise;
+  std::shared_future<DeltaPtr> future;
+  bool compute = false;
+  uint64_t file_number = 0;
+  {
+    std::lock_guard lock(deltas_mu_);
+    auto it = delta_cache_.find(key);
+    if (it == delta_cache_.end()) {
+      future = promise.get_future().share();
+      delta_cache_.emplace(key, CachedDelta{future, std::chrono::steady_clock::now()});
+      compute = true;
+      file_number = next_delta_file_++;
+    } else {
+      future = it->second.delta;
+    }
+  }
+  if (compute) {
+    auto delta = std::make_shared<DeltaFile>();
+    const fs::path out = options_.scratch_dir / ("delta-" + std::to_string(file_number));
+    DeltaStats stats;
+    // OpenServedFile checked every parent; ComputeDelta opens the last
+    // component without following a symlink either.
+    const fs::path source = options_.tree_root / request.repo() / req.path();
+    Status s = ComputeDelta(req.signature(), source, out, &stats);
+    std::error_code ec;
+    const uint64_t size = s.ok() ? fs::file_size(out, ec) : 0;
+    if (s.ok() && !ec) {
+      delta->file = out;
+      delta->size = size;
+      MC_LOG(debug) << "delta repo=" << request.repo() << " path=" << req.path() << " size=" << size
+                    << " literal=" << stats.literal_bytes << " copied=" << stats.copied_bytes;
+    } else {
+      fs::remove(out, ec);
+      delta->error = "delta of " + req.path() + ": " + (s.ok() ? "output vanished" : s.message());
+      std::lock_guard lock(deltas_mu_);
+      delta_cache_.erase(key);  // do not cache failures
+    }
+    promise.set_value(delta);
+  }
+  DeltaPtr delta = future.get();
+  if (!delta->error.empty()) return Error(delta->error);
   uint64_t id;
   {
     std::lock_guard lock(deltas_mu_);
     id = next_transfer_id_++;
+    transfers_[id] = Transfer{delta, std::chrono::steady_clock::now()};
   }
-  const fs::path out = options_.scratch_dir / ("delta-" + std::to_string(id));
-  DeltaStats stats;
-  // OpenServedFile checked every parent; ComputeDelta opens the last
-  // component without following a symlink either.
-  const fs::path source = options_.tree_root / request.repo() / req.path();
-  if (Status s = ComputeDelta(req.signature(), source, out, &stats); !s.ok()) {
-    std::error_code ec;
-    fs::remove(out, ec);
-    return Error("delta of " + req.path() + ": " + s.message());
-  }
-  std::error_code ec;
-  const uint64_t size = fs::file_size(out, ec);
-  if (ec) return Error("delta of " + req.path() + " vanished");
-  {
-    std::lock_guard lock(deltas_mu_);
-    deltas_[id] = Delta{out, size, std::chrono::steady_clock::now()};
-  }
-  MC_LOG(debug) << "delta repo=" << request.repo() << " path=" << req.path() << " size=" << size
-                << " literal=" << stats.literal_bytes << " copied=" << stats.copied_bytes;
   v1::ContentReply reply;
   reply.set_ok(true);
   reply.set_transfer_id(id);
-  reply.set_total_size(size);
+  reply.set_total_size(delta->size);
   return reply;
 }
 
 v1::ContentReply ContentServer::ServeDeltaRange(const v1::ContentRequest& request) {
   const v1::DeltaRangeRequest& range = request.delta_range();
-  fs::path file;
+  DeltaPtr delta;
   {
     std::lock_guard lock(deltas_mu_);
-    auto it = deltas_.find(range.transfer_id());
-    if (it == deltas_.end()) return Error("unknown or expired delta transfer");
-    file = it->second.file;
+    auto it = transfers_.find(range.transfer_id());
+    if (it == transfers_.end()) return Error("unknown or expired delta transfer");
     if (range.release()) {
-      std::error_code ec;
-      fs::remove(file, ec);
-      deltas_.erase(it);
+      transfers_.erase(it);
       v1::ContentReply reply;
       reply.set_ok(true);
       return reply;
     }
-    it->second.created = std::chrono::steady_clock::now();  // in use: keep it
+    it->second.used = std::chrono::steady_clock::now();  // in use: keep it
+    delta = it->second.delta;
   }
-  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(delta->file.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return Error("delta transfer is gone");
   return ReadRange(fd.get(), range.offset(), range.length(), "delta");
 }
 
 void ContentServer::ExpireDeltas() {
   const auto now = std::chrono::steady_clock::now();
+  std::vector<DeltaPtr> dropped;  // deleted outside the lock
   std::lock_guard lock(deltas_mu_);
-  for (auto it = deltas_.begin(); it != deltas_.end();) {
+  for (auto it = transfers_.begin(); it != transfers_.end();) {
+    if (now - it->second.used > options_.delta_ttl) {
+      dropped.push_back(std::move(it->second.delta));
+      it = transfers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = delta_cache_.begin(); it != delta_cache_.end();) {
     if (now - it->second.created > options_.delta_ttl) {
-      std::error_code ec;
-      fs::remove(it->second.file, ec);
-      it = deltas_.erase(it);
+      it = delta_cache_.erase(it);
     } else {
       ++it;
     }

@@ -17,7 +17,9 @@
 #include <cstdint>
 #include <deque>
 #include <filesystem>
+#include <future>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -53,9 +55,23 @@ class ContentServer {
     std::string identity;
     v1::ContentRequest request;
   };
-  struct Delta {
+  // A computed delta on disk; deleted when the last transfer and the cache
+  // let go of it.
+  struct DeltaFile {
     std::filesystem::path file;
     uint64_t size = 0;
+    std::string error;  // set instead of file when the computation failed
+    ~DeltaFile();
+  };
+  using DeltaPtr = std::shared_ptr<const DeltaFile>;
+  struct Transfer {
+    DeltaPtr delta;
+    std::chrono::steady_clock::time_point used;
+  };
+  // Mirrors holding the same old version send the same signature: the delta
+  // for (file version, signature) is computed once and shared.
+  struct CachedDelta {
+    std::shared_future<DeltaPtr> delta;
     std::chrono::steady_clock::time_point created;
   };
 
@@ -80,8 +96,10 @@ class ContentServer {
   std::deque<Job> jobs_;
 
   std::mutex deltas_mu_;
-  std::map<uint64_t, Delta> deltas_;
+  std::map<uint64_t, Transfer> transfers_;
+  std::map<std::string, CachedDelta> delta_cache_;
   uint64_t next_transfer_id_ = 1;
+  uint64_t next_delta_file_ = 1;
 };
 
 }  // namespace mirrorcast

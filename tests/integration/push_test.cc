@@ -60,6 +60,15 @@ TEST(Push, ThreeMirrorsConvergeAndALargeFileChangeTravelsAsADelta) {
     // The unchanged bulk of the big file and the renamed package were reused.
     EXPECT_GT(m->bytes_reused(), kBig - 200u * 1024) << id;
   }
+  // All three mirrors held the same old version, so the broker computed the
+  // delta once and served it three times.
+  const std::string broker_log = ReadFile(c.root() / "logs" / "broker.log");
+  size_t computed = 0;
+  for (size_t at = 0;
+       (at = broker_log.find("delta repo=demo path=isos/big.iso", at)) != std::string::npos; ++at) {
+    ++computed;
+  }
+  EXPECT_EQ(computed, 1u) << broker_log;
 }
 
 TEST(Push, SecondPublishWithNothingChangedSendsNothingAndReadsNoFile) {
