@@ -34,17 +34,7 @@ Status CheckWritable(std::string_view path) {
 }
 
 Status SetModeAndTime(const fs::path& file, const v1::FileEntry& entry) {
-  if (::chmod(file.c_str(), static_cast<mode_t>(entry.mode() & 07777)) != 0) {
-    return Status::FromErrno("chmod " + file.string(), errno);
-  }
-  struct timespec times[2];
-  times[0].tv_sec = entry.mtime();
-  times[0].tv_nsec = 0;
-  times[1] = times[0];
-  if (::utimensat(AT_FDCWD, file.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) {
-    return Status::FromErrno("set mtime " + file.string(), errno);
-  }
-  return Status::Ok();
+  return SetModeAndMtime(file, static_cast<mode_t>(entry.mode()), entry.mtime());
 }
 
 Status VerifyFile(const fs::path& file, const v1::FileEntry& entry) {

@@ -327,4 +327,18 @@ Status SyncFilesystem(const std::filesystem::path& path) {
   return Status::Ok();
 }
 
+Status SetModeAndMtime(const std::filesystem::path& path, mode_t mode, int64_t mtime) {
+  if (::chmod(path.c_str(), mode & 07777) != 0) {
+    return Status::FromErrno("chmod " + path.string(), errno);
+  }
+  struct timespec times[2];
+  times[0].tv_sec = static_cast<time_t>(mtime);
+  times[0].tv_nsec = 0;
+  times[1] = times[0];
+  if (::utimensat(AT_FDCWD, path.c_str(), times, AT_SYMLINK_NOFOLLOW) != 0) {
+    return Status::FromErrno("set mtime " + path.string(), errno);
+  }
+  return Status::Ok();
+}
+
 }  // namespace mirrorcast

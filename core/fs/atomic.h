@@ -56,6 +56,10 @@ Status RenameDurable(const std::filesystem::path& from, const std::filesystem::p
 // refusing to follow symlinks (CheckNoSymlinkParents semantics).
 Status MakeDirsUnder(const std::filesystem::path& root, std::string_view rel, mode_t mode = 0755);
 
+// Sets permission bits (mode & 07777) and mtime (whole seconds, also used as
+// atime) of `path`, without following a symlink for the times.
+Status SetModeAndMtime(const std::filesystem::path& path, mode_t mode, int64_t mtime);
+
 // Copies a regular file's content to `to` (created with `mode`, fsync'd), in
 // bounded memory. Uses copy_file_range where the kernel offers it.
 Status CopyFileContents(const std::filesystem::path& from, const std::filesystem::path& to,
