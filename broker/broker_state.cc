@@ -27,6 +27,12 @@ Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir
       bytes_fetched INTEGER NOT NULL, bytes_reused INTEGER NOT NULL, millis INTEGER NOT NULL,
       error TEXT NOT NULL, PRIMARY KEY(mirror_id, repo));
   )sql"));
+  // Added after 0.1's first schema; an older broker.db gets the column here.
+  if (Status s = db->Exec("ALTER TABLE mirrors ADD COLUMN bytes_signature INTEGER NOT NULL "
+                          "DEFAULT 0");
+      !s.ok() && s.message().find("duplicate column") == std::string::npos) {
+    return s;
+  }
   std::unique_ptr<BrokerState> state(new BrokerState(state_dir, std::move(db)));
   MC_RETURN_IF_ERROR(state->Load());
   return state;
@@ -108,18 +114,21 @@ Result<StoredEvents> BrokerState::EventsSince(const std::string& repo, uint64_t 
 Status BrokerState::RecordAck(const v1::Ack& ack, int64_t now_unix) {
   MC_ASSIGN_OR_RETURN(
       Statement st,
-      db_->Prepare("INSERT INTO mirrors(mirror_id, repo, serial, target_serial, state, "
-                   "last_ack_unix, bytes_fetched, bytes_reused, millis, error) VALUES(?, ?, ?, ?, "
-                   "?, ?, ?, ?, ?, ?) ON CONFLICT(mirror_id, repo) DO UPDATE SET "
-                   "serial=excluded.serial, target_serial=excluded.target_serial, "
-                   "state=excluded.state, last_ack_unix=excluded.last_ack_unix, "
-                   "bytes_fetched=excluded.bytes_fetched, bytes_reused=excluded.bytes_reused, "
-                   "millis=excluded.millis, error=excluded.error"));
+      db_->Prepare(
+          "INSERT INTO mirrors(mirror_id, repo, serial, target_serial, state, "
+          "last_ack_unix, bytes_fetched, bytes_reused, millis, error, bytes_signature) "
+          "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(mirror_id, repo) DO UPDATE SET "
+          "serial=excluded.serial, target_serial=excluded.target_serial, "
+          "state=excluded.state, last_ack_unix=excluded.last_ack_unix, "
+          "bytes_fetched=excluded.bytes_fetched, bytes_reused=excluded.bytes_reused, "
+          "millis=excluded.millis, error=excluded.error, "
+          "bytes_signature=excluded.bytes_signature"));
   st.Bind(1, ack.mirror_id()).Bind(2, ack.repo()).Bind(3, static_cast<int64_t>(ack.serial()));
   st.Bind(4, static_cast<int64_t>(ack.target_serial())).Bind(5, static_cast<int64_t>(ack.state()));
   st.Bind(6, now_unix).Bind(7, static_cast<int64_t>(ack.bytes_fetched()));
   st.Bind(8, static_cast<int64_t>(ack.bytes_reused()));
   st.Bind(9, static_cast<int64_t>(ack.seconds() * 1000.0)).Bind(10, ack.error());
+  st.Bind(11, static_cast<int64_t>(ack.bytes_signature()));
   return st.Run();
 }
 
@@ -127,8 +136,8 @@ Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
   std::vector<v1::MirrorStatus> out;
   MC_ASSIGN_OR_RETURN(Statement st,
                       db_->Prepare("SELECT mirror_id, repo, serial, target_serial, state, "
-                                   "last_ack_unix, bytes_fetched, bytes_reused, millis, error "
-                                   "FROM mirrors ORDER BY repo, mirror_id"));
+                                   "last_ack_unix, bytes_fetched, bytes_reused, millis, error, "
+                                   "bytes_signature FROM mirrors ORDER BY repo, mirror_id"));
   for (;;) {
     MC_ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
@@ -145,6 +154,7 @@ Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
     m.set_bytes_reused(static_cast<uint64_t>(st.ColumnInt(7)));
     m.set_seconds(static_cast<double>(st.ColumnInt(8)) / 1000.0);
     m.set_error(st.ColumnText(9));
+    m.set_bytes_signature(static_cast<uint64_t>(st.ColumnInt(10)));
     out.push_back(std::move(m));
   }
   return out;

@@ -133,7 +133,7 @@ human() {
 # ---------------------------------------------------------------------------
 # Status: `mirrorcast status --json`, flattened to lines that bash can read:
 #   repo NAME SERIAL
-#   mirror ID REPO SERIAL STATE TARGET_SERIAL BYTES_FETCHED BYTES_REUSED SECONDS
+#   mirror ID REPO SERIAL STATE TARGET_SERIAL BYTES_FETCHED BYTES_REUSED SECONDS BYTES_SIGNATURE
 # with python3, else jq, else a grep/sed fallback (flat objects only).
 # ---------------------------------------------------------------------------
 flatten_status() {
@@ -149,14 +149,15 @@ for r in d.get("repos") or []:
 for m in d.get("mirrors") or []:
     print("mirror", m.get("mirror_id", "?"), m.get("repo", "?"), m.get("serial", 0),
           st(m.get("state", "?")), m.get("target_serial", 0), m.get("bytes_fetched", 0),
-          m.get("bytes_reused", 0), m.get("seconds", 0))
+          m.get("bytes_reused", 0), m.get("seconds", 0), m.get("bytes_signature", 0))
 '
   elif [[ ${MIRRORCAST_DEMO_JSON:-} != grep ]] && command -v jq >/dev/null 2>&1; then
     jq -r '
       def st: tostring | ascii_downcase | ltrimstr("ack_");
       ((.repos // [])[] | "repo \(.repo) \(.serial // 0)"),
       ((.mirrors // [])[] | "mirror \(.mirror_id) \(.repo) \(.serial // 0) \(.state | st)"
-        + " \(.target_serial // 0) \(.bytes_fetched // 0) \(.bytes_reused // 0) \(.seconds // 0)")
+        + " \(.target_serial // 0) \(.bytes_fetched // 0) \(.bytes_reused // 0) \(.seconds // 0)"
+        + " \(.bytes_signature // 0)")
     '
   else
     local obj state
@@ -167,7 +168,7 @@ for m in d.get("mirrors") or []:
         echo "mirror $(json_field "$obj" mirror_id) $(json_field "$obj" repo)" \
           "$(json_field "$obj" serial) ${state:-?} $(json_field "$obj" target_serial)" \
           "$(json_field "$obj" bytes_fetched) $(json_field "$obj" bytes_reused)" \
-          "$(json_field "$obj" seconds)"
+          "$(json_field "$obj" seconds) $(json_field "$obj" bytes_signature)"
       elif [[ $obj == *'"repo"'* ]]; then
         echo "repo $(json_field "$obj" repo) $(json_field "$obj" serial)"
       fi
@@ -322,19 +323,26 @@ verify_trees() {
 }
 
 verify_wire_cost() { # SERIAL
-  local lines id line serial fetched reused
+  local lines id line serial fetched reused signature wire
   lines=$(status_lines) || die "mirrorcast status failed (log: $LOGS/status.log)"
   for id in "${MIRRORS[@]}"; do
     line=$(awk -v id="$id" -v r="$REPO" '$1 == "mirror" && $2 == id && $3 == r' <<<"$lines")
     serial=$(awk '{ print $4 }' <<<"$line")
     fetched=$(awk '{ print $7 }' <<<"$line")
     reused=$(awk '{ print $8 }' <<<"$line")
+    signature=$(awk '{ print $10 }' <<<"$line")
+    [[ $signature =~ ^[0-9]+$ ]] || signature=0
     if [[ $serial != "$1" || ! $fetched =~ ^[0-9]+$ ]]; then
       check_fail "$id: no ACK for serial $1 with bytes_fetched in the status (got: '$line')"
-    elif ((fetched >= WIRE_LIMIT)); then
-      check_fail "$id fetched $(human "$fetched") for serial $1; the limit is $(human "$WIRE_LIMIT")"
+      continue
+    fi
+    # On the wire: what the mirror received plus the delta signatures it sent.
+    wire=$((fetched + signature))
+    if ((wire >= WIRE_LIMIT)); then
+      check_fail "$id moved $(human "$wire") for serial $1; the limit is $(human "$WIRE_LIMIT")"
     else
-      info "$id: fetched $(human "$fetched") on the wire, reused $(human "${reused:-0}") it already had"
+      info "$id: $(human "$wire") on the wire ($(human "$fetched") fetched +" \
+        "$(human "$signature") of delta signature sent), reused $(human "${reused:-0}") it already had"
     fi
   done
 }

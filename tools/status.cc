@@ -140,8 +140,8 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
     out << "no mirrors have reported yet\n";
     return out.str();
   }
-  std::vector<std::vector<std::string>> rows{
-      {"MIRROR", "REPO", "SERIAL", "STATE", "LAST ACK", "FETCHED", "REUSED", "SECONDS", "ERROR"}};
+  std::vector<std::vector<std::string>> rows{{"MIRROR", "REPO", "SERIAL", "STATE", "LAST ACK",
+                                              "FETCHED", "SIG SENT", "REUSED", "SECONDS", "ERROR"}};
   for (const v1::MirrorStatus& m : mirrors) {
     std::string serial = std::to_string(m.serial());
     if (m.target_serial() != 0 && m.target_serial() != m.serial()) {
@@ -154,7 +154,8 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
     char seconds[32];
     std::snprintf(seconds, sizeof seconds, "%.2f", m.seconds());
     rows.push_back({OneLine(m.mirror_id()), OneLine(m.repo()), serial, StateName(m.state()),
-                    last_ack, HumanBytes(m.bytes_fetched()), HumanBytes(m.bytes_reused()), seconds,
+                    last_ack, HumanBytes(m.bytes_fetched()), HumanBytes(m.bytes_signature()),
+                    HumanBytes(m.bytes_reused()), seconds,
                     m.error().empty() ? "-" : OneLine(m.error())});
   }
   out << RenderTable(rows);
@@ -177,6 +178,7 @@ std::string FormatStatusJson(const v1::StatusReply& status) {
                        {"state", StateName(m.state())},
                        {"last_ack_unix", m.last_ack_unix()},
                        {"bytes_fetched", m.bytes_fetched()},
+                       {"bytes_signature", m.bytes_signature()},
                        {"bytes_reused", m.bytes_reused()},
                        {"seconds", std::isfinite(m.seconds()) ? m.seconds() : 0.0},
                        {"error", m.error()}});

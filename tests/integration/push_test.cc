@@ -55,8 +55,11 @@ TEST(Push, ThreeMirrorsConvergeAndALargeFileChangeTravelsAsADelta) {
     EXPECT_EQ(SnapshotTree(c.mirror_tree(id)), origin2) << id;
     auto m = c.Mirror(id);
     ASSERT_TRUE(m.has_value());
-    // New files (~15 KiB), repomd, and a delta for 4 KiB inside 4 MiB.
+    // New files (~15 KiB), repomd, and a delta for 4 KiB inside 4 MiB; the
+    // signature the mirror sent for it is small too.
     EXPECT_LT(m->bytes_fetched(), 200u * 1024) << id;
+    EXPECT_GT(m->bytes_signature(), 0u) << id;
+    EXPECT_LT(m->bytes_signature(), 64u * 1024) << id;
     // The unchanged bulk of the big file and the renamed package were reused.
     EXPECT_GT(m->bytes_reused(), kBig - 200u * 1024) << id;
   }
