@@ -255,6 +255,25 @@ Status Applier::PlaceSymlink(const v1::FileEntry& entry) {
   return Status::Ok();
 }
 
+Status Applier::Remove(const std::string& path, v1::EntryKind kind) {
+  MC_RETURN_IF_ERROR(CheckWritable(path));
+  MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, path));
+  const fs::path target = options_.tree / path;
+  struct stat st {};
+  if (::lstat(target.c_str(), &st) != 0) return Status::Ok();  // already gone
+  if (S_ISDIR(st.st_mode)) {
+    if (kind != v1::ENTRY_DIRECTORY) return Status::Ok();  // replaced by a directory since
+    std::error_code ec;
+    fs::remove_all(target, ec);  // never follows symlinks below
+    if (ec) return Status::IoError("delete " + target.string() + ": " + ec.message());
+  } else if (kind == v1::ENTRY_DIRECTORY) {
+    return Status::Ok();  // replaced by a file or link since
+  } else if (::unlink(target.c_str()) != 0 && errno != ENOENT) {
+    return Status::FromErrno("delete " + target.string(), errno);
+  }
+  return Status::Ok();
+}
+
 Status Applier::Commit(const std::vector<v1::Change>& changes) {
   DirSync sync(options_.tree);
   // 1. New directories (parents first: changes are in path order).
@@ -285,35 +304,21 @@ Status Applier::Commit(const std::vector<v1::Change>& changes) {
     MC_RETURN_IF_ERROR(sync.Flush());
   }
 
-  // 3. Deletions last: files and links, then directories deepest first.
-  for (const auto& c : changes) {
-    if (c.kind() != v1::CHANGE_DELETED || c.entry().kind() == v1::ENTRY_DIRECTORY) continue;
-    MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
-    MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, c.entry().path()));
-    const fs::path target = options_.tree / c.entry().path();
-    struct stat st {};
-    if (::lstat(target.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
-      if (::unlink(target.c_str()) != 0 && errno != ENOENT) {
-        return Status::FromErrno("delete " + target.string(), errno);
-      }
+  // 3. Deletions last: files and links, then directories deepest first
+  //    (unless a grace period defers them to Remove()).
+  if (!options_.defer_deletions) {
+    for (const auto& c : changes) {
+      if (c.kind() != v1::CHANGE_DELETED || c.entry().kind() == v1::ENTRY_DIRECTORY) continue;
+      MC_RETURN_IF_ERROR(Remove(c.entry().path(), c.entry().kind()));
+      sync.Touch(c.entry().path());
     }
-    sync.Touch(c.entry().path());
-  }
-  for (auto it = changes.rbegin(); it != changes.rend(); ++it) {
-    const v1::Change& c = *it;
-    if (c.kind() != v1::CHANGE_DELETED || c.entry().kind() != v1::ENTRY_DIRECTORY) continue;
-    MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
-    MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, c.entry().path()));
-    const fs::path target = options_.tree / c.entry().path();
-    struct stat st {};
-    if (::lstat(target.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-      std::error_code ec;
-      fs::remove_all(target, ec);
-      if (ec) return Status::IoError("delete " + target.string() + ": " + ec.message());
+    for (auto it = changes.rbegin(); it != changes.rend(); ++it) {
+      if (it->kind() != v1::CHANGE_DELETED || it->entry().kind() != v1::ENTRY_DIRECTORY) continue;
+      MC_RETURN_IF_ERROR(Remove(it->entry().path(), it->entry().kind()));
+      sync.Touch(it->entry().path());
     }
-    sync.Touch(c.entry().path());
+    MC_RETURN_IF_ERROR(sync.Flush());
   }
-  MC_RETURN_IF_ERROR(sync.Flush());
 
   // 4. Directory modes last, so a read-only directory is filled first.
   for (const auto& c : changes) {

@@ -49,6 +49,9 @@ struct ApplierOptions {
   std::filesystem::path staging;  // same filesystem as `tree`; emptied by Stage()
   MetadataMatcher metadata;
   uint64_t delta_min_bytes = 64 * 1024;  // smaller files are fetched whole
+  // Leave deleted paths in place; the caller removes them later with
+  // Remove() (a grace period for clients still reading the old metadata).
+  bool defer_deletions = false;
   // Test hook: runs after the signature of a delta basis is computed and
   // before the delta is fetched (lets a test change the basis underneath).
   std::function<void(const std::string& path)> after_signature;
@@ -70,6 +73,10 @@ class Applier {
 
   // Removes everything from the staging directory.
   Status ClearStaging();
+
+  // Deletes tree/path (a directory with everything below it), refusing to
+  // follow symlinks on the way. A path that is already gone is fine.
+  Status Remove(const std::string& path, v1::EntryKind kind);
 
   const ApplierOptions& options() const { return options_; }
 

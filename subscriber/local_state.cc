@@ -20,6 +20,9 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const fs::path& state_dir,
     CREATE TABLE IF NOT EXISTS journal(
       repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, manifest_sha256 BLOB NOT NULL,
       changes BLOB NOT NULL);
+    CREATE TABLE IF NOT EXISTS deferred_deletes(
+      repo TEXT NOT NULL, path TEXT NOT NULL, kind INTEGER NOT NULL, due_unix INTEGER NOT NULL,
+      PRIMARY KEY(repo, path));
     CREATE TABLE IF NOT EXISTS pending_acks(
       id INTEGER PRIMARY KEY AUTOINCREMENT, ack BLOB NOT NULL);
   )sql"));
@@ -118,7 +121,8 @@ Result<std::optional<Journal>> LocalState::ReadJournal() {
 }
 
 Status LocalState::CommitApply(uint64_t serial, const std::string& digest,
-                               const std::vector<v1::Change>& changes, const v1::Ack* ack) {
+                               const std::vector<v1::Change>& changes, const v1::Ack* ack,
+                               int64_t delete_after_unix) {
   Manifest next = manifest_;
   google::protobuf::RepeatedPtrField<v1::Change> list(changes.begin(), changes.end());
   MC_RETURN_IF_ERROR(next.ApplyChanges(list));
@@ -132,15 +136,29 @@ Status LocalState::CommitApply(uint64_t serial, const std::string& digest,
                                                     "entry) VALUES(?, ?, ?)"));
     MC_ASSIGN_OR_RETURN(Statement del,
                         db_->Prepare("DELETE FROM entries WHERE repo = ? AND path = ?"));
+    MC_ASSIGN_OR_RETURN(Statement defer,
+                        db_->Prepare("INSERT OR REPLACE INTO deferred_deletes(repo, path, kind, "
+                                     "due_unix) VALUES(?, ?, ?, ?)"));
+    MC_ASSIGN_OR_RETURN(Statement undefer,
+                        db_->Prepare("DELETE FROM deferred_deletes WHERE repo = ? AND path = ?"));
     for (const auto& c : changes) {
       if (c.kind() == v1::CHANGE_DELETED) {
         del.Reset();
         del.Bind(1, repo_).Bind(2, c.entry().path());
         MC_RETURN_IF_ERROR(del.Run());
+        if (delete_after_unix > 0) {
+          defer.Reset();
+          defer.Bind(1, repo_).Bind(2, c.entry().path());
+          defer.Bind(3, static_cast<int64_t>(c.entry().kind())).Bind(4, delete_after_unix);
+          MC_RETURN_IF_ERROR(defer.Run());
+        }
       } else {
         put.Reset();
         put.Bind(1, repo_).Bind(2, c.entry().path()).BindBlob(3, c.entry().SerializeAsString());
         MC_RETURN_IF_ERROR(put.Run());
+        undefer.Reset();
+        undefer.Bind(1, repo_).Bind(2, c.entry().path());
+        MC_RETURN_IF_ERROR(undefer.Run());
       }
     }
     MC_ASSIGN_OR_RETURN(Statement head,
@@ -159,6 +177,32 @@ Status LocalState::CommitApply(uint64_t serial, const std::string& digest,
   digest_ = digest;
   initialized_ = true;
   return Status::Ok();
+}
+
+Result<std::vector<LocalState::DeferredDeletion>> LocalState::DueDeletions(int64_t now_unix) {
+  std::vector<DeferredDeletion> out;
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT path, kind, due_unix FROM deferred_deletes WHERE repo = "
+                                   "? AND due_unix <= ? ORDER BY due_unix, path DESC LIMIT 10000"));
+  st.Bind(1, repo_).Bind(2, now_unix);
+  for (;;) {
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    const int64_t kind = st.ColumnInt(1);
+    out.push_back(DeferredDeletion{st.ColumnText(0),
+                                   v1::EntryKind_IsValid(static_cast<int>(kind))
+                                       ? static_cast<v1::EntryKind>(kind)
+                                       : v1::ENTRY_KIND_UNSPECIFIED,
+                                   st.ColumnInt(2)});
+  }
+  return out;
+}
+
+Status LocalState::DropDeferred(const std::string& path) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("DELETE FROM deferred_deletes WHERE repo = ? AND path = ?"));
+  st.Bind(1, repo_).Bind(2, path);
+  return st.Run();
 }
 
 Status LocalState::QueueAck(const v1::Ack& ack) {

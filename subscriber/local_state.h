@@ -51,8 +51,22 @@ class LocalState {
   // Applies `changes` to the recorded manifest and records `serial` and
   // `digest`, removing the journal and queueing `ack` (when given), in one
   // transaction: a crash can never record the serial but lose its ACK.
+  // With `delete_after_unix` > 0 the deleted paths stay in the tree and are
+  // recorded as deferred deletions due at that time (re-added paths are
+  // taken off that list).
   Status CommitApply(uint64_t serial, const std::string& digest,
-                     const std::vector<v1::Change>& changes, const v1::Ack* ack = nullptr);
+                     const std::vector<v1::Change>& changes, const v1::Ack* ack = nullptr,
+                     int64_t delete_after_unix = 0);
+
+  // Deferred deletions (grace period), oldest due first.
+  struct DeferredDeletion {
+    std::string path;
+    v1::EntryKind kind = v1::ENTRY_KIND_UNSPECIFIED;
+    int64_t due_unix = 0;
+  };
+  // Those due at `now_unix` (all of them with now_unix = INT64_MAX).
+  Result<std::vector<DeferredDeletion>> DueDeletions(int64_t now_unix);
+  Status DropDeferred(const std::string& path);
 
   // ACKs that the broker has not confirmed yet, oldest first.
   Status QueueAck(const v1::Ack& ack);

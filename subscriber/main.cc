@@ -37,6 +37,10 @@ int SubscriberMain(int argc, char** argv) {
       ("metadata", po::value<std::vector<std::string>>()->composing(),
        "metadata pattern, applied after content (repeatable; 'dir/' matches a directory "
        "component, anything else a file name). Default: repodata/ dists/ Release InRelease")
+      ("delete-delay", po::value<int>()->default_value(0),
+       "grace period in seconds: files an update deletes stay in the tree this long, so clients "
+       "that read the old metadata just before the switch still find them (0: delete at the "
+       "end of the apply)")
       ("delta-min-bytes", po::value<uint64_t>()->default_value(64 * 1024),
        "files smaller than this are fetched whole instead of by librsync delta")
       ("poll-interval", po::value<int>()->default_value(30),
@@ -76,6 +80,7 @@ int SubscriberMain(int argc, char** argv) {
     opts.metadata_patterns = (*vm)["metadata"].as<std::vector<std::string>>();
   }
   opts.delta_min_bytes = (*vm)["delta-min-bytes"].as<uint64_t>();
+  opts.delete_delay = std::chrono::seconds(std::max(0, (*vm)["delete-delay"].as<int>()));
   opts.poll_interval = std::chrono::seconds(std::max(1, (*vm)["poll-interval"].as<int>()));
   opts.stall_timeout = std::chrono::seconds(std::max(1, (*vm)["stall-timeout"].as<int>()));
 

@@ -85,6 +85,13 @@ class Subscriber::Session {
   // Handles any envelope from the event socket: events, heartbeats.
   void OnBroadcast(const std::string& envelope, bool* need_sync);
   void CheckFreshness();
+  // When deletions of an apply committed now fall due (0: no grace period).
+  int64_t DeleteAfter() const {
+    const auto delay = options_.delete_delay.count();
+    return delay > 0 ? Clock::Real().NowUnix() + delay : 0;
+  }
+  // Carries out the deferred deletions that are due.
+  void SweepDeletions();
   // A broadcast named `serial`, newer than the tree.
   void NoteNewer(uint64_t serial, bool* need_sync) {
     *need_sync = true;
@@ -164,6 +171,7 @@ Status Subscriber::Session::Init() {
     apply.metadata = MetadataMatcher(options_.metadata_patterns);
   }
   apply.delta_min_bytes = options_.delta_min_bytes;
+  apply.defer_deletions = options_.delete_delay.count() > 0;
   apply.after_signature = options_.after_signature;
   applier_ = std::make_unique<Applier>(std::move(apply));
 
@@ -195,8 +203,8 @@ Status Subscriber::Session::ResumeJournal() {
   MC_RETURN_IF_ERROR(applier_->Commit(journal->changes).WithContext("resume apply"));
   const v1::Ack ack =
       MakeAck(v1::ACK_APPLIED, journal->serial, journal->serial, ApplyStats{}, 0.0, "");
-  MC_RETURN_IF_ERROR(
-      state_->CommitApply(journal->serial, journal->manifest_sha256, journal->changes, &ack));
+  MC_RETURN_IF_ERROR(state_->CommitApply(journal->serial, journal->manifest_sha256,
+                                         journal->changes, &ack, DeleteAfter()));
   serial_out_ = journal->serial;
   MC_LOG(info) << "resumed apply done: repo=" << options_.repo << " serial=" << journal->serial;
   if (control_) FlushAcks();  // else sent once connected
@@ -273,6 +281,7 @@ Result<uint64_t> Subscriber::Session::RefreshBroker() {
 
 Status Subscriber::Session::CatchUp() {
   MC_RETURN_IF_ERROR(ResumeJournal());
+  SweepDeletions();
   for (;;) {
     if (ShouldStop()) return Status::Unavailable("stopping");
     MC_RETURN_IF_ERROR(RefreshBroker().status());
@@ -393,7 +402,7 @@ Status Subscriber::Session::ApplyChanges(uint64_t serial, const std::string& dig
   Status s = state_->WriteJournal(journal);
   if (s.ok()) s = applier_->Commit(changes);
   const v1::Ack applied = MakeAck(v1::ACK_APPLIED, serial, serial, stats, seconds(), "");
-  if (s.ok()) s = state_->CommitApply(serial, digest, changes, &applied);
+  if (s.ok()) s = state_->CommitApply(serial, digest, changes, &applied, DeleteAfter());
   if (!s.ok()) {
     // The journal stays: the next attempt (or restart) finishes this apply.
     MC_LOG(error) << "commit of serial " << serial << " failed: " << s.ToString();
@@ -514,6 +523,28 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
   if (event->serial() > state_->serial()) NoteNewer(event->serial(), need_sync);
 }
 
+void Subscriber::Session::SweepDeletions() {
+  // Without a grace period nothing is deferred; a shorter one than before a
+  // restart still honours what was recorded.
+  const int64_t now = options_.delete_delay.count() > 0 ? Clock::Real().NowUnix() : INT64_MAX;
+  auto due = state_->DueDeletions(now);
+  if (!due.ok()) {
+    MC_LOG(error) << "deferred deletions: " << due.status().ToString();
+    return;
+  }
+  for (const auto& d : *due) {
+    if (state_->manifest().Find(d.path) == nullptr) {
+      if (Status s = applier_->Remove(d.path, d.kind); !s.ok()) {
+        MC_LOG(warning) << "deferred deletion of " << d.path << ": " << s.ToString();
+        continue;  // tried again on the next sweep
+      }
+    }
+    state_->DropDeferred(d.path);
+  }
+  if (!due->empty())
+    MC_LOG(debug) << "deleted " << due->size() << " path(s) after the grace period";
+}
+
 void Subscriber::Session::CheckFreshness() {
   if (heartbeat_trust_.empty()) return;
   const int64_t now = Clock::Real().NowUnix();
@@ -590,6 +621,7 @@ void Subscriber::Session::Serve() {
       next_ack = now + Millis(1000);
       FlushAcks();
       CheckFreshness();
+      SweepDeletions();
     }
   }
 }

@@ -51,6 +51,10 @@ struct SubscriberOptions {
                                                  // filesystem, else <tree>/.mirrorcast-staging
   std::vector<std::string> metadata_patterns;    // empty: yum/dnf + apt defaults
   uint64_t delta_min_bytes = 64 * 1024;
+  // Grace period: files an update deletes stay in the tree this long, so a
+  // client that read the old metadata just before the switch still finds
+  // them. 0 deletes them at the end of the apply.
+  std::chrono::seconds delete_delay{0};
   std::chrono::seconds poll_interval{30};  // ask the broker for its head this often
   std::chrono::milliseconds stall_timeout{30000};
   std::chrono::seconds retry_min{2};  // after a failed apply

@@ -185,11 +185,13 @@ class RateLimiter {
 class TreeScrubber {
  public:
   TreeScrubber(fs::path tree, const Manifest& manifest, RateLimiter* limiter,
-               std::function<void(const Finding&)> report)
+               std::function<void(const Finding&)> report,
+               std::set<std::string> pending_deletion = {})
       : tree_(std::move(tree)),
         manifest_(manifest),
         limiter_(limiter),
-        report_(std::move(report)) {}
+        report_(std::move(report)),
+        pending_deletion_(std::move(pending_deletion)) {}
 
   void CheckEntries() {
     for (const auto& [path, entry] : manifest_.entries()) {
@@ -351,6 +353,8 @@ class TreeScrubber {
       const std::string rel = rel_dir.empty() ? name : rel_dir + "/" + name;
       const v1::FileEntry* entry = manifest_.Find(rel);
       if (entry == nullptr) {
+        // Deleted by an update, kept for the subscriber's grace period.
+        if (pending_deletion_.count(rel)) continue;
         Add(Problem::kExtra, rel, is_dir ? "directory" : "");
       } else if (is_dir && entry->kind() == v1::ENTRY_DIRECTORY) {
         Walk(rel);
@@ -362,6 +366,7 @@ class TreeScrubber {
   const Manifest& manifest_;
   RateLimiter* limiter_;
   std::function<void(const Finding&)> report_;
+  std::set<std::string> pending_deletion_;
   std::vector<Finding> findings_;
   uint64_t checked_ = 0;
 };
@@ -753,10 +758,17 @@ int VerifyMain(int argc, char** argv) {
     std::cout << "verifying repo " << repo << " at serial " << manifest.serial() << " ("
               << manifest.size() << " entries) in " << tree.string() << std::endl;
   }
+  std::set<std::string> pending_deletion;
+  if (auto deferred = (*local)->DueDeletions(INT64_MAX); deferred.ok()) {
+    for (const auto& d : *deferred) pending_deletion.insert(d.path);
+  }
   RateLimiter limiter(rate * 1e6);
-  TreeScrubber scrubber(tree, manifest, &limiter, [&](const Finding& f) {
-    if (!json) std::cout << FindingLine(f) << std::endl;
-  });
+  TreeScrubber scrubber(
+      tree, manifest, &limiter,
+      [&](const Finding& f) {
+        if (!json) std::cout << FindingLine(f) << std::endl;
+      },
+      std::move(pending_deletion));
   scrubber.CheckEntries();
   scrubber.FindExtras();
   const double seconds = limiter.seconds();

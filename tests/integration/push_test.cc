@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <thread>
 
 #include "core/cli/signals.h"
 #include "core/net/endpoint.h"
@@ -158,6 +159,46 @@ TEST(Push, DeltaThatYieldsTheWrongHashFallsBackToAWholeFileFetch) {
   auto m = c.Mirror("inproc");
   ASSERT_TRUE(m.has_value());
   EXPECT_GE(m->bytes_fetched(), size);  // the whole file came over the wire
+}
+
+}  // namespace
+}  // namespace mirrorcast::testing
+
+namespace mirrorcast::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+TEST(Push, GracePeriodKeepsDeletedFilesForClientsOfTheOldMetadata) {
+  Cluster c;
+  MakeSampleRepo(c.origin_tree(), 10, 0);
+  c.StartBroker();
+  c.StartSubscriber("g", {"--delete-delay", "5"});
+  c.PublishOk();
+  c.WaitForSerial({"g"}, 1);
+
+  fs::remove(c.origin_tree() / "Packages/p0/pkg-0.rpm");
+  const std::string readded = ReadFile(c.origin_tree() / "Packages/p1/pkg-1.rpm");
+  fs::remove(c.origin_tree() / "Packages/p1/pkg-1.rpm");
+  c.PublishOk();
+  c.WaitForSerial({"g"}, 2);
+  // Applied, yet what serial 2 deleted is still there for the grace period.
+  EXPECT_TRUE(fs::exists(c.mirror_tree("g") / "Packages/p0/pkg-0.rpm"));
+  EXPECT_TRUE(fs::exists(c.mirror_tree("g") / "Packages/p1/pkg-1.rpm"));
+
+  // Put back within the grace period: it must survive the sweep.
+  WriteFile(c.origin_tree() / "Packages/p1/pkg-1.rpm", readded);
+  c.PublishOk();
+  c.WaitForSerial({"g"}, 3);
+
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (fs::exists(c.mirror_tree("g") / "Packages/p0/pkg-0.rpm") &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_FALSE(fs::exists(c.mirror_tree("g") / "Packages/p0/pkg-0.rpm")) << c.Logs();
+  EXPECT_EQ(SnapshotTree(c.mirror_tree("g")), SnapshotTree(c.origin_tree()));
 }
 
 }  // namespace
