@@ -76,11 +76,25 @@ fs::path Applier::StagedPath(size_t index) const {
   return options_.staging / std::to_string(index);
 }
 
-Status Applier::ClearStaging() {
+fs::path Applier::ContentPath(const std::string& sha256) const {
+  return options_.staging / ToHex(sha256);
+}
+
+namespace {
+
+bool IsContentName(const std::string& name) {
+  return name.size() == 2 * kSha256Size &&
+         name.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+}  // namespace
+
+Status Applier::ClearStaging(bool keep_content) {
   std::error_code ec;
   fs::create_directories(options_.staging, ec);
   if (ec) return Status::IoError("create " + options_.staging.string() + ": " + ec.message());
   for (const auto& entry : fs::directory_iterator(options_.staging, ec)) {
+    if (keep_content && IsContentName(entry.path().filename().string())) continue;
     std::error_code rm;
     fs::remove_all(entry.path(), rm);
     if (rm) return Status::IoError("clean " + entry.path().string() + ": " + rm.message());
@@ -92,7 +106,7 @@ Status Applier::ClearStaging() {
 Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& changes,
                       ContentClient& content, ApplyStats* stats,
                       const std::function<bool()>& should_stop) {
-  MC_RETURN_IF_ERROR(ClearStaging());
+  MC_RETURN_IF_ERROR(ClearStaging(/*keep_content=*/true));
   for (const auto& c : changes) MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
 
   // Where the mirror already holds each content hash.
@@ -122,7 +136,18 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
       continue;
     }
     staged_by_sha.emplace(entry.sha256(), i);
-    const fs::path dest = StagedPath(i);
+    const fs::path dest = ContentPath(entry.sha256());
+
+    // Left by an earlier attempt that did not finish: re-hashed, never trusted.
+    if (struct stat st{}; ::lstat(dest.c_str(), &st) == 0) {
+      if (S_ISREG(st.st_mode) && VerifyFile(dest, entry).ok()) {
+        stats->bytes_reused += entry.size();
+        stats->files_reused++;
+        continue;
+      }
+      std::error_code ec;
+      fs::remove(dest, ec);
+    }
 
     if (auto have = local_by_sha.find(entry.sha256()); have != local_by_sha.end()) {
       uint64_t copied = 0;
@@ -184,7 +209,21 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
     Status s = content.FetchFiles(whole, &fetch, should_stop);
     stats->bytes_fetched += fetch.bytes_fetched;
     stats->files_fetched += fetch.files_fetched;
-    MC_RETURN_IF_ERROR(s);
+    if (!s.ok()) {
+      // Keep what arrived whole and verified for the next attempt; a partial
+      // file only takes space (maybe the very space that ran out).
+      for (const FileFetch& f : whole) {
+        std::error_code ec;
+        if (fs::file_size(f.dest, ec) != f.size || ec) fs::remove(f.dest, ec);
+      }
+      return s;
+    }
+  }
+  // Everything is here: each file goes to its change's slot.
+  for (const auto& [sha, index] : staged_by_sha) {
+    if (::rename(ContentPath(sha).c_str(), StagedPath(index).c_str()) != 0) {
+      return Status::FromErrno("stage " + changes[index].entry().path(), errno);
+    }
   }
   for (const auto& [index, from] : duplicates) {
     uint64_t copied = 0;

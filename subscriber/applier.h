@@ -15,8 +15,10 @@
 //     so after a crash Commit() is simply run again from the journal (the same
 //     change list and whatever is still staged) and finishes the job.
 //
-// Staged files are named by the change's index in the list ("<staging>/<i>"),
-// which is what makes Commit() replayable. Not thread-safe.
+// Content is fetched into "<staging>/<sha256 hex>", so what an interrupted
+// Stage() already has survives a restart; once everything is there, each file
+// is moved to its change's index in the list ("<staging>/<i>"), which is what
+// makes Commit() replayable. Not thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -71,8 +73,11 @@ class Applier {
   // removes what the change list deletes. Idempotent; see above.
   Status Commit(const std::vector<v1::Change>& changes);
 
-  // Removes everything from the staging directory.
-  Status ClearStaging();
+  // Empties the staging directory. With `keep_content`, verified-looking
+  // content files ("<staging>/<sha256 hex>", left by an interrupted or failed
+  // Stage) stay: the next Stage re-hashes and reuses them instead of fetching
+  // the same bytes again.
+  Status ClearStaging(bool keep_content = false);
 
   // Deletes tree/path (a directory with everything below it), refusing to
   // follow symlinks on the way. A path that is already gone is fine.
@@ -82,6 +87,7 @@ class Applier {
 
  private:
   std::filesystem::path StagedPath(size_t index) const;
+  std::filesystem::path ContentPath(const std::string& sha256) const;
   Status PlaceFile(const v1::Change& change, size_t index);
   Status PlaceSymlink(const v1::FileEntry& entry);
   Status PrepareSlot(const std::string& path, v1::EntryKind new_kind);

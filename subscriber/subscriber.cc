@@ -177,7 +177,8 @@ Status Subscriber::Session::Init() {
 
   // An apply interrupted after staging: finish it before anything else.
   MC_RETURN_IF_ERROR(ResumeJournal());
-  MC_RETURN_IF_ERROR(applier_->ClearStaging());
+  // Content an interrupted Stage already fetched stays for reuse.
+  MC_RETURN_IF_ERROR(applier_->ClearStaging(/*keep_content=*/true));
 
   if (!state_->initialized()) {
     // First start: learn what the tree already holds, so it can be reused.
@@ -394,7 +395,7 @@ Status Subscriber::Session::ApplyChanges(uint64_t serial, const std::string& dig
   if (!staged.ok()) {
     MC_LOG(error) << "apply of serial " << serial << " failed: " << staged.ToString()
                   << " (tree stays at serial " << state_->serial() << ")";
-    applier_->ClearStaging();
+    applier_->ClearStaging(/*keep_content=*/true);  // what arrived whole is reused next time
     if (!ShouldStop()) Ack(v1::ACK_FAILED, serial, stats, seconds(), staged.ToString());
     return staged;
   }

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "core/cli/signals.h"
+#include "core/crypto/sha256.h"
 #include "core/net/endpoint.h"
 #include "subscriber/subscriber.h"
 #include "tests/integration/cluster.h"
@@ -199,6 +200,41 @@ TEST(Push, GracePeriodKeepsDeletedFilesForClientsOfTheOldMetadata) {
   }
   EXPECT_FALSE(fs::exists(c.mirror_tree("g") / "Packages/p0/pkg-0.rpm")) << c.Logs();
   EXPECT_EQ(SnapshotTree(c.mirror_tree("g")), SnapshotTree(c.origin_tree()));
+}
+
+}  // namespace
+}  // namespace mirrorcast::testing
+
+namespace mirrorcast::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(Push, ContentAnInterruptedApplyFetchedIsReusedAndPartialContentIsNot) {
+  Cluster c;
+  MakeSampleRepo(c.origin_tree(), 3, 1u << 20);
+  c.StartBroker();
+  c.PublishOk();
+  // What a subscriber killed while staging leaves behind: one file complete
+  // (named by its SHA-256), one cut short.
+  const fs::path staging = c.mirror_state("r") / "staging";
+  const std::string big = ReadFile(c.origin_tree() / "isos/big.iso");
+  WriteFile(staging / ToHex(Sha256Of(big)), big, 0600);
+  const std::string primary = ReadFile(c.origin_tree() / "repodata/primary.xml.gz");
+  WriteFile(staging / ToHex(Sha256Of(primary)), primary.substr(0, primary.size() / 2), 0600);
+
+  RunResult r = mirrorcast::testing::Run(
+      {BinPath("mirrorcast-subscriber").string(), "--broker", c.broker_address(), "--trust",
+       c.origin_pub().string(), "--repo", c.repo(), "--tree", c.mirror_tree("r").string(),
+       "--state", c.mirror_state("r").string(), "--id", "r", "--once"},
+      std::chrono::seconds(60));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(SnapshotTree(c.mirror_tree("r")), SnapshotTree(c.origin_tree()));
+  auto m = c.Mirror("r");
+  ASSERT_TRUE(m.has_value());
+  EXPECT_LT(m->bytes_fetched(), 1u << 20);        // the image was not fetched again
+  EXPECT_GE(m->bytes_fetched(), primary.size());  // the cut-short file was
+  EXPECT_TRUE(fs::is_empty(staging));
 }
 
 }  // namespace
