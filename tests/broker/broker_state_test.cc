@@ -1,0 +1,287 @@
+// BrokerState: what survives a restart (events, heads, the mirror table), the
+// event log's order and limits, pruning of events and manifests, and the
+// migration of a broker.db written before MirrorStatus.bytes_signature.
+#include "broker/broker_state.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <set>
+#include <string>
+
+#include "core/crypto/sha256.h"
+#include "core/store/sqlite.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/tree.h"
+
+namespace mirrorcast::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+RepoHead HeadAt(uint64_t serial) {
+  return RepoHead{serial, Sha256Of("manifest " + std::to_string(serial)), serial * 10};
+}
+
+std::string EnvelopeOf(const std::string& repo, uint64_t serial) {
+  return "envelope " + repo + " " + std::to_string(serial);
+}
+
+v1::Ack MakeAck(const std::string& mirror, const std::string& repo, uint64_t serial) {
+  v1::Ack ack;
+  ack.set_mirror_id(mirror);
+  ack.set_repo(repo);
+  ack.set_serial(serial);
+  ack.set_target_serial(serial);
+  ack.set_state(v1::ACK_APPLIED);
+  ack.set_bytes_fetched(1000 + serial);
+  ack.set_bytes_reused(2000 + serial);
+  ack.set_bytes_signature(300 + serial);
+  ack.set_seconds(1.5);
+  return ack;
+}
+
+class BrokerStateTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<BrokerState> Open() {
+    auto state = BrokerState::Open(dir_.path());
+    EXPECT_TRUE(state.ok()) << state.status().ToString();
+    return state.ok() ? std::move(state).value() : nullptr;
+  }
+
+  // Commits serials 1..n of `repo`.
+  void CommitSerials(BrokerState& state, const std::string& repo, uint64_t n) {
+    for (uint64_t s = 1; s <= n; ++s) {
+      ASSERT_TRUE(state.CommitEvent(repo, HeadAt(s), EnvelopeOf(repo, s), 1700000000 + s).ok());
+    }
+  }
+
+  TempDir dir_{"mirrorcast-broker-state"};
+};
+
+TEST_F(BrokerStateTest, EmptyStateHasNoRepos) {
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  EXPECT_TRUE(state->repos().empty());
+  EXPECT_EQ(state->Head("main").serial, 0u);
+  EXPECT_TRUE(state->Head("main").manifest_sha256.empty());
+  auto events = state->EventsSince("main", 0, 100);
+  ASSERT_TRUE(events.ok());
+  EXPECT_TRUE(events->envelopes.empty());
+  EXPECT_EQ(events->oldest_serial, 0u);
+  EXPECT_EQ(state->ManifestPath("main", 7), dir_.path() / "manifests" / "main" / "7.pb");
+}
+
+TEST_F(BrokerStateTest, CommittedEventsAndHeadsSurviveReopen) {
+  {
+    auto state = Open();
+    ASSERT_NE(state, nullptr);
+    CommitSerials(*state, "main", 3);
+    CommitSerials(*state, "other", 1);
+    EXPECT_EQ(state->Head("main").serial, 3u);
+  }
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  ASSERT_EQ(state->repos().size(), 2u);
+  const RepoHead head = state->Head("main");
+  EXPECT_EQ(head.serial, 3u);
+  EXPECT_EQ(head.manifest_sha256, HeadAt(3).manifest_sha256);
+  EXPECT_EQ(head.manifest_entries, 30u);
+  EXPECT_EQ(state->Head("other").serial, 1u);
+  EXPECT_EQ(state->Head("absent").serial, 0u);
+
+  auto events = state->EventsSince("main", 0, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->envelopes.size(), 3u);
+  EXPECT_EQ(events->envelopes[0], EnvelopeOf("main", 1));
+  EXPECT_EQ(events->envelopes[2], EnvelopeOf("main", 3));
+}
+
+TEST_F(BrokerStateTest, EventsSinceIsOrderedLimitedAndPerRepo) {
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  CommitSerials(*state, "main", 5);
+  CommitSerials(*state, "other", 2);
+
+  auto events = state->EventsSince("main", 1, 2);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->envelopes.size(), 2u);
+  EXPECT_EQ(events->envelopes[0], EnvelopeOf("main", 2));
+  EXPECT_EQ(events->envelopes[1], EnvelopeOf("main", 3));
+  EXPECT_EQ(events->oldest_serial, 1u);
+
+  events = state->EventsSince("main", 3, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->envelopes.size(), 2u);
+  EXPECT_EQ(events->envelopes[0], EnvelopeOf("main", 4));
+  EXPECT_EQ(events->envelopes[1], EnvelopeOf("main", 5));
+
+  events = state->EventsSince("main", 5, 100);
+  ASSERT_TRUE(events.ok());
+  EXPECT_TRUE(events->envelopes.empty());
+  EXPECT_EQ(events->oldest_serial, 1u);
+
+  events = state->EventsSince("other", 0, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->envelopes.size(), 2u);
+  EXPECT_EQ(events->envelopes[1], EnvelopeOf("other", 2));
+}
+
+TEST_F(BrokerStateTest, CommittingASerialTwiceFailsAndKeepsTheHead) {
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  CommitSerials(*state, "main", 2);
+  RepoHead other = HeadAt(2);
+  other.manifest_sha256 = Sha256Of("a different manifest");
+  EXPECT_FALSE(state->CommitEvent("main", other, "another envelope", 1700000100).ok());
+  EXPECT_EQ(state->Head("main").manifest_sha256, HeadAt(2).manifest_sha256);
+  auto events = state->EventsSince("main", 1, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->envelopes.size(), 1u);
+  EXPECT_EQ(events->envelopes[0], EnvelopeOf("main", 2));
+}
+
+TEST_F(BrokerStateTest, AckUpsertsOneRowPerMirrorAndRepo) {
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  ASSERT_TRUE(state->RecordAck(MakeAck("mirror-b", "main", 1), 1700000001).ok());
+  ASSERT_TRUE(state->RecordAck(MakeAck("mirror-a", "main", 1), 1700000002).ok());
+  v1::Ack later = MakeAck("mirror-a", "main", 2);
+  later.set_state(v1::ACK_FAILED);
+  later.set_target_serial(3);
+  later.set_error("disk full");
+  ASSERT_TRUE(state->RecordAck(later, 1700000009).ok());
+  ASSERT_TRUE(state->RecordAck(MakeAck("mirror-a", "other", 4), 1700000010).ok());
+
+  auto mirrors = state->Mirrors();
+  ASSERT_TRUE(mirrors.ok()) << mirrors.status().ToString();
+  ASSERT_EQ(mirrors->size(), 3u);
+  // Ordered by repo, then mirror.
+  EXPECT_EQ((*mirrors)[0].mirror_id(), "mirror-a");
+  EXPECT_EQ((*mirrors)[0].repo(), "main");
+  EXPECT_EQ((*mirrors)[1].mirror_id(), "mirror-b");
+  EXPECT_EQ((*mirrors)[2].repo(), "other");
+
+  const v1::MirrorStatus& a = (*mirrors)[0];
+  EXPECT_EQ(a.serial(), 2u);
+  EXPECT_EQ(a.target_serial(), 3u);
+  EXPECT_EQ(a.state(), v1::ACK_FAILED);
+  EXPECT_EQ(a.last_ack_unix(), 1700000009);
+  EXPECT_EQ(a.bytes_fetched(), 1002u);
+  EXPECT_EQ(a.bytes_reused(), 2002u);
+  EXPECT_EQ(a.bytes_signature(), 302u);
+  EXPECT_DOUBLE_EQ(a.seconds(), 1.5);
+  EXPECT_EQ(a.error(), "disk full");
+
+  // The mirror table survives a restart, bytes_signature included.
+  state.reset();
+  state = Open();
+  ASSERT_NE(state, nullptr);
+  mirrors = state->Mirrors();
+  ASSERT_TRUE(mirrors.ok());
+  ASSERT_EQ(mirrors->size(), 3u);
+  EXPECT_EQ((*mirrors)[0].bytes_signature(), 302u);
+  EXPECT_EQ((*mirrors)[1].bytes_signature(), 301u);
+}
+
+TEST_F(BrokerStateTest, PruneKeepsTheNewestEventsAndManifests) {
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  CommitSerials(*state, "main", 6);
+  CommitSerials(*state, "other", 6);
+  for (uint64_t s = 1; s <= 6; ++s) {
+    WriteFile(state->ManifestPath("main", s), "manifest " + std::to_string(s));
+    WriteFile(state->ManifestPath("other", s), "manifest " + std::to_string(s));
+  }
+  WriteFile(dir_.path() / "manifests/main/notes.txt", "not a manifest");
+
+  ASSERT_TRUE(state->Prune("main", 2, 3).ok());
+
+  auto events = state->EventsSince("main", 0, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->envelopes.size(), 2u);
+  EXPECT_EQ(events->envelopes[0], EnvelopeOf("main", 5));
+  EXPECT_EQ(events->envelopes[1], EnvelopeOf("main", 6));
+  EXPECT_EQ(events->oldest_serial, 5u);
+
+  std::set<std::string> left;
+  for (const auto& entry : fs::directory_iterator(dir_.path() / "manifests/main")) {
+    left.insert(entry.path().filename().string());
+  }
+  EXPECT_EQ(left, (std::set<std::string>{"4.pb", "5.pb", "6.pb", "notes.txt"}));
+
+  // Another repo is untouched.
+  events = state->EventsSince("other", 0, 100);
+  ASSERT_TRUE(events.ok());
+  EXPECT_EQ(events->envelopes.size(), 6u);
+  EXPECT_TRUE(fs::exists(state->ManifestPath("other", 1)));
+
+  // Fewer events than the limit: nothing goes.
+  ASSERT_TRUE(state->Prune("other", 100, 100).ok());
+  events = state->EventsSince("other", 0, 100);
+  ASSERT_TRUE(events.ok());
+  EXPECT_EQ(events->envelopes.size(), 6u);
+  EXPECT_EQ(events->oldest_serial, 1u);
+  EXPECT_TRUE(fs::exists(state->ManifestPath("other", 1)));
+}
+
+TEST_F(BrokerStateTest, OldDatabaseWithoutBytesSignatureIsMigrated) {
+  {
+    // The mirrors table as 0.1's first schema created it.
+    auto db = Database::Open(dir_.path() / "broker.db");
+    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    ASSERT_TRUE((*db)
+                    ->Exec(R"sql(
+      CREATE TABLE repos(
+        repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, manifest_sha256 BLOB NOT NULL,
+        manifest_entries INTEGER NOT NULL, updated_unix INTEGER NOT NULL);
+      CREATE TABLE events(
+        repo TEXT NOT NULL, serial INTEGER NOT NULL, envelope BLOB NOT NULL,
+        received_unix INTEGER NOT NULL, PRIMARY KEY(repo, serial));
+      CREATE TABLE mirrors(
+        mirror_id TEXT NOT NULL, repo TEXT NOT NULL, serial INTEGER NOT NULL,
+        target_serial INTEGER NOT NULL, state INTEGER NOT NULL, last_ack_unix INTEGER NOT NULL,
+        bytes_fetched INTEGER NOT NULL, bytes_reused INTEGER NOT NULL, millis INTEGER NOT NULL,
+        error TEXT NOT NULL, PRIMARY KEY(mirror_id, repo));
+      INSERT INTO mirrors VALUES('old-mirror', 'main', 4, 4, 1, 1690000000, 10, 20, 2500, '');
+    )sql")
+                    .ok());
+    auto ins = (*db)->Prepare(
+        "INSERT INTO repos(repo, serial, manifest_sha256, manifest_entries, updated_unix) "
+        "VALUES('main', 4, ?, 40, 1690000000)");
+    ASSERT_TRUE(ins.ok());
+    ins->BindBlob(1, HeadAt(4).manifest_sha256);
+    ASSERT_TRUE(ins->Run().ok());
+  }
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  EXPECT_EQ(state->Head("main").serial, 4u);
+  EXPECT_EQ(state->Head("main").manifest_sha256, HeadAt(4).manifest_sha256);
+
+  auto mirrors = state->Mirrors();
+  ASSERT_TRUE(mirrors.ok()) << mirrors.status().ToString();
+  ASSERT_EQ(mirrors->size(), 1u);
+  EXPECT_EQ((*mirrors)[0].mirror_id(), "old-mirror");
+  EXPECT_EQ((*mirrors)[0].serial(), 4u);
+  EXPECT_DOUBLE_EQ((*mirrors)[0].seconds(), 2.5);
+  EXPECT_EQ((*mirrors)[0].bytes_signature(), 0u);
+
+  // The migrated table takes new ACKs with the new column.
+  ASSERT_TRUE(state->RecordAck(MakeAck("old-mirror", "main", 5), 1700000000).ok());
+  mirrors = state->Mirrors();
+  ASSERT_TRUE(mirrors.ok());
+  ASSERT_EQ(mirrors->size(), 1u);
+  EXPECT_EQ((*mirrors)[0].serial(), 5u);
+  EXPECT_EQ((*mirrors)[0].bytes_signature(), 305u);
+
+  // A second open of the migrated database does not trip over the column.
+  state.reset();
+  state = Open();
+  ASSERT_NE(state, nullptr);
+  mirrors = state->Mirrors();
+  ASSERT_TRUE(mirrors.ok());
+  EXPECT_EQ((*mirrors)[0].bytes_signature(), 305u);
+}
+
+}  // namespace
+}  // namespace mirrorcast::testing
