@@ -99,6 +99,7 @@ class BrokerTest : public ::testing::Test {
     options.trust = {dir_ / "publisher.pub"};
     options.broker_id = "test-broker";
     options.content_workers = 2;
+    options_ = options;
     broker_ = std::make_unique<Broker>(options);
     Status started = broker_->Start();
     ASSERT_TRUE(started.ok()) << started.ToString();
@@ -149,6 +150,7 @@ class BrokerTest : public ::testing::Test {
   TempDir dir_{"mirrorcast-broker"};
   zmq::context_t context_;
   std::optional<SigningKey> key_;
+  BrokerOptions options_;
   std::unique_ptr<Broker> broker_;
 };
 
@@ -290,6 +292,31 @@ TEST_F(BrokerTest, ExpiredEventIsRefused) {
   event.set_published_unix(now - 7200);
   event.set_expires_unix(now - 3600);
   ExpectRefused(SendPublish(Seal(event, *key_), manifest.Serialize()), "expired", 0);
+}
+
+TEST_F(BrokerTest, RestartKeepsTheLogAndRefusesAReplay) {
+  const Manifest manifest = FirstManifest();
+  const std::string envelope = Seal(EventFor(Manifest(kRepo, 0), manifest), *key_);
+  ASSERT_TRUE(SendPublish(envelope, manifest.Serialize()).ok());
+  broker_->Stop();
+  broker_.reset();
+
+  broker_ = std::make_unique<Broker>(options_);
+  Status started = broker_->Start();
+  ASSERT_TRUE(started.ok()) << started.ToString();
+  ControlClient control(context_, Control());
+  auto hello = control.Hello("test", kTimeout);
+  ASSERT_TRUE(hello.ok()) << hello.status().ToString();
+  ASSERT_EQ(hello->repos_size(), 1);
+  EXPECT_EQ(hello->repos(0).serial(), 1u);
+  EXPECT_EQ(hello->repos(0).manifest_sha256(), manifest.Digest());
+  auto events = control.Events(kRepo, 0, 100, kTimeout);
+  ASSERT_TRUE(events.ok()) << events.status().ToString();
+  ASSERT_EQ(events->envelopes_size(), 1);
+  EXPECT_EQ(events->envelopes(0), envelope);
+
+  // The same signed event sent again (a replay) does not publish twice.
+  ExpectRefused(SendPublish(envelope, manifest.Serialize()), "serial conflict", 1);
 }
 
 TEST_F(BrokerTest, AckIsRecordedAndShownInStatus) {
