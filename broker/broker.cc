@@ -299,18 +299,23 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   }
   // The change list must take the previous manifest to this one, or mirrors
   // that apply it would all fail the digest check.
+  // Fails closed: without the previous manifest the change list cannot be
+  // checked, and a wrong one would make every mirror's apply fail.
   if (head.serial > 0) {
     auto previous_bytes =
         ReadFileToString(state_->ManifestPath(repo, head.serial), kMaxControlMessageBytes);
-    if (previous_bytes.ok()) {
-      auto previous = Manifest::Parse(*previous_bytes);
-      if (previous.ok()) {
-        Status applied = previous->ApplyChanges(event.changes());
-        if (!applied.ok() || previous->Digest() != event.manifest_sha256()) {
-          return Fail("refused: the change list does not turn serial " +
-                      std::to_string(head.serial) + " into the signed manifest");
-        }
-      }
+    auto previous = previous_bytes.ok() ? Manifest::Parse(*previous_bytes)
+                                        : Result<Manifest>(previous_bytes.status());
+    if (!previous.ok() || previous->Digest() != head.manifest_sha256) {
+      MC_LOG(error) << "stored manifest of " << repo << " serial " << head.serial
+                    << " is unusable: " << previous.status().ToString();
+      return Fail("broker cannot check the change list: its stored manifest of serial " +
+                  std::to_string(head.serial) + " is missing or damaged");
+    }
+    Status applied = previous->ApplyChanges(event.changes());
+    if (!applied.ok() || previous->Digest() != event.manifest_sha256()) {
+      return Fail("refused: the change list does not turn serial " + std::to_string(head.serial) +
+                  " into the signed manifest");
     }
   }
 

@@ -1,5 +1,6 @@
 #include "broker/broker_state.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <system_error>
 
@@ -161,6 +162,10 @@ Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
 }
 
 Status BrokerState::Prune(const std::string& repo, uint64_t keep_events, uint64_t keep_manifests) {
+  // The head's event and manifest always stay: catch-up, bootstrap and the
+  // next publish's check need them.
+  keep_events = std::max<uint64_t>(keep_events, 1);
+  keep_manifests = std::max<uint64_t>(keep_manifests, 1);
   const uint64_t head = Head(repo).serial;
   if (head > keep_events) {
     MC_ASSIGN_OR_RETURN(Statement st,

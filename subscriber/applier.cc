@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <system_error>
@@ -138,15 +139,23 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
     staged_by_sha.emplace(entry.sha256(), i);
     const fs::path dest = ContentPath(entry.sha256());
 
-    // Left by an earlier attempt that did not finish: re-hashed, never trusted.
+    // Left by an earlier attempt that did not finish: re-hashed, never
+    // trusted. A file cut short is resumed where it stopped.
+    bool resume = false;
     if (struct stat st{}; ::lstat(dest.c_str(), &st) == 0) {
-      if (S_ISREG(st.st_mode) && VerifyFile(dest, entry).ok()) {
+      if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) == entry.size() &&
+          VerifyFile(dest, entry).ok()) {
         stats->bytes_reused += entry.size();
         stats->files_reused++;
         continue;
       }
-      std::error_code ec;
-      fs::remove(dest, ec);
+      if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < entry.size()) {
+        resume = true;
+        stats->bytes_reused += static_cast<uint64_t>(st.st_size);
+      } else {
+        std::error_code ec;
+        fs::remove(dest, ec);
+      }
     }
 
     if (auto have = local_by_sha.find(entry.sha256()); have != local_by_sha.end()) {
@@ -162,8 +171,8 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
                       << s.ToString() << "; fetching it";
     }
 
-    if (old && old->kind() == v1::ENTRY_FILE && old->size() >= options_.delta_min_bytes &&
-        entry.size() >= options_.delta_min_bytes) {
+    if (!resume && old && old->kind() == v1::ENTRY_FILE &&
+        old->size() >= options_.delta_min_bytes && entry.size() >= options_.delta_min_bytes) {
       const fs::path basis = options_.tree / entry.path();
       const fs::path delta_file = options_.staging / (std::to_string(i) + ".delta");
       FetchStats fetch;
@@ -201,20 +210,42 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
       MC_LOG(warning) << "delta for " << entry.path() << " failed (" << s.ToString()
                       << "); fetching the whole file";
     }
-    whole.push_back(FileFetch{entry.path(), entry.size(), entry.sha256(), dest});
+    whole.push_back(FileFetch{entry.path(), entry.size(), entry.sha256(), dest, resume});
   }
 
   if (!whole.empty()) {
     FetchStats fetch;
     Status s = content.FetchFiles(whole, &fetch, should_stop);
+    const bool resumed = std::any_of(whole.begin(), whole.end(), [](auto& f) { return f.resume; });
+    if (s.code() == Status::Code::kCorruption && resumed) {
+      // A kept prefix was bad (the SHA-256 over it and the rest failed): that
+      // file starts from scratch; everything else resumes where it is.
+      MC_LOG(warning) << "a resumed transfer did not verify (" << s.ToString()
+                      << "); fetching it from the start";
+      for (FileFetch& f : whole) {
+        std::error_code ec;
+        const uint64_t have = fs::file_size(f.dest, ec);
+        bool keep = !ec && have <= f.size;
+        if (keep && have == f.size) {
+          auto sha = Sha256File(f.dest);
+          keep = sha.ok() && *sha == f.sha256;
+        }
+        f.resume = keep;
+        if (!keep) fs::remove(f.dest, ec);
+      }
+      s = content.FetchFiles(whole, &fetch, should_stop);
+    }
     stats->bytes_fetched += fetch.bytes_fetched;
     stats->files_fetched += fetch.files_fetched;
     if (!s.ok()) {
-      // Keep what arrived whole and verified for the next attempt; a partial
-      // file only takes space (maybe the very space that ran out).
-      for (const FileFetch& f : whole) {
-        std::error_code ec;
-        if (fs::file_size(f.dest, ec) != f.size || ec) fs::remove(f.dest, ec);
+      // What arrived stays for the next attempt (complete files are re-hashed,
+      // partial ones resumed), except on a full disk, where the partial files
+      // hold the very space that ran out.
+      if (s.code() == Status::Code::kResourceExhausted) {
+        for (const FileFetch& f : whole) {
+          std::error_code ec;
+          if (fs::file_size(f.dest, ec) != f.size || ec) fs::remove(f.dest, ec);
+        }
       }
       return s;
     }

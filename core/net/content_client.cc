@@ -1,9 +1,11 @@
 #include "core/net/content_client.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <map>
+#include <vector>
 
 #include "core/base/log.h"
 #include "core/crypto/sha256.h"
@@ -145,6 +147,33 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     return Status::Ok();
   };
 
+  // Opens a partly fetched file and hashes what it already holds.
+  auto ResumeDest = [&](const FileFetch& file, FileState& st) -> Status {
+    st.fd.reset(::open(file.dest.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!st.fd.valid()) return Status::FromErrno("open " + file.dest.string(), errno);
+    struct stat info {};
+    if (::fstat(st.fd.get(), &info) != 0)
+      return Status::FromErrno("stat " + file.dest.string(), errno);
+    uint64_t have = static_cast<uint64_t>(info.st_size);
+    if (have > file.size) {
+      if (::ftruncate(st.fd.get(), 0) != 0) {
+        return Status::FromErrno("truncate " + file.dest.string(), errno);
+      }
+      have = 0;
+    }
+    std::vector<char> buf(1 << 20);
+    while (st.hashed < have) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), have - st.hashed));
+      ssize_t n = ::pread(st.fd.get(), buf.data(), want, static_cast<off_t>(st.hashed));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return Status::FromErrno("read " + file.dest.string(), n < 0 ? errno : EIO);
+      st.hash->Update(buf.data(), static_cast<size_t>(n));
+      st.hashed += static_cast<uint64_t>(n);
+    }
+    st.next_offset = st.received = have;
+    return Status::Ok();
+  };
+
   // Issues requests while credit lasts. Files are opened lazily so a huge
   // update never holds more descriptors than requests in flight.
   auto fill = [&]() -> Status {
@@ -162,8 +191,12 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
       if (i == files.size()) {
         while (next_file < files.size()) {
           size_t candidate = next_file++;
-          MC_ASSIGN_OR_RETURN(state[candidate].fd, CreateDest(files[candidate].dest));
-          if (files[candidate].size == 0) {
+          if (files[candidate].resume) {
+            MC_RETURN_IF_ERROR(ResumeDest(files[candidate], state[candidate]));
+          } else {
+            MC_ASSIGN_OR_RETURN(state[candidate].fd, CreateDest(files[candidate].dest));
+          }
+          if (state[candidate].received == files[candidate].size) {
             MC_RETURN_IF_ERROR(finish_file(candidate));
             continue;
           }

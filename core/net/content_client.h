@@ -44,6 +44,9 @@ struct FileFetch {
   uint64_t size = 0;   // the signed size: exactly this many bytes
   std::string sha256;  // when non-empty, verified after the last byte
   std::filesystem::path dest;
+  // Keep what `dest` already holds (a transfer cut short) and fetch only the
+  // rest; the kept prefix is hashed with the rest, so a bad one still fails.
+  bool resume = false;
 };
 
 class ContentClient {

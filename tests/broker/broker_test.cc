@@ -224,6 +224,18 @@ TEST_F(BrokerTest, SecondPublishWithTheRightChangeListIsAccepted) {
   EXPECT_EQ(HelloSerial(), 2u);
 }
 
+TEST_F(BrokerTest, PublishIsRefusedWhenTheStoredManifestCannotBeChecked) {
+  const Manifest first = FirstManifest();
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), first).ok());
+  // The head's manifest damaged on disk: the change list cannot be checked,
+  // so the broker fails closed instead of fanning out an unverifiable event.
+  WriteFile(dir_ / "state/manifests" / kRepo / "1.pb", "damaged");
+  Manifest second = first;
+  second.set_serial(2);
+  second.Put(FileEntryOf("pool/b.rpm", "package b"));
+  ExpectRefused(Publish(first, second), "missing or damaged", 1);
+}
+
 TEST_F(BrokerTest, WrongSerialIsRefusedAsAConflict) {
   const Manifest first = FirstManifest();
   // Serial 2 after 1 when the broker has nothing.

@@ -210,18 +210,22 @@ namespace {
 
 namespace fs = std::filesystem;
 
-TEST(Push, ContentAnInterruptedApplyFetchedIsReusedAndPartialContentIsNot) {
+TEST(Push, ContentAnInterruptedApplyFetchedIsReusedOrResumed) {
   Cluster c;
   MakeSampleRepo(c.origin_tree(), 3, 1u << 20);
   c.StartBroker();
   c.PublishOk();
-  // What a subscriber killed while staging leaves behind: one file complete
-  // (named by its SHA-256), one cut short.
+  // What a subscriber killed while staging leaves behind (named by SHA-256):
+  // one file complete, one cut short, one cut short with a damaged prefix.
   const fs::path staging = c.mirror_state("r") / "staging";
   const std::string big = ReadFile(c.origin_tree() / "isos/big.iso");
   WriteFile(staging / ToHex(Sha256Of(big)), big, 0600);
   const std::string primary = ReadFile(c.origin_tree() / "repodata/primary.xml.gz");
   WriteFile(staging / ToHex(Sha256Of(primary)), primary.substr(0, primary.size() / 2), 0600);
+  const std::string pkg = ReadFile(c.origin_tree() / "Packages/p0/pkg-0.rpm");
+  std::string damaged = pkg.substr(0, pkg.size() / 2);
+  damaged[10] = static_cast<char>(damaged[10] ^ 0x55);
+  WriteFile(staging / ToHex(Sha256Of(pkg)), damaged, 0600);
 
   RunResult r = mirrorcast::testing::Run(
       {BinPath("mirrorcast-subscriber").string(), "--broker", c.broker_address(), "--trust",
@@ -232,8 +236,11 @@ TEST(Push, ContentAnInterruptedApplyFetchedIsReusedAndPartialContentIsNot) {
   EXPECT_EQ(SnapshotTree(c.mirror_tree("r")), SnapshotTree(c.origin_tree()));
   auto m = c.Mirror("r");
   ASSERT_TRUE(m.has_value());
-  EXPECT_LT(m->bytes_fetched(), 1u << 20);        // the image was not fetched again
-  EXPECT_GE(m->bytes_fetched(), primary.size());  // the cut-short file was
+  // Not fetched again: the image, the first half of primary.xml.gz. The
+  // damaged package failed its hash after resuming and came whole.
+  EXPECT_LT(m->bytes_fetched(), 1u << 20);
+  EXPECT_LT(m->bytes_fetched(), primary.size());
+  EXPECT_GE(m->bytes_fetched(), primary.size() - primary.size() / 2 + pkg.size());
   EXPECT_TRUE(fs::is_empty(staging));
 }
 
