@@ -22,6 +22,7 @@
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
 #include "core/wire/envelope.h"
+#include "tests/support/entries.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/tree.h"
 
@@ -33,25 +34,6 @@ using std::chrono::milliseconds;
 
 constexpr milliseconds kTimeout{5000};
 constexpr const char* kRepo = "main";
-
-v1::FileEntry FileEntryOf(const std::string& path, const std::string& content) {
-  v1::FileEntry e;
-  e.set_path(path);
-  e.set_kind(v1::ENTRY_FILE);
-  e.set_size(content.size());
-  e.set_sha256(Sha256Of(content));
-  e.set_mode(0644);
-  e.set_mtime(1700000000);
-  return e;
-}
-
-v1::FileEntry DirEntryOf(const std::string& path) {
-  v1::FileEntry e;
-  e.set_path(path);
-  e.set_kind(v1::ENTRY_DIRECTORY);
-  e.set_mode(0755);
-  return e;
-}
 
 // The manifest of serial 1 used by most tests.
 Manifest FirstManifest() {

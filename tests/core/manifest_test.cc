@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/crypto/sha256.h"
+#include "tests/support/entries.h"
 #include "tests/support/tree.h"
 
 namespace mirrorcast {
@@ -16,31 +17,13 @@ using std::string_literals::operator""s;
 
 v1::FileEntry File(const std::string& path, const std::string& content, uint32_t mode = 0644,
                    int64_t mtime = 1700000000) {
-  v1::FileEntry e;
-  e.set_path(path);
-  e.set_kind(v1::ENTRY_FILE);
-  e.set_size(content.size());
-  e.set_sha256(Sha256Of(content));
-  e.set_mode(mode);
-  e.set_mtime(mtime);
-  return e;
+  return testing::FileEntryOf(path, content, mode, mtime);
 }
-
 v1::FileEntry Dir(const std::string& path, uint32_t mode = 0755) {
-  v1::FileEntry e;
-  e.set_path(path);
-  e.set_kind(v1::ENTRY_DIRECTORY);
-  e.set_mode(mode);
-  return e;
+  return testing::DirEntryOf(path, mode);
 }
-
 v1::FileEntry Link(const std::string& path, const std::string& target) {
-  v1::FileEntry e;
-  e.set_path(path);
-  e.set_kind(v1::ENTRY_SYMLINK);
-  e.set_mode(0777);
-  e.set_symlink_target(target);
-  return e;
+  return testing::LinkEntryOf(path, target);
 }
 
 Manifest Tiny() {

@@ -14,6 +14,7 @@
 #include "core/net/endpoint.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
+#include "tests/support/entries.h"
 #include "tests/support/process.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/tree.h"
@@ -135,17 +136,6 @@ class HostileBroker {
   std::mutex mu_;
   std::vector<v1::Ack> acks_;
 };
-
-v1::FileEntry FileEntryOf(const std::string& path, const std::string& content) {
-  v1::FileEntry e;
-  e.set_path(path);
-  e.set_kind(v1::ENTRY_FILE);
-  e.set_size(content.size());
-  e.set_sha256(Sha256Of(content));
-  e.set_mode(0644);
-  e.set_mtime(1700000000);
-  return e;
-}
 
 class SubscriberUnderAttack : public ::testing::Test {
  protected:
