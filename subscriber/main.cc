@@ -47,7 +47,9 @@ int SubscriberMain(int argc, char** argv) {
        "seconds between checks of the broker's latest serial (besides events)")
       ("stall-timeout", po::value<int>()->default_value(30),
        "seconds without data after which a transfer is aborted and retried")
-      ("once", po::bool_switch(), "bring the tree to the broker's latest serial, then exit");
+      ("once", po::bool_switch(), "bring the tree to the broker's latest serial, then exit")
+      ("connect-timeout", po::value<int>()->default_value(60),
+       "with --once: give up (exit 1) when the broker has not answered for this many seconds");
   // clang-format on
   ProgramInfo info{
       "mirrorcast-subscriber",
@@ -83,6 +85,7 @@ int SubscriberMain(int argc, char** argv) {
   opts.delete_delay = std::chrono::seconds(std::max(0, (*vm)["delete-delay"].as<int>()));
   opts.poll_interval = std::chrono::seconds(std::max(1, (*vm)["poll-interval"].as<int>()));
   opts.stall_timeout = std::chrono::seconds(std::max(1, (*vm)["stall-timeout"].as<int>()));
+  opts.once_connect_timeout = std::chrono::seconds(std::max(0, (*vm)["connect-timeout"].as<int>()));
 
   InstallStopSignals();
   Subscriber subscriber(std::move(opts));

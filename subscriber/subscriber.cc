@@ -69,7 +69,8 @@ class Subscriber::Session {
 
   // Opens state, finishes an interrupted apply, adopts an unknown tree, and
   // connects (retrying until the broker answers or Stop()).
-  Status Init();
+  // `once`: give up after options.once_connect_timeout (SyncOnce).
+  Status Init(bool once = false);
   // Brings the tree to the broker's latest serial. Ok when at the latest.
   Status CatchUp();
   // Serves events until Stop().
@@ -77,7 +78,7 @@ class Subscriber::Session {
   void FlushAcks();
 
  private:
-  Status Connect();
+  Status Connect(bool once);
   // (Re)creates the content and event sockets for the ports in `hello`.
   void Attach(const v1::HelloReply& hello);
   Status ResumeJournal();
@@ -141,7 +142,7 @@ class Subscriber::Session {
   Millis ack_backoff_{1000};
 };
 
-Status Subscriber::Session::Init() {
+Status Subscriber::Session::Init(bool once) {
   for (const auto& file : options_.trust) {
     MC_RETURN_IF_ERROR(trust_.AddFile(file).WithContext("trust key " + file.string()));
   }
@@ -194,7 +195,7 @@ Status Subscriber::Session::Init() {
   serial_out_ = state_->serial();
   MC_LOG(info) << "mirror " << options_.id << " repo=" << options_.repo
                << " at serial=" << state_->serial() << " tree=" << options_.tree.string();
-  return Connect();
+  return Connect(once);
 }
 
 Status Subscriber::Session::ResumeJournal() {
@@ -212,9 +213,10 @@ Status Subscriber::Session::ResumeJournal() {
   return applier_->ClearStaging();
 }
 
-Status Subscriber::Session::Connect() {
+Status Subscriber::Session::Connect(bool once) {
   control_ = std::make_unique<ControlClient>(context_, options_.broker);
   auto backoff = Millis(200);
+  const auto give_up = SteadyClock::now() + options_.once_connect_timeout;
   for (;;) {
     auto hello = control_->Hello("subscriber " + options_.id, kControlTimeout);
     if (hello.ok()) {
@@ -223,6 +225,9 @@ Status Subscriber::Session::Connect() {
                    << options_.broker.ToString();
       FlushAcks();  // whatever a previous run could not deliver
       return Status::Ok();
+    }
+    if (once && SteadyClock::now() >= give_up) {
+      return hello.status();
     }
     MC_LOG(warning) << "broker " << options_.broker.ToString()
                     << " not answering: " << hello.status().ToString() << "; retrying";
@@ -668,7 +673,7 @@ int Subscriber::Run() {
 Result<SyncReport> Subscriber::SyncOnce() {
   stop_ = false;
   session_ = std::make_unique<Session>(options_, stop_, serial_);
-  MC_RETURN_IF_ERROR(session_->Init());
+  MC_RETURN_IF_ERROR(session_->Init(/*once=*/true));
   const uint64_t before = serial_.load();
   Status s = session_->CatchUp();
   session_->FlushAcks();

@@ -60,6 +60,9 @@ struct SubscriberOptions {
   std::chrono::seconds retry_min{2};  // after a failed apply
   std::chrono::seconds retry_max{60};
   int fetch_credit = 16;
+  // SyncOnce() gives up when the broker has not answered for this long (the
+  // daemon keeps retrying instead).
+  std::chrono::seconds once_connect_timeout{60};
   // Test hook, see ApplierOptions::after_signature.
   std::function<void(const std::string&)> after_signature;
 };
