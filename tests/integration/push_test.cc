@@ -246,3 +246,22 @@ TEST(Push, ContentAnInterruptedApplyFetchedIsReusedOrResumed) {
 
 }  // namespace
 }  // namespace mirrorcast::testing
+
+namespace mirrorcast::testing {
+namespace {
+
+TEST(Push, OnceGivesUpWhenTheBrokerNeverAnswers) {
+  Cluster c;
+  // Nothing listens on port 1 of the loopback: every connection is refused.
+  RunResult r = mirrorcast::testing::Run(
+      {BinPath("mirrorcast-subscriber").string(), "--broker", "127.0.0.1:1", "--trust",
+       c.origin_pub().string(), "--repo", c.repo(), "--tree", c.mirror_tree("x").string(),
+       "--state", c.mirror_state("x").string(), "--id", "x", "--once", "--connect-timeout", "1"},
+      std::chrono::seconds(60));
+  EXPECT_FALSE(r.timed_out);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("not reachable"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace mirrorcast::testing
