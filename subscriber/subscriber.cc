@@ -176,10 +176,16 @@ Status Subscriber::Session::Init(bool once) {
   apply.after_signature = options_.after_signature;
   applier_ = std::make_unique<Applier>(std::move(apply));
 
-  // An apply interrupted after staging: finish it before anything else.
-  MC_RETURN_IF_ERROR(ResumeJournal());
-  // Content an interrupted Stage already fetched stays for reuse.
-  MC_RETURN_IF_ERROR(applier_->ClearStaging(/*keep_content=*/true));
+  // An apply interrupted after staging: finish it before anything else. If
+  // that fails now (disk still full?), the staged files and the journal stay
+  // and every catch-up tries again; the daemon keeps running meanwhile.
+  if (Status resumed = ResumeJournal(); !resumed.ok()) {
+    MC_LOG(error) << "cannot finish the interrupted apply yet: " << resumed.ToString()
+                  << " (retrying; clients still see a consistent tree)";
+  } else {
+    // Content an interrupted Stage already fetched stays for reuse.
+    MC_RETURN_IF_ERROR(applier_->ClearStaging(/*keep_content=*/true));
+  }
 
   if (!state_->initialized()) {
     // First start: learn what the tree already holds, so it can be reused.
