@@ -93,54 +93,21 @@ ulimit -n 65536 2>/dev/null || true # hundreds of subscribers: the broker needs 
 # ---------------------------------------------------------------------------
 # Processes: every daemon is stopped on every exit path.
 # ---------------------------------------------------------------------------
-PIDS=()
-NAMES=()
-start_daemon() { # NAME PROGRAM ARGS...  (output to $LOGS/NAME.log); sets LAST_PID
-  local name=$1
-  shift
-  # A name is used once per run (rsyncd excepted): logs and state directories
-  # are named after it, and a reused broker state would carry old serials.
-  [[ $name == rsyncd || ! -e $LOGS/$name.log ]] || die "daemon name $name used twice"
-  "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-  NAMES+=("$name")
-}
+# shellcheck source=../deploy/lib/daemons.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../deploy/lib/daemons.sh"
 
-stop_all() { # SIGTERM everything (newest first), 15 s grace, then SIGKILL
-  local i pid alive deadline
-  ((${#PIDS[@]} > 0)) || return 0
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${PIDS[i]}" 2>/dev/null || true
-  done
-  deadline=$((SECONDS + 15))
-  while ((SECONDS < deadline)); do
-    alive=0
-    for pid in "${PIDS[@]}"; do
-      if kill -0 "$pid" 2>/dev/null; then
-        alive=1
-        break
-      fi
-    done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for i in "${!PIDS[@]}"; do
-    pid=${PIDS[i]}
-    if kill -0 "$pid" 2>/dev/null; then
-      info "${NAMES[i]} did not stop on SIGTERM; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-  NAMES=()
+# Names are used once per run (rsyncd excepted): logs and state directories
+# are named after them, and a reused broker state would carry old serials.
+start_named_daemon() { # NAME PROGRAM ARGS...; sets LAST_PID
+  [[ $1 == rsyncd || ! -e $LOGS/$1.log ]] || die "daemon name $1 used twice"
+  start_daemon "$@"
 }
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_all || true
+  stop_all 15 || true
+  [[ -z $STOP_FAILURES ]] || echo "stopped by force or failed:$STOP_FAILURES"
   if ((rc != 0)); then
     echo "---- last lines of the logs ($LOGS) ----"
     local f
@@ -156,18 +123,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-check_alive() {
-  local i
-  for i in "${!PIDS[@]}"; do
-    kill -0 "${PIDS[i]}" 2>/dev/null ||
-      die "${NAMES[i]} exited unexpectedly (log: $LOGS/${NAMES[i]}.log)"
-  done
-}
 
 # ---------------------------------------------------------------------------
 # Arithmetic and formatting (awk: bash has integers only)
 # ---------------------------------------------------------------------------
-now() { printf '%s' "$EPOCHREALTIME"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 human_bytes() {
   awk -v n="$1" 'BEGIN {
@@ -267,7 +226,7 @@ make_key() {
 start_broker() { # NAME TREE_ROOT -> BROKER (host:port), BROKER_PID, BROKER_LOG
   local name=$1 root=$2 deadline
   rm -f "$D/$name.port"
-  start_daemon "$name" "$BIN/mirrorcast-broker" --listen 127.0.0.1:0 --port-file "$D/$name.port" \
+  start_named_daemon "$name" "$BIN/mirrorcast-broker" --listen 127.0.0.1:0 --port-file "$D/$name.port" \
     --state "$D/$name-state" --tree-root "$root" --trust "$D/origin.pub"
   BROKER_PID=$LAST_PID
   BROKER_LOG=$LOGS/$name.log
@@ -344,7 +303,7 @@ ack_times() { # SERIAL
 }
 
 start_subscriber() { # NAME REPO TREE
-  start_daemon "$1" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
+  start_named_daemon "$1" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
     --repo "$2" --tree "$3" --state "$D/$1-state" --id "$1"
   SUB_PID=$LAST_PID
 }
@@ -368,7 +327,7 @@ log file = $LOGS/rsyncd-transfers.log
   path = $path
   read only = yes
 EOF
-    start_daemon rsyncd "$RSYNC" --daemon --no-detach --config="$conf" --address=127.0.0.1 \
+    start_named_daemon rsyncd "$RSYNC" --daemon --no-detach --config="$conf" --address=127.0.0.1 \
       --port="$port"
     RSYNCD_PID=$LAST_PID
     deadline=$((SECONDS + 10))

@@ -41,50 +41,8 @@ mkdir -p "$LOGS"
 # ---------------------------------------------------------------------------
 # Process bookkeeping: every daemon we start is stopped on every exit path.
 # ---------------------------------------------------------------------------
-PIDS=()
-NAMES=()
-
-start_daemon() { # NAME PROGRAM ARGS...  (output goes to $LOGS/NAME.log)
-  local name=$1
-  shift
-  "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-  PIDS+=($!)
-  NAMES+=("$name")
-}
-
-# SIGTERM to every daemon (mirrors first, broker last), up to 10 s for them to
-# exit, then SIGKILL. Sets STOP_FAILURES to the names that did not exit 0.
-STOP_FAILURES=""
-stop_all() {
-  local i pid alive deadline rc
-  STOP_FAILURES=""
-  ((${#PIDS[@]} > 0)) || return 0
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${PIDS[i]}" 2>/dev/null || true
-  done
-  deadline=$((SECONDS + 10))
-  while ((SECONDS < deadline)); do
-    alive=0
-    for pid in "${PIDS[@]}"; do
-      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-    done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for i in "${!PIDS[@]}"; do
-    pid=${PIDS[i]}
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -KILL "$pid" 2>/dev/null || true
-      STOP_FAILURES+=" ${NAMES[i]}(killed)"
-    fi
-    if wait "$pid" 2>/dev/null; then rc=0; else rc=$?; fi
-    if ((rc != 0)) && [[ $STOP_FAILURES != *"${NAMES[i]}("* ]]; then
-      STOP_FAILURES+=" ${NAMES[i]}(exit $rc)"
-    fi
-  done
-  PIDS=()
-  NAMES=()
-}
+# shellcheck source=lib/daemons.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemons.sh"
 
 cleanup() {
   local rc=$?
@@ -111,16 +69,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-check_alive() {
-  local i
-  for i in "${!PIDS[@]}"; do
-    if ! kill -0 "${PIDS[i]}" 2>/dev/null; then
-      die "${NAMES[i]} exited unexpectedly (log: $LOGS/${NAMES[i]}.log)"
-    fi
-  done
-}
 
-now() { printf '%s' "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 human() {
   awk -v n="$1" 'BEGIN {
