@@ -9,6 +9,14 @@ namespace {
 
 // SQLITE_FULL means the disk is full; everything else is an I/O-level failure
 // of the store from the caller's point of view.
+Status SqliteStatus(int rc, std::string msg) {
+  if ((rc & 0xff) == SQLITE_FULL) return Status::ResourceExhausted(std::move(msg));
+  if ((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB) {
+    return Status::Corruption(std::move(msg));
+  }
+  return Status::IoError(std::move(msg));
+}
+
 Status SqliteError(sqlite3* db, int rc, std::string_view what, std::string_view sql) {
   std::string msg(what);
   msg += ": ";
@@ -18,11 +26,7 @@ Status SqliteError(sqlite3* db, int rc, std::string_view what, std::string_view 
     msg += sql;
     msg += "]";
   }
-  if ((rc & 0xff) == SQLITE_FULL) return Status::ResourceExhausted(std::move(msg));
-  if ((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB) {
-    return Status::Corruption(std::move(msg));
-  }
-  return Status::IoError(std::move(msg));
+  return SqliteStatus(rc, std::move(msg));
 }
 
 std::string_view StatementSql(sqlite3_stmt* stmt) {
@@ -186,11 +190,7 @@ Status Database::Exec(std::string_view sql) {
     msg += " [sql: ";
     msg += sql;
     msg += "]";
-    if ((rc & 0xff) == SQLITE_FULL) return Status::ResourceExhausted(std::move(msg));
-    if ((rc & 0xff) == SQLITE_CORRUPT || (rc & 0xff) == SQLITE_NOTADB) {
-      return Status::Corruption(std::move(msg));
-    }
-    return Status::IoError(std::move(msg));
+    return SqliteStatus(rc, std::move(msg));
   }
   return Status::Ok();
 }
