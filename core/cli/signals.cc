@@ -23,7 +23,5 @@ void InstallStopSignals() {
 }
 
 bool StopRequested() { return g_stop.load(); }
-void RequestStop() { g_stop.store(true); }
-void ResetStopForTesting() { g_stop.store(false); }
 
 }  // namespace mirrorcast

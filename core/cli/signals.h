@@ -6,10 +6,7 @@ namespace mirrorcast {
 
 // Installs the handlers. Call once from main() before starting threads.
 void InstallStopSignals();
-// True once SIGTERM or SIGINT arrived (or RequestStop() was called).
+// True once SIGTERM or SIGINT arrived.
 bool StopRequested();
-// For in-process tests and for programs that stop themselves.
-void RequestStop();
-void ResetStopForTesting();
 
 }  // namespace mirrorcast

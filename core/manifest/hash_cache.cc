@@ -78,12 +78,6 @@ Status HashCache::Store(std::string_view path, const struct stat& st, std::strin
   return status;
 }
 
-Status HashCache::Forget(std::string_view path) {
-  MC_ASSIGN_OR_RETURN(Statement q, db_->Prepare("DELETE FROM hashes WHERE path = ?"));
-  q.Bind(1, path);
-  return q.Run();
-}
-
 Status HashCache::Begin() { return db_->Begin(); }
 
 Status HashCache::Commit() { return db_->Commit(); }

@@ -25,7 +25,6 @@ class HashCache {
   // The cached digest when `st` matches what was stored for `path`.
   std::optional<std::string> Lookup(std::string_view path, const struct stat& st);
   Status Store(std::string_view path, const struct stat& st, std::string_view sha256);
-  Status Forget(std::string_view path);
 
   Status Begin();
   Status Commit();
