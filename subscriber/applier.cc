@@ -52,22 +52,22 @@ Status VerifyFile(const fs::path& file, const v1::FileEntry& entry) {
   return Status::Ok();
 }
 
-// Makes each phase of a Commit() durable before the next one starts.
-class DirSync {
+// Makes each phase of a Commit() durable before the next one starts: one
+// syncfs per phase that changed anything, so a crash can never keep metadata
+// but lose content.
+class PhaseSync {
  public:
-  explicit DirSync(const fs::path& tree) : tree_(tree) {}
-  void Touch(std::string_view) { touched_ = true; }
-  // One syncfs per phase: every rename of the phase is durable before the
-  // next phase starts, so a crash can never keep metadata but lose content.
+  explicit PhaseSync(const fs::path& tree) : tree_(tree) {}
+  void Changed() { changed_ = true; }
   Status Flush() {
-    if (!touched_) return Status::Ok();
-    touched_ = false;
+    if (!changed_) return Status::Ok();
+    changed_ = false;
     return SyncFilesystem(tree_);
   }
 
  private:
   fs::path tree_;
-  bool touched_ = false;
+  bool changed_ = false;
 };
 
 }  // namespace
@@ -344,13 +344,13 @@ Status Applier::Remove(const std::string& path, v1::EntryKind kind) {
 }
 
 Status Applier::Commit(const std::vector<v1::Change>& changes) {
-  DirSync sync(options_.tree);
+  PhaseSync sync(options_.tree);
   // 1. New directories (parents first: changes are in path order).
   for (const auto& c : changes) {
     if (c.kind() == v1::CHANGE_DELETED || c.entry().kind() != v1::ENTRY_DIRECTORY) continue;
     MC_RETURN_IF_ERROR(PrepareSlot(c.entry().path(), v1::ENTRY_DIRECTORY));
     MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, c.entry().path()));
-    sync.Touch(c.entry().path());
+    sync.Changed();
   }
   MC_RETURN_IF_ERROR(sync.Flush());
 
@@ -368,7 +368,7 @@ Status Applier::Commit(const std::vector<v1::Change>& changes) {
       } else if (entry.kind() == v1::ENTRY_SYMLINK) {
         MC_RETURN_IF_ERROR(PlaceSymlink(entry));
       }
-      sync.Touch(entry.path());
+      sync.Changed();
     }
     MC_RETURN_IF_ERROR(sync.Flush());
   }
@@ -379,12 +379,12 @@ Status Applier::Commit(const std::vector<v1::Change>& changes) {
     for (const auto& c : changes) {
       if (c.kind() != v1::CHANGE_DELETED || c.entry().kind() == v1::ENTRY_DIRECTORY) continue;
       MC_RETURN_IF_ERROR(Remove(c.entry().path(), c.entry().kind()));
-      sync.Touch(c.entry().path());
+      sync.Changed();
     }
     for (auto it = changes.rbegin(); it != changes.rend(); ++it) {
       if (it->kind() != v1::CHANGE_DELETED || it->entry().kind() != v1::ENTRY_DIRECTORY) continue;
       MC_RETURN_IF_ERROR(Remove(it->entry().path(), it->entry().kind()));
-      sync.Touch(it->entry().path());
+      sync.Changed();
     }
     MC_RETURN_IF_ERROR(sync.Flush());
   }
@@ -396,7 +396,7 @@ Status Applier::Commit(const std::vector<v1::Change>& changes) {
     if (::chmod(dir.c_str(), static_cast<mode_t>(c.entry().mode() & 07777)) != 0) {
       return Status::FromErrno("chmod " + dir.string(), errno);
     }
-    sync.Touch(c.entry().path());
+    sync.Changed();
   }
   return sync.Flush();
 }
