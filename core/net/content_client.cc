@@ -368,6 +368,21 @@ Status ContentClient::FetchDelta(const std::string& path, const std::string& exp
   if (stats) stats->bytes_signature += signature.size();
   MC_ASSIGN_OR_RETURN(v1::ContentReply started, Request(std::move(start)));
   const uint64_t transfer = started.transfer_id();
+  // Whatever happens next, tell the server it can drop the delta (no answer
+  // is needed), so a refused or failed transfer does not wait for its TTL.
+  struct Release {
+    ContentClient* self;
+    uint64_t transfer;
+    ~Release() {
+      v1::ContentRequest release;
+      release.set_protocol_version(kProtocolVersion);
+      release.set_request_id(self->next_request_id_++);
+      release.set_repo(self->repo_);
+      release.mutable_delta_range()->set_transfer_id(transfer);
+      release.mutable_delta_range()->set_release(true);
+      SendRequest(self->socket_, release);
+    }
+  } release{this, transfer};
   if (started.total_size() > max_delta_bytes) {
     return Status::ResourceExhausted("delta for " + path + " larger than the file itself");
   }
@@ -383,17 +398,8 @@ Status ContentClient::FetchDelta(const std::string& path, const std::string& exp
   auto sink = [&](uint64_t offset, std::string_view data) {
     return WriteAllAt(fd.get(), data, offset, delta_dest.string());
   };
-  Status fetched = FetchObject(socket_, next_request_id_, repo_, options_, max_delta_bytes, make,
-                               sink, stats, "delta of " + path);
-  // Tell the server it can drop the delta; no answer is needed.
-  v1::ContentRequest release;
-  release.set_protocol_version(kProtocolVersion);
-  release.set_request_id(next_request_id_++);
-  release.set_repo(repo_);
-  release.mutable_delta_range()->set_transfer_id(transfer);
-  release.mutable_delta_range()->set_release(true);
-  SendRequest(socket_, release);
-  return fetched;
+  return FetchObject(socket_, next_request_id_, repo_, options_, max_delta_bytes, make, sink, stats,
+                     "delta of " + path);
 }
 
 }  // namespace mirrorcast
