@@ -122,13 +122,16 @@ Result<std::optional<Journal>> LocalState::ReadJournal() {
 
 Status LocalState::CommitApply(uint64_t serial, const std::string& digest,
                                const std::vector<v1::Change>& changes, const v1::Ack* ack,
-                               int64_t delete_after_unix) {
-  Manifest next = manifest_;
-  google::protobuf::RepeatedPtrField<v1::Change> list(changes.begin(), changes.end());
-  MC_RETURN_IF_ERROR(next.ApplyChanges(list));
-  if (next.Digest() != digest) {
-    return Status::Corruption("applied changes do not give the signed manifest digest");
+                               int64_t delete_after_unix, std::optional<Manifest> applied) {
+  if (!applied) {
+    applied = manifest_;
+    google::protobuf::RepeatedPtrField<v1::Change> list(changes.begin(), changes.end());
+    MC_RETURN_IF_ERROR(applied->ApplyChanges(list));
+    if (applied->Digest() != digest) {
+      return Status::Corruption("applied changes do not give the signed manifest digest");
+    }
   }
+  Manifest& next = *applied;
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
   {

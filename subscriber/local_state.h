@@ -54,9 +54,11 @@ class LocalState {
   // With `delete_after_unix` > 0 the deleted paths stay in the tree and are
   // recorded as deferred deletions due at that time (re-added paths are
   // taken off that list).
+  // `applied`, when the caller already has it, is the recorded manifest with
+  // `changes` applied and its digest checked; otherwise it is computed here.
   Status CommitApply(uint64_t serial, const std::string& digest,
                      const std::vector<v1::Change>& changes, const v1::Ack* ack = nullptr,
-                     int64_t delete_after_unix = 0);
+                     int64_t delete_after_unix = 0, std::optional<Manifest> applied = {});
 
   // Deferred deletions (grace period), oldest due first.
   struct DeferredDeletion {

@@ -104,7 +104,9 @@ class Subscriber::Session {
   // Applies a verified chain of events that starts at this mirror's serial.
   Status ApplyChain(const std::vector<v1::RepoChanged>& chain);
   Status JumpTo(const v1::RepoChanged& event);
-  Status ApplyChanges(uint64_t serial, const std::string& digest,
+  // `target`: the manifest that `changes` turn this mirror's into, its
+  // digest already checked against the signed one.
+  Status ApplyChanges(uint64_t serial, const std::string& digest, Manifest target,
                       const std::vector<v1::Change>& changes);
   v1::Ack MakeAck(v1::AckState state, uint64_t serial, uint64_t target, const ApplyStats& stats,
                   double seconds, const std::string& error) const;
@@ -363,7 +365,7 @@ Status Subscriber::Session::ApplyChain(const std::vector<v1::RepoChanged>& chain
   } else {
     changes = DiffManifests(state_->manifest(), next);
   }
-  return ApplyChanges(last.serial(), last.manifest_sha256(), changes);
+  return ApplyChanges(last.serial(), last.manifest_sha256(), std::move(next), changes);
 }
 
 Status Subscriber::Session::JumpTo(const v1::RepoChanged& event) {
@@ -391,11 +393,11 @@ Status Subscriber::Session::JumpTo(const v1::RepoChanged& event) {
   std::vector<v1::Change> changes = DiffManifests(state_->manifest(), *target);
   MC_LOG(info) << "jumping from serial " << state_->serial() << " to " << event.serial() << " ("
                << changes.size() << " changes)";
-  return ApplyChanges(event.serial(), event.manifest_sha256(), changes);
+  return ApplyChanges(event.serial(), event.manifest_sha256(), std::move(*target), changes);
 }
 
 Status Subscriber::Session::ApplyChanges(uint64_t serial, const std::string& digest,
-                                         const std::vector<v1::Change>& changes) {
+                                         Manifest target, const std::vector<v1::Change>& changes) {
   const auto started = SteadyClock::now();
   ApplyStats stats;
   auto seconds = [&] {
@@ -414,7 +416,9 @@ Status Subscriber::Session::ApplyChanges(uint64_t serial, const std::string& dig
   Status s = state_->WriteJournal(journal);
   if (s.ok()) s = applier_->Commit(changes);
   const v1::Ack applied = MakeAck(v1::ACK_APPLIED, serial, serial, stats, seconds(), "");
-  if (s.ok()) s = state_->CommitApply(serial, digest, changes, &applied, DeleteAfter());
+  if (s.ok()) {
+    s = state_->CommitApply(serial, digest, changes, &applied, DeleteAfter(), std::move(target));
+  }
   if (!s.ok()) {
     // The journal stays: the next attempt (or restart) finishes this apply.
     MC_LOG(error) << "commit of serial " << serial << " failed: " << s.ToString();
