@@ -42,11 +42,12 @@
 #include "core/fs/path.h"
 #include "core/manifest/manifest.h"
 #include "core/manifest/metadata.h"
+#include "core/mirror/applier.h"
+#include "core/mirror/follower.h"
+#include "core/mirror/mirror_state.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
 #include "core/net/endpoint.h"
-#include "core/store/sqlite.h"
-#include "subscriber/local_state.h"
 #include "tools/commands.h"
 
 namespace po = boost::program_options;
@@ -59,9 +60,6 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr std::string_view kStagingName = ".mirrorcast-staging";
 constexpr size_t kReadChunk = 256 * 1024;
-// A repair fetches this many files (or bytes) per pipelined request batch.
-constexpr size_t kBatchFiles = 128;
-constexpr uint64_t kBatchBytes = 256ull << 20;
 
 enum class Problem {
   kMissing,
@@ -371,57 +369,6 @@ class TreeScrubber {
   uint64_t checked_ = 0;
 };
 
-// Where a repair stages fetched content: like the subscriber, STATE/staging
-// when it shares the tree's filesystem, else TREE/.mirrorcast-staging; inside
-// it a directory of our own, removed when done.
-class RepairStaging {
- public:
-  static Result<std::unique_ptr<RepairStaging>> Create(const fs::path& state,
-                                                       const fs::path& tree) {
-    MC_ASSIGN_OR_RETURN(bool same, SameFilesystem(state, tree));
-    const fs::path base = same ? state / "staging" : tree / kStagingName;
-    std::error_code ec;
-    fs::create_directories(base, ec);
-    if (ec) return Status::IoError("create " + base.string() + ": " + ec.message());
-    MC_ASSIGN_OR_RETURN(bool on_tree, SameFilesystem(base, tree));
-    if (!on_tree) {
-      return Status::FailedPrecondition("staging directory " + base.string() +
-                                        " is not on the tree's filesystem");
-    }
-    const fs::path dir = base / ("verify-" + std::to_string(::getpid()));
-    fs::remove_all(dir, ec);
-    fs::create_directory(dir, ec);
-    if (ec) return Status::IoError("create " + dir.string() + ": " + ec.message());
-    return std::unique_ptr<RepairStaging>(new RepairStaging(dir));
-  }
-  ~RepairStaging() {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  fs::path Slot(size_t index) const { return dir_ / std::to_string(index); }
-
- private:
-  explicit RepairStaging(fs::path dir) : dir_(std::move(dir)) {}
-  fs::path dir_;
-};
-
-Status SetModeAndTime(const fs::path& file, const v1::FileEntry& entry) {
-  return SetModeAndMtime(file, static_cast<mode_t>(entry.mode()), entry.mtime());
-}
-
-// Makes room at tree/path for a new entry: a directory standing where a file
-// or symlink belongs is removed with its contents.
-Status ClearSlot(const fs::path& tree, const std::string& path) {
-  MC_RETURN_IF_ERROR(MakeDirsUnder(tree, ParentOf(path)));
-  const fs::path full = tree / path;
-  std::error_code ec;
-  if (fs::symlink_status(full, ec).type() == fs::file_type::directory) {
-    fs::remove_all(full, ec);
-    if (ec) return Status::IoError("remove " + full.string() + ": " + ec.message());
-  }
-  return Status::Ok();
-}
-
 struct RepairOptions {
   fs::path tree;
   fs::path state;
@@ -431,60 +378,88 @@ struct RepairOptions {
   bool delete_extra = false;
 };
 
-// Brings every finding's path back to the manifest. Returns a non-ok status
-// only when the broker cannot be reached (exit code 3); per-path failures are
-// recorded in the findings.
-class TreeRepairer {
+bool Unreachable(const Status& s) {
+  return s.code() == Status::Code::kTimeout || s.code() == Status::Code::kUnavailable;
+}
+
+// Brings every finding's path back to the manifest with the mirror's own
+// apply engine (core/mirror/applier.h): each damaged path becomes a change
+// that takes it back to its recorded entry, staged (content fetched whole
+// from the broker and checked against its SHA-256) and committed in the
+// order an apply uses. Returns a non-ok status only when the broker cannot
+// be reached (exit code 3); per-path failures are recorded in the findings.
+class TreeRepairer : public BrokerLink {
  public:
   TreeRepairer(RepairOptions options, const Manifest& manifest)
       : options_(std::move(options)), manifest_(manifest) {}
+  ~TreeRepairer() override {
+    if (!staging_dir_.empty()) {
+      std::error_code ec;
+      fs::remove_all(staging_dir_, ec);
+    }
+  }
 
   Status Repair(std::vector<Finding>& findings) {
-    // Group findings by path and by what fixes them.
-    std::set<std::string> mkdirs, dir_modes, fetches, relinks, metadata, extras;
+    // One change per path, in path order (parents before children).
+    std::map<std::string, v1::Change> changes;
+    std::set<std::string> refetch;  // content that cannot be trusted in place
     for (const Finding& f : findings) {
-      const v1::FileEntry* entry = manifest_.Find(f.path);
       if (f.problem == Problem::kExtra) {
-        if (options_.delete_extra) extras.insert(f.path);
+        if (!options_.delete_extra) continue;
+        struct stat st {};
+        const fs::path full = options_.tree / f.path;
+        if (::lstat(full.c_str(), &st) != 0) continue;
+        v1::Change c;
+        c.set_kind(v1::CHANGE_DELETED);
+        c.mutable_entry()->set_path(f.path);
+        c.mutable_entry()->set_kind(S_ISDIR(st.st_mode)   ? v1::ENTRY_DIRECTORY
+                                    : S_ISLNK(st.st_mode) ? v1::ENTRY_SYMLINK
+                                                          : v1::ENTRY_FILE);
+        changes[f.path] = std::move(c);
         continue;
       }
+      const v1::FileEntry* entry = manifest_.Find(f.path);
       if (entry == nullptr) continue;
-      switch (entry->kind()) {
-        case v1::ENTRY_DIRECTORY:
-          if (f.problem != Problem::kMode) mkdirs.insert(f.path);
-          dir_modes.insert(f.path);
-          break;
-        case v1::ENTRY_SYMLINK:
-          relinks.insert(f.path);
-          break;
-        case v1::ENTRY_FILE:
-          (NeedsContent(f.problem) ? fetches : metadata).insert(f.path);
-          break;
-        default:
-          break;
-      }
+      v1::Change c;
+      c.set_kind(v1::CHANGE_MODIFIED);
+      *c.mutable_entry() = *entry;
+      changes[f.path] = std::move(c);
+      if (entry->kind() == v1::ENTRY_FILE && NeedsContent(f.problem)) refetch.insert(f.path);
     }
-    for (const auto& p : fetches) metadata.erase(p);  // a fetched file gets both
+    if (changes.empty()) return Status::Ok();
+    std::vector<v1::Change> all;
+    for (auto& [path, c] : changes) all.push_back(c);
 
-    // Directories first: what follows lands inside them.
-    for (const auto& path : mkdirs) Record(path, MakeDir(path));
-    if (!fetches.empty()) MC_RETURN_IF_ERROR(FetchAndPlace(fetches));
-    for (const auto& path : relinks) Record(path, Relink(path));
-    for (const auto& path : metadata) {
-      const fs::path full = options_.tree / path;
-      Status s = SetModeAndTime(full, *manifest_.Find(path));
-      if (s.ok()) s = FsyncPath(full);
-      Record(path, s);
+    if (Status s = OpenApplier(); !s.ok()) {
+      for (const auto& c : all) Record(c.entry().path(), s);
+      return Status::Ok();
     }
-    for (const auto& path : extras) Record(path, RemoveExtra(path));
-    // Directory modes last, as an apply does (a read-only directory would
-    // refuse what was placed in it above).
-    for (const auto& path : dir_modes) {
-      const fs::path full = options_.tree / path;
-      if (::chmod(full.c_str(), static_cast<mode_t>(manifest_.Find(path)->mode() & 07777)) != 0) {
-        Record(path, Status::FromErrno("chmod " + full.string(), errno));
-      } else {
-        Record(path, Status::Ok());
+    if (!refetch.empty()) MC_RETURN_IF_ERROR(Connect());
+    // What the tree really holds: the manifest less the damaged files, so
+    // nothing is reused from them.
+    Manifest local = manifest_;
+    for (const auto& path : refetch) local.Erase(path);
+
+    Status s = StageAndCommit(local, all);
+    if (Unreachable(s)) return s;
+    if (s.ok() || all.size() == 1) {
+      for (const auto& c : all) Record(c.entry().path(), s);
+    } else {
+      // One bad path must not stop the others: each file to fetch on its
+      // own, then everything else together, each failure attributed.
+      std::vector<v1::Change> rest;
+      for (const auto& c : all) {
+        if (!refetch.count(c.entry().path())) {
+          rest.push_back(c);
+          continue;
+        }
+        Status one = StageAndCommit(local, {c});
+        if (Unreachable(one)) return one;
+        Record(c.entry().path(), one);
+      }
+      if (!rest.empty()) {
+        Status other = StageAndCommit(local, rest);
+        for (const auto& c : rest) Record(c.entry().path(), other);
       }
     }
 
@@ -498,6 +473,11 @@ class TreeRepairer {
     return Status::Ok();
   }
 
+  // BrokerLink (only content() is used: a repair reads no events).
+  Result<uint64_t> Head() override { return manifest_.serial(); }
+  ControlClient& control() override { return *control_; }
+  ContentClient& content() override { return *content_; }
+
  private:
   // A path's outcome is its first failure, else ok.
   void Record(const std::string& path, const Status& s) {
@@ -505,45 +485,34 @@ class TreeRepairer {
     if (!inserted && it->second.ok()) it->second = s;
   }
 
-  Status MakeDir(const std::string& path) {
-    MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, path));
-    const fs::path full = options_.tree / path;
-    std::error_code ec;
-    const fs::file_type type = fs::symlink_status(full, ec).type();
-    if (type != fs::file_type::not_found && type != fs::file_type::directory) {
-      fs::remove(full, ec);
-      if (ec) return Status::IoError("remove " + full.string() + ": " + ec.message());
-    }
-    return MakeDirsUnder(options_.tree, path, 0755);
+  Status StageAndCommit(const Manifest& local, const std::vector<v1::Change>& changes) {
+    ApplyStats stats;
+    // Without content to fetch no broker is needed (content_ stays null).
+    MC_RETURN_IF_ERROR(applier_->Stage(local, changes, content_.get(), &stats));
+    Status s = applier_->Commit(changes);
+    if (Status cleared = applier_->ClearStaging(); !cleared.ok() && s.ok()) s = cleared;
+    return s;
   }
 
-  Status Relink(const std::string& path) {
-    if (!staging_) MC_RETURN_IF_ERROR(OpenStaging());
-    const fs::path tmp = staging_->Slot(next_slot_++);
+  // Stages like the subscriber (same filesystem as the tree), in a
+  // directory of its own that is removed when done, so a repair never
+  // touches what an interrupted apply left for reuse.
+  Status OpenApplier() {
+    MC_ASSIGN_OR_RETURN(fs::path base, ChooseStaging(options_.state, options_.tree, std::nullopt));
+    staging_dir_ = base / ("verify-" + std::to_string(::getpid()));
     std::error_code ec;
-    fs::create_symlink(manifest_.Find(path)->symlink_target(), tmp, ec);
-    if (ec) return Status::IoError("symlink " + tmp.string() + ": " + ec.message());
-    MC_RETURN_IF_ERROR(ClearSlot(options_.tree, path));
-    return RenameDurable(tmp, options_.tree / path);
-  }
-
-  Status RemoveExtra(const std::string& path) {
-    const fs::path full = options_.tree / path;
-    MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, path));
-    std::error_code ec;
-    fs::remove_all(full, ec);
-    if (ec) return Status::IoError("remove " + full.string() + ": " + ec.message());
-    const std::string_view parent = ParentOf(path);
-    return FsyncDir(parent.empty() ? options_.tree : options_.tree / std::string(parent));
-  }
-
-  Status OpenStaging() {
-    MC_ASSIGN_OR_RETURN(staging_, RepairStaging::Create(options_.state, options_.tree));
-    return Status::Ok();
+    fs::remove_all(staging_dir_, ec);
+    ApplierOptions apply;
+    apply.tree = options_.tree;
+    apply.staging = staging_dir_;
+    apply.delta_min_bytes = UINT64_MAX;  // damaged files are no delta basis
+    applier_ = std::make_unique<Applier>(std::move(apply));
+    return applier_->ClearStaging();
   }
 
   // Hello on the control socket gives the content port.
   Status Connect() {
+    if (content_) return Status::Ok();
     control_ = std::make_unique<ControlClient>(context_, options_.broker);
     Result<v1::HelloReply> hello = control_->Hello("mirrorcast verify", options_.timeout);
     if (!hello.ok()) return hello.status();
@@ -568,87 +537,16 @@ class TreeRepairer {
     return Status::Ok();
   }
 
-  // Fetches whole files in pipelined batches; a batch that fails is fetched
-  // again file by file, so one bad path does not stop the others and each
-  // failure is attributed to its path. Broker unreachable: returned.
-  Status FetchAndPlace(const std::set<std::string>& paths) {
-    if (Status s = OpenStaging(); !s.ok()) {
-      for (const auto& path : paths) Record(path, s);
-      return Status::Ok();
-    }
-    MC_RETURN_IF_ERROR(Connect());
-    // Content first, then metadata, then index roots: a web client never
-    // reads an index naming a file that is still broken.
-    const MetadataMatcher metadata;
-    std::vector<std::string> ordered(paths.begin(), paths.end());
-    std::stable_sort(ordered.begin(), ordered.end(), [&](const auto& a, const auto& b) {
-      return metadata.ApplyPhase(a) < metadata.ApplyPhase(b);
-    });
-    std::vector<FileFetch> batch;
-    uint64_t batch_bytes = 0;
-    auto flush = [&]() -> Status {
-      if (batch.empty()) return Status::Ok();
-      FetchStats stats;
-      Status s = content_->FetchFiles(batch, &stats);
-      if (s.ok()) {
-        for (const FileFetch& f : batch) Record(f.path, Place(f));
-      } else {
-        for (const FileFetch& f : batch) {
-          Status one = content_->FetchFiles({f}, &stats);
-          if (one.code() == Status::Code::kTimeout || one.code() == Status::Code::kUnavailable) {
-            return one;
-          }
-          Record(f.path, one.ok() ? Place(f) : one);
-        }
-      }
-      batch.clear();
-      batch_bytes = 0;
-      return Status::Ok();
-    };
-    for (const auto& path : ordered) {
-      const v1::FileEntry& entry = *manifest_.Find(path);
-      batch.push_back(FileFetch{path, entry.size(), entry.sha256(), staging_->Slot(next_slot_++)});
-      batch_bytes += entry.size();
-      if (batch.size() >= kBatchFiles || batch_bytes >= kBatchBytes) MC_RETURN_IF_ERROR(flush());
-    }
-    return flush();
-  }
-
-  // Moves a fetched (size- and SHA-256-checked, fsync'd) file into the tree.
-  Status Place(const FileFetch& fetched) {
-    const v1::FileEntry& entry = *manifest_.Find(fetched.path);
-    MC_RETURN_IF_ERROR(SetModeAndTime(fetched.dest, entry));
-    MC_RETURN_IF_ERROR(FsyncPath(fetched.dest));
-    MC_RETURN_IF_ERROR(ClearSlot(options_.tree, entry.path()));
-    return RenameDurable(fetched.dest, options_.tree / entry.path());
-  }
-
   RepairOptions options_;
   const Manifest& manifest_;
   std::map<std::string, Status> outcome_;
-  std::unique_ptr<RepairStaging> staging_;
-  size_t next_slot_ = 0;
+  fs::path staging_dir_;
+  std::unique_ptr<Applier> applier_;
   // Sockets are declared after the context so they close before it.
   zmq::context_t context_;
   std::unique_ptr<ControlClient> control_;
   std::unique_ptr<ContentClient> content_;
 };
-
-// The repos recorded in STATE/subscriber.db.
-Result<std::vector<std::string>> RecordedRepos(const fs::path& state) {
-  MC_ASSIGN_OR_RETURN(auto db, Database::Open(state / "subscriber.db"));
-  MC_RETURN_IF_ERROR(
-      db->Exec("CREATE TABLE IF NOT EXISTS head(repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, "
-               "manifest_sha256 BLOB NOT NULL)"));
-  MC_ASSIGN_OR_RETURN(Statement st, db->Prepare("SELECT repo FROM head ORDER BY repo"));
-  std::vector<std::string> repos;
-  for (;;) {
-    MC_ASSIGN_OR_RETURN(bool row, st.Step());
-    if (!row) break;
-    repos.push_back(st.ColumnText(0));
-  }
-  return repos;
-}
 
 std::string FindingLine(const Finding& f) {
   std::string line = std::string(ProblemName(f.problem)) + " " + Printable(f.path);
@@ -719,7 +617,7 @@ int VerifyMain(int argc, char** argv) {
     throw std::runtime_error("--state " + state.string() + " holds no subscriber.db");
   }
 
-  Result<std::vector<std::string>> repos = RecordedRepos(state);
+  Result<std::vector<std::string>> repos = MirrorState::RecordedRepos(state);
   if (!repos.ok()) {
     std::cerr << info.name << ": error: " << repos.status().ToString() << "\n";
     return 1;
@@ -741,7 +639,7 @@ int VerifyMain(int argc, char** argv) {
                                                   names);
   }
 
-  Result<std::unique_ptr<LocalState>> local = LocalState::Open(state, repo);
+  Result<std::unique_ptr<MirrorState>> local = MirrorState::Open(state, repo);
   if (!local.ok()) {
     std::cerr << info.name << ": error: " << local.status().ToString() << "\n";
     return 1;

@@ -7,7 +7,7 @@
 // transaction that records the new serial. If it is present at start-up, the
 // apply was interrupted and Applier::Commit() is run again from it.
 //
-// Owned by the subscriber's loop thread; not thread-safe.
+// Owned by one thread (the follower's); not thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -30,10 +30,12 @@ struct Journal {
   std::vector<v1::Change> changes;  // the change list being applied
 };
 
-class LocalState {
+class MirrorState {
  public:
-  static Result<std::unique_ptr<LocalState>> Open(const std::filesystem::path& state_dir,
-                                                  const std::string& repo);
+  static Result<std::unique_ptr<MirrorState>> Open(const std::filesystem::path& state_dir,
+                                                   const std::string& repo);
+  // The repos recorded in <state_dir>/subscriber.db (which must exist).
+  static Result<std::vector<std::string>> RecordedRepos(const std::filesystem::path& state_dir);
 
   // False until the first apply (or an adopted scan) is recorded.
   bool initialized() const { return initialized_; }
@@ -76,7 +78,7 @@ class LocalState {
   Status DropAck(int64_t id);
 
  private:
-  LocalState(std::string repo, std::unique_ptr<Database> db)
+  MirrorState(std::string repo, std::unique_ptr<Database> db)
       : repo_(std::move(repo)), db_(std::move(db)) {}
   Status Load();
 

@@ -1,4 +1,4 @@
-#include "subscriber/local_state.h"
+#include "core/mirror/mirror_state.h"
 
 #include <system_error>
 
@@ -6,8 +6,8 @@ namespace mirrorcast {
 
 namespace fs = std::filesystem;
 
-Result<std::unique_ptr<LocalState>> LocalState::Open(const fs::path& state_dir,
-                                                     const std::string& repo) {
+Result<std::unique_ptr<MirrorState>> MirrorState::Open(const fs::path& state_dir,
+                                                       const std::string& repo) {
   std::error_code ec;
   fs::create_directories(state_dir, ec);
   if (ec) return Status::IoError("create " + state_dir.string() + ": " + ec.message());
@@ -26,12 +26,31 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const fs::path& state_dir,
     CREATE TABLE IF NOT EXISTS pending_acks(
       id INTEGER PRIMARY KEY AUTOINCREMENT, ack BLOB NOT NULL);
   )sql"));
-  std::unique_ptr<LocalState> state(new LocalState(repo, std::move(db)));
+  std::unique_ptr<MirrorState> state(new MirrorState(repo, std::move(db)));
   MC_RETURN_IF_ERROR(state->Load());
   return state;
 }
 
-Status LocalState::Load() {
+Result<std::vector<std::string>> MirrorState::RecordedRepos(const fs::path& state_dir) {
+  std::error_code ec;
+  if (!fs::exists(state_dir / "subscriber.db", ec)) {
+    return Status::NotFound(state_dir.string() + " holds no subscriber.db");
+  }
+  MC_ASSIGN_OR_RETURN(auto db, Database::Open(state_dir / "subscriber.db"));
+  MC_RETURN_IF_ERROR(
+      db->Exec("CREATE TABLE IF NOT EXISTS head(repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, "
+               "manifest_sha256 BLOB NOT NULL)"));
+  MC_ASSIGN_OR_RETURN(Statement st, db->Prepare("SELECT repo FROM head ORDER BY repo"));
+  std::vector<std::string> repos;
+  for (;;) {
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    repos.push_back(st.ColumnText(0));
+  }
+  return repos;
+}
+
+Status MirrorState::Load() {
   manifest_ = Manifest(repo_, 0);
   {
     MC_ASSIGN_OR_RETURN(Statement st,
@@ -62,7 +81,7 @@ Status LocalState::Load() {
   return Status::Ok();
 }
 
-Status LocalState::Adopt(Manifest scanned) {
+Status MirrorState::Adopt(Manifest scanned) {
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
   {
@@ -92,7 +111,7 @@ Status LocalState::Adopt(Manifest scanned) {
   return Status::Ok();
 }
 
-Status LocalState::WriteJournal(const Journal& journal) {
+Status MirrorState::WriteJournal(const Journal& journal) {
   v1::RepoChanged record;  // reused as a container: never signed, never sent
   record.set_repo(repo_);
   record.set_serial(journal.serial);
@@ -106,7 +125,7 @@ Status LocalState::WriteJournal(const Journal& journal) {
   return st.Run();
 }
 
-Result<std::optional<Journal>> LocalState::ReadJournal() {
+Result<std::optional<Journal>> MirrorState::ReadJournal() {
   MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT changes FROM journal WHERE repo = ?"));
   st.Bind(1, repo_);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
@@ -120,9 +139,9 @@ Result<std::optional<Journal>> LocalState::ReadJournal() {
   return std::optional<Journal>(std::move(journal));
 }
 
-Status LocalState::CommitApply(uint64_t serial, const std::string& digest,
-                               const std::vector<v1::Change>& changes, const v1::Ack* ack,
-                               int64_t delete_after_unix, std::optional<Manifest> applied) {
+Status MirrorState::CommitApply(uint64_t serial, const std::string& digest,
+                                const std::vector<v1::Change>& changes, const v1::Ack* ack,
+                                int64_t delete_after_unix, std::optional<Manifest> applied) {
   if (!applied) {
     applied = manifest_;
     google::protobuf::RepeatedPtrField<v1::Change> list(changes.begin(), changes.end());
@@ -182,7 +201,7 @@ Status LocalState::CommitApply(uint64_t serial, const std::string& digest,
   return Status::Ok();
 }
 
-Result<std::vector<LocalState::DeferredDeletion>> LocalState::DueDeletions(int64_t now_unix) {
+Result<std::vector<MirrorState::DeferredDeletion>> MirrorState::DueDeletions(int64_t now_unix) {
   std::vector<DeferredDeletion> out;
   MC_ASSIGN_OR_RETURN(Statement st,
                       db_->Prepare("SELECT path, kind, due_unix FROM deferred_deletes WHERE repo = "
@@ -201,20 +220,20 @@ Result<std::vector<LocalState::DeferredDeletion>> LocalState::DueDeletions(int64
   return out;
 }
 
-Status LocalState::DropDeferred(const std::string& path) {
+Status MirrorState::DropDeferred(const std::string& path) {
   MC_ASSIGN_OR_RETURN(Statement st,
                       db_->Prepare("DELETE FROM deferred_deletes WHERE repo = ? AND path = ?"));
   st.Bind(1, repo_).Bind(2, path);
   return st.Run();
 }
 
-Status LocalState::QueueAck(const v1::Ack& ack) {
+Status MirrorState::QueueAck(const v1::Ack& ack) {
   MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("INSERT INTO pending_acks(ack) VALUES(?)"));
   st.BindBlob(1, ack.SerializeAsString());
   return st.Run();
 }
 
-Result<std::vector<std::pair<int64_t, v1::Ack>>> LocalState::PendingAcks() {
+Result<std::vector<std::pair<int64_t, v1::Ack>>> MirrorState::PendingAcks() {
   std::vector<std::pair<int64_t, v1::Ack>> out;
   MC_ASSIGN_OR_RETURN(Statement st,
                       db_->Prepare("SELECT id, ack FROM pending_acks ORDER BY id LIMIT 100"));
@@ -227,7 +246,7 @@ Result<std::vector<std::pair<int64_t, v1::Ack>>> LocalState::PendingAcks() {
   return out;
 }
 
-Status LocalState::DropAck(int64_t id) {
+Status MirrorState::DropAck(int64_t id) {
   MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("DELETE FROM pending_acks WHERE id = ?"));
   st.Bind(1, id);
   return st.Run();

@@ -1,7 +1,7 @@
 // Applier::Commit(): the order a web client can observe (inotify sees every
 // rename in the tree), idempotent replay after a crash, and refusal to write
 // through a symlinked directory.
-#include "subscriber/applier.h"
+#include "core/mirror/applier.h"
 
 #include <gtest/gtest.h>
 #include <sys/inotify.h>

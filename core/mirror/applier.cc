@@ -1,4 +1,4 @@
-#include "subscriber/applier.h"
+#include "core/mirror/applier.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -104,7 +104,7 @@ Status Applier::ClearStaging(bool keep_content) {
 }
 
 Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& changes,
-                      ContentClient& content, ApplyStats* stats,
+                      ContentClient* content, ApplyStats* stats,
                       const std::function<bool()>& should_stop) {
   MC_RETURN_IF_ERROR(ClearStaging(/*keep_content=*/true));
   for (const auto& c : changes) MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
@@ -170,6 +170,9 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
                       << s.ToString() << "; fetching it";
     }
 
+    if (content == nullptr) {
+      return Status::Unavailable("no broker to fetch " + entry.path() + " from");
+    }
     if (!resume && old && old->kind() == v1::ENTRY_FILE &&
         old->size() >= options_.delta_min_bytes && entry.size() >= options_.delta_min_bytes) {
       const fs::path basis = options_.tree / entry.path();
@@ -185,8 +188,8 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
       if (s.ok() && options_.after_signature) options_.after_signature(entry.path());
       if (s.ok()) {
         // A delta larger than the file is worse than the file itself.
-        s = content.FetchDelta(entry.path(), entry.sha256(), signature, delta_file, entry.size(),
-                               &fetch);
+        s = content->FetchDelta(entry.path(), entry.sha256(), signature, delta_file, entry.size(),
+                                &fetch);
       }
       std::string rebuilt_sha;
       if (s.ok()) s = ApplyDelta(basis, delta_file, dest, entry.size(), &rebuilt_sha);
@@ -214,7 +217,7 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
 
   if (!whole.empty()) {
     FetchStats fetch;
-    Status s = content.FetchFiles(whole, &fetch, should_stop);
+    Status s = content->FetchFiles(whole, &fetch, should_stop);
     const bool resumed = std::any_of(whole.begin(), whole.end(), [](auto& f) { return f.resume; });
     if (s.code() == Status::Code::kCorruption && resumed) {
       // A kept prefix was bad (the SHA-256 over it and the rest failed): that
@@ -232,7 +235,7 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
         f.resume = keep;
         if (!keep) fs::remove(f.dest, ec);
       }
-      s = content.FetchFiles(whole, &fetch, should_stop);
+      s = content->FetchFiles(whole, &fetch, should_stop);
     }
     stats->bytes_fetched += fetch.bytes_fetched;
     stats->files_fetched += fetch.files_fetched;

@@ -64,9 +64,11 @@ class Applier {
   explicit Applier(ApplierOptions options) : options_(std::move(options)) {}
 
   // Stages the content of every file change in `changes`. `local` describes
-  // what the tree holds now. `content` fetches from the broker.
+  // what the tree holds now. `content` fetches from the broker; it may be
+  // null when every file's content is already at hand (Stage then fails if
+  // something must be fetched after all).
   Status Stage(const Manifest& local, const std::vector<v1::Change>& changes,
-               ContentClient& content, ApplyStats* stats,
+               ContentClient* content, ApplyStats* stats,
                const std::function<bool()>& should_stop = nullptr);
 
   // Moves staged content into the tree in the safe order, fsyncs, and

@@ -1,0 +1,374 @@
+#include "core/mirror/follower.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <climits>
+#include <system_error>
+
+#include "core/base/log.h"
+#include "core/fs/atomic.h"
+#include "core/manifest/hash_cache.h"
+#include "core/manifest/scanner.h"
+#include "core/net/messages.h"
+#include "core/wire/envelope.h"
+
+namespace mirrorcast {
+
+namespace fs = std::filesystem;
+using Millis = std::chrono::milliseconds;
+using SteadyClock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr Millis kControlTimeout{5000};
+constexpr uint32_t kEventsPerRequest = 100;
+constexpr size_t kMaxManifestBytes = kMaxControlMessageBytes;
+
+// Replaying more events than this costs more than one manifest download.
+constexpr size_t kMaxReplayChanges = 200000;
+
+// Staged files reach the tree by rename(2), which is atomic only within one
+// mount: st_dev alone misses two bind mounts of one filesystem, so try it.
+Status CheckRenameWorks(const fs::path& staging, const fs::path& tree) {
+  const std::string name = ".mirrorcast-probe-" + std::to_string(::getpid());
+  const fs::path from = staging / name;
+  const fs::path to = tree / name;
+  {
+    UniqueFd fd(::open(from.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (!fd.valid()) return Status::FromErrno("create " + from.string(), errno);
+  }
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(from.c_str());
+    if (err == EXDEV) {
+      return Status::InvalidArgument("staging directory " + staging.string() +
+                                     " is not on the tree's mount: renames would not be atomic "
+                                     "(use --staging on the tree's filesystem)");
+    }
+    return Status::FromErrno("rename probe into " + tree.string(), err);
+  }
+  ::unlink(to.c_str());
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<fs::path> ChooseStaging(const fs::path& state, const fs::path& tree,
+                               const std::optional<fs::path>& override) {
+  fs::path staging;
+  if (override) {
+    staging = *override;
+  } else {
+    MC_ASSIGN_OR_RETURN(bool same, SameFilesystem(state, tree));
+    staging = same ? state / "staging" : tree / ".mirrorcast-staging";
+  }
+  std::error_code ec;
+  fs::create_directories(staging, ec);
+  if (ec) return Status::IoError("create " + staging.string() + ": " + ec.message());
+  MC_RETURN_IF_ERROR(CheckRenameWorks(staging, tree));
+  return staging;
+}
+
+Result<std::unique_ptr<Follower>> Follower::Open(FollowerOptions options, TrustStore trust) {
+  if (trust.empty()) return Status::InvalidArgument("no trusted origin key (--trust)");
+  std::unique_ptr<Follower> follower(new Follower(std::move(options), std::move(trust)));
+  MC_RETURN_IF_ERROR(follower->Init());
+  return follower;
+}
+
+Status Follower::Init() {
+  MC_RETURN_IF_ERROR(ValidateRepoName(options_.repo));
+  std::error_code ec;
+  fs::create_directories(options_.tree, ec);
+  if (ec) return Status::IoError("create tree " + options_.tree.string() + ": " + ec.message());
+  MC_ASSIGN_OR_RETURN(state_, MirrorState::Open(options_.state, options_.repo));
+
+  ApplierOptions apply;
+  apply.tree = options_.tree;
+  MC_ASSIGN_OR_RETURN(apply.staging,
+                      ChooseStaging(options_.state, options_.tree, options_.staging));
+  if (!options_.metadata_patterns.empty()) {
+    apply.metadata = MetadataMatcher(options_.metadata_patterns);
+  }
+  apply.delta_min_bytes = options_.delta_min_bytes;
+  apply.defer_deletions = options_.delete_delay.count() > 0;
+  apply.after_signature = options_.after_signature;
+  applier_ = std::make_unique<Applier>(std::move(apply));
+
+  // An apply interrupted after staging: finish it before anything else. If
+  // that fails now (disk still full?), the staged files and the journal stay
+  // and every catch-up tries again; the owner keeps running meanwhile.
+  if (Status resumed = ResumeJournal(); !resumed.ok()) {
+    MC_LOG(error) << "cannot finish the interrupted apply yet: " << resumed.ToString()
+                  << " (retrying; clients still see a consistent tree)";
+  } else {
+    // Content an interrupted Stage already fetched stays for reuse.
+    MC_RETURN_IF_ERROR(applier_->ClearStaging(/*keep_content=*/true));
+  }
+
+  if (!state_->initialized()) {
+    // First start: learn what the tree already holds, so it can be reused.
+    auto cache = HashCache::Open(options_.state / "hashcache.db");
+    if (!cache.ok()) return cache.status();
+    ScanStats stats;
+    ScanOptions scan;
+    MC_ASSIGN_OR_RETURN(Manifest scanned, ScanTree(options_.tree, cache->get(), &stats, scan));
+    MC_LOG(info) << "adopting existing tree: entries=" << stats.entries
+                 << " hashed_bytes=" << stats.bytes_hashed;
+    MC_RETURN_IF_ERROR(state_->Adopt(std::move(scanned)));
+  }
+  return Status::Ok();
+}
+
+int64_t Follower::DeleteAfter() const {
+  const auto delay = options_.delete_delay.count();
+  return delay > 0 ? clock().NowUnix() + delay : 0;
+}
+
+Status Follower::ResumeJournal() {
+  MC_ASSIGN_OR_RETURN(auto journal, state_->ReadJournal());
+  if (!journal) return Status::Ok();
+  MC_LOG(warning) << "finishing interrupted apply of serial " << journal->serial;
+  MC_RETURN_IF_ERROR(applier_->Commit(journal->changes).WithContext("resume apply"));
+  const v1::Ack ack =
+      MakeAck(v1::ACK_APPLIED, journal->serial, journal->serial, ApplyStats{}, 0.0, "");
+  MC_RETURN_IF_ERROR(state_->CommitApply(journal->serial, journal->manifest_sha256,
+                                         journal->changes, &ack, DeleteAfter()));
+  MC_LOG(info) << "resumed apply done: repo=" << options_.repo << " serial=" << journal->serial;
+  if (on_applied) on_applied(journal->serial);
+  if (on_ack_queued) on_ack_queued();
+  return applier_->ClearStaging();
+}
+
+Result<v1::RepoChanged> Follower::Verify(const std::string& envelope) const {
+  MC_ASSIGN_OR_RETURN(OpenedEnvelope opened, OpenEnvelope(envelope, trust_));
+  if (!opened.payload.has_repo_changed()) return Status::Rejected("not a RepoChanged event");
+  v1::RepoChanged event = std::move(*opened.payload.mutable_repo_changed());
+  if (event.repo() != options_.repo) {
+    return Status::Rejected("event for repo '" + event.repo() + "', expected '" + options_.repo +
+                            "'");
+  }
+  MC_RETURN_IF_ERROR(CheckRepoChanged(event, clock().NowUnix()));
+  return event;
+}
+
+Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should_stop) {
+  auto stopping = [&] { return should_stop && should_stop(); };
+  MC_RETURN_IF_ERROR(ResumeJournal());
+  SweepDeletions();
+  for (;;) {
+    if (stopping()) return Status::Unavailable("stopping");
+    MC_RETURN_IF_ERROR(broker.Head().status());
+    const uint64_t local = state_->serial();
+    MC_ASSIGN_OR_RETURN(
+        v1::EventsReply reply,
+        broker.control().Events(options_.repo, local, kEventsPerRequest, kControlTimeout));
+    if (reply.latest_serial() <= local) {
+      if (reply.latest_serial() < local) {
+        MC_LOG(warning) << "broker is at serial " << reply.latest_serial()
+                        << ", behind this mirror (" << local << "); keeping the newer tree";
+      }
+      return Status::Ok();
+    }
+    // Verify what the log gives; stop at the first bad event.
+    std::vector<v1::RepoChanged> chain;
+    size_t total_changes = 0;
+    for (const auto& envelope : reply.envelopes()) {
+      auto event = Verify(envelope);
+      if (!event.ok()) {
+        Reject(0, event.status());
+        return event.status();
+      }
+      total_changes += static_cast<size_t>(event->changes_size());
+      chain.push_back(std::move(*event));
+    }
+    const bool contiguous = !chain.empty() && chain.front().previous_serial() == local;
+    if (contiguous && !reply.gap() && total_changes <= kMaxReplayChanges) {
+      Status s = ApplyChain(broker, chain, should_stop);
+      if (s.ok()) continue;  // more may have arrived meanwhile
+      if (s.code() != Status::Code::kFailedPrecondition) return s;
+      MC_LOG(warning) << s.message() << "; jumping to the latest signed manifest";
+    }
+    // Too far behind, or the log does not fit this tree: jump to the latest.
+    MC_ASSIGN_OR_RETURN(
+        v1::EventsReply latest,
+        broker.control().Events(options_.repo, reply.latest_serial() - 1, 1, kControlTimeout));
+    if (latest.envelopes_size() == 0) return Status::Unavailable("broker has no latest event");
+    auto event = Verify(latest.envelopes(0));
+    if (!event.ok()) {
+      Reject(0, event.status());
+      return event.status();
+    }
+    MC_RETURN_IF_ERROR(JumpTo(broker, *event, should_stop));
+  }
+}
+
+Status Follower::ApplyChain(BrokerLink& broker, const std::vector<v1::RepoChanged>& chain,
+                            const std::function<bool()>& should_stop) {
+  // Each signed change list must take the manifest to its signed digest
+  // (mix-and-match defence) before any byte is fetched. A mirror whose tree
+  // differs (adopted from a scan, or repaired) jumps to the manifest instead.
+  Manifest next = state_->manifest();
+  for (const auto& event : chain) {
+    Status applies = next.ApplyChanges(event.changes());
+    if (!applies.ok() || next.Digest() != event.manifest_sha256()) {
+      return Status::FailedPrecondition(
+          "event " + std::to_string(event.serial()) +
+          " does not fit this mirror's tree at serial " + std::to_string(state_->serial()) +
+          (applies.ok() ? " (manifest digest differs)" : ": " + applies.message()));
+    }
+  }
+  // Several serials behind: the chain is squashed into one apply of its net
+  // change list, so content replaced in between is never fetched.
+  const v1::RepoChanged& last = chain.back();
+  std::vector<v1::Change> changes;
+  if (chain.size() == 1) {
+    changes.assign(last.changes().begin(), last.changes().end());
+  } else {
+    changes = DiffManifests(state_->manifest(), next);
+  }
+  return ApplyChanges(broker, last.serial(), last.manifest_sha256(), std::move(next), changes,
+                      should_stop);
+}
+
+Status Follower::JumpTo(BrokerLink& broker, const v1::RepoChanged& event,
+                        const std::function<bool()>& should_stop) {
+  FetchStats stats;
+  auto bytes = broker.content().FetchManifest(event.serial(), kMaxManifestBytes, &stats);
+  if (!bytes.ok()) {
+    ApplyStats none;
+    none.bytes_fetched = stats.bytes_fetched;
+    Ack(v1::ACK_FAILED, event.serial(), none, 0.0,
+        "manifest " + std::to_string(event.serial()) + ": " + bytes.status().ToString());
+    return bytes.status();
+  }
+  auto target = Manifest::Parse(*bytes);
+  if (!target.ok()) {
+    Reject(event.serial(), target.status());
+    return target.status();
+  }
+  if (target->repo() != options_.repo || target->serial() != event.serial() ||
+      target->Digest() != event.manifest_sha256()) {
+    Status why = Status::Rejected("manifest " + std::to_string(event.serial()) +
+                                  " does not match the signed event (mix-and-match)");
+    Reject(event.serial(), why);
+    return why;
+  }
+  std::vector<v1::Change> changes = DiffManifests(state_->manifest(), *target);
+  MC_LOG(info) << "jumping from serial " << state_->serial() << " to " << event.serial() << " ("
+               << changes.size() << " changes)";
+  return ApplyChanges(broker, event.serial(), event.manifest_sha256(), std::move(*target), changes,
+                      should_stop);
+}
+
+Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::string& digest,
+                              Manifest target, const std::vector<v1::Change>& changes,
+                              const std::function<bool()>& should_stop) {
+  const auto started = SteadyClock::now();
+  ApplyStats stats;
+  auto seconds = [&] {
+    return std::chrono::duration<double>(SteadyClock::now() - started).count();
+  };
+  Status staged =
+      applier_->Stage(state_->manifest(), changes, &broker.content(), &stats, should_stop);
+  if (!staged.ok()) {
+    MC_LOG(error) << "apply of serial " << serial << " failed: " << staged.ToString()
+                  << " (tree stays at serial " << state_->serial() << ")";
+    // What arrived whole is reused next time.
+    if (Status cleared = applier_->ClearStaging(/*keep_content=*/true); !cleared.ok()) {
+      MC_LOG(warning) << "cannot clear staging: " << cleared.ToString();
+    }
+    if (!(should_stop && should_stop())) {
+      Ack(v1::ACK_FAILED, serial, stats, seconds(), staged.ToString());
+    }
+    return staged;
+  }
+  Journal journal{serial, digest, changes};
+  Status s = state_->WriteJournal(journal);
+  if (s.ok()) s = applier_->Commit(changes);
+  const v1::Ack applied = MakeAck(v1::ACK_APPLIED, serial, serial, stats, seconds(), "");
+  if (s.ok()) {
+    s = state_->CommitApply(serial, digest, changes, &applied, DeleteAfter(), std::move(target));
+  }
+  if (!s.ok()) {
+    // The journal stays: the next attempt (or restart) finishes this apply.
+    MC_LOG(error) << "commit of serial " << serial << " failed: " << s.ToString();
+    Ack(v1::ACK_FAILED, serial, stats, seconds(), s.ToString());
+    return s;
+  }
+  if (Status cleared = applier_->ClearStaging(); !cleared.ok()) {
+    MC_LOG(warning) << "cannot clear staging: " << cleared.ToString();
+  }
+  MC_LOG(info) << "applied repo=" << options_.repo << " serial=" << serial
+               << " changes=" << changes.size() << " fetched=" << stats.bytes_fetched
+               << " reused=" << stats.bytes_reused << " deltas=" << stats.files_delta
+               << " delta_fallbacks=" << stats.delta_fallbacks << " seconds=" << applied.seconds();
+  if (on_applied) on_applied(serial);
+  if (on_ack_queued) on_ack_queued();  // the queued ACK goes out right away
+  return Status::Ok();
+}
+
+void Follower::Ack(v1::AckState state, uint64_t target, const ApplyStats& stats, double seconds,
+                   const std::string& error) {
+  const v1::Ack ack = MakeAck(state, state_->serial(), target, stats, seconds, error);
+  // Durable first: an ACK survives a restart until the broker confirms it.
+  if (Status s = state_->QueueAck(ack); !s.ok()) {
+    MC_LOG(error) << "cannot queue ACK: " << s.ToString();
+  }
+  if (on_ack_queued) on_ack_queued();
+}
+
+v1::Ack Follower::MakeAck(v1::AckState state, uint64_t serial, uint64_t target,
+                          const ApplyStats& stats, double seconds, const std::string& error) const {
+  v1::Ack ack;
+  ack.set_protocol_version(kProtocolVersion);
+  ack.set_mirror_id(options_.mirror_id);
+  ack.set_repo(options_.repo);
+  ack.set_serial(serial);
+  ack.set_state(state);
+  ack.set_target_serial(target);
+  ack.set_bytes_fetched(stats.bytes_fetched);
+  ack.set_bytes_reused(stats.bytes_reused);
+  ack.set_bytes_signature(stats.bytes_signature);
+  ack.set_files_changed(stats.files_changed);
+  ack.set_seconds(seconds);
+  ack.set_error(error.substr(0, 4000));
+  ack.set_sent_unix(clock().NowUnix());
+  return ack;
+}
+
+void Follower::Reject(uint64_t serial, const Status& why) {
+  MC_LOG(warning) << "rejected event" << (serial ? " " + std::to_string(serial) : std::string())
+                  << ": " << why.ToString() << " (tree unchanged at serial " << state_->serial()
+                  << ")";
+  if (serial != 0 && serial == last_rejected_) return;  // already reported
+  last_rejected_ = serial;
+  Ack(v1::ACK_REJECTED, serial, ApplyStats{}, 0.0, why.ToString());
+}
+
+void Follower::SweepDeletions() {
+  // Without a grace period nothing is deferred; a shorter one than before a
+  // restart still honours what was recorded.
+  const int64_t now = options_.delete_delay.count() > 0 ? clock().NowUnix() : INT64_MAX;
+  auto due = state_->DueDeletions(now);
+  if (!due.ok()) {
+    MC_LOG(error) << "deferred deletions: " << due.status().ToString();
+    return;
+  }
+  for (const auto& d : *due) {
+    if (state_->manifest().Find(d.path) == nullptr) {
+      if (Status s = applier_->Remove(d.path, d.kind); !s.ok()) {
+        MC_LOG(warning) << "deferred deletion of " << d.path << ": " << s.ToString();
+        continue;  // tried again on the next sweep
+      }
+    }
+    if (Status s = state_->DropDeferred(d.path); !s.ok()) {
+      MC_LOG(warning) << "deferred deletion of " << d.path << ": " << s.ToString();
+    }
+  }
+  if (!due->empty())
+    MC_LOG(debug) << "deleted " << due->size() << " path(s) after the grace period";
+}
+
+}  // namespace mirrorcast
