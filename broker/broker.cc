@@ -10,6 +10,7 @@
 #include "core/cli/signals.h"
 #include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
+#include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
@@ -109,7 +110,7 @@ Status Broker::Start() {
   ContentServerOptions content;
   content.bind = options_.listen.WithPort(side_port(options_.content_port, 2));
   content.tree_root = options_.tree_root;
-  content.manifests_dir = options_.state_dir / "manifests";
+  content.objects_dir = options_.state_dir / "manifest-objects";
   content.scratch_dir = options_.state_dir / "scratch";
   content.workers = options_.content_workers;
   content_ = std::make_unique<ContentServer>(context_, content);
@@ -247,6 +248,8 @@ v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request) {
       return HandleAck(request.ack());
     case v1::ControlRequest::kStatus:
       return HandleStatus();
+    case v1::ControlRequest::kPutObjects:
+      return HandlePutObjects(request.put_objects());
     default:
       return Fail("empty control request");
   }
@@ -289,42 +292,91 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
                 " after " + std::to_string(event.previous_serial()) +
                 " (another publish happened first? re-run the publisher)");
   }
-  auto manifest = Manifest::Parse(request.manifest());
-  if (!manifest.ok()) return Fail("refused: manifest: " + manifest.status().message());
-  if (manifest->repo() != repo || manifest->serial() != event.serial()) {
-    return Fail("refused: manifest is for another repo or serial");
-  }
-  if (manifest->Digest() != event.manifest_sha256()) {
-    return Fail("refused: manifest does not match the signed digest");
-  }
-  // The change list must take the previous manifest to this one, or mirrors
-  // that apply it would all fail the digest check.
-  // Fails closed: without the previous manifest the change list cannot be
-  // checked, and a wrong one would make every mirror's apply fail.
+  // The new manifest must be exactly the signed root, derived from (or, for
+  // an omitted change list, diffed against) the previous one, or every
+  // mirror's check would fail. Fails closed: without the previous manifest
+  // nothing can be checked.
+  ManifestStore& objects = state_->objects();
+  ManifestIndex previous;
   if (head.serial > 0) {
-    auto previous_bytes =
-        ReadFileToString(state_->ManifestPath(repo, head.serial), kMaxControlMessageBytes);
-    auto previous = previous_bytes.ok() ? Manifest::Parse(*previous_bytes)
-                                        : Result<Manifest>(previous_bytes.status());
-    if (!previous.ok() || previous->Digest() != head.manifest_sha256) {
+    auto bytes = objects.Load(head.manifest_sha256, kMaxIndexBytes);
+    auto decoded =
+        bytes.ok() ? ManifestIndex::Decode(*bytes) : Result<ManifestIndex>(bytes.status());
+    if (!decoded.ok()) {
       MC_LOG(error) << "stored manifest of " << repo << " serial " << head.serial
-                    << " is unusable: " << previous.status().ToString();
+                    << " is unusable: " << decoded.status().ToString();
       return Fail("broker cannot check the change list: its stored manifest of serial " +
                   std::to_string(head.serial) + " is missing or damaged");
     }
-    Status applied = previous->ApplyChanges(event.changes());
-    if (!applied.ok() || previous->Digest() != event.manifest_sha256()) {
+    previous = std::move(*decoded);
+  }
+  ManifestIndex next_index;
+  std::vector<std::string> new_objects;
+  if (!event.changes_omitted()) {
+    MemoryChunks fresh(&objects);
+    auto derived = ApplyChangesToIndex(previous, fresh, event.changes(),
+                                       [&](const ChunkRef& ref, std::string bytes) {
+                                         fresh.Put(ref.id, std::move(bytes));
+                                         return Status::Ok();
+                                       });
+    if (!derived.ok() && (derived.status().code() == Status::Code::kCorruption ||
+                          derived.status().code() == Status::Code::kNotFound)) {
+      MC_LOG(error) << "stored manifest of " << repo << " serial " << head.serial
+                    << " is unusable: " << derived.status().ToString();
+      return Fail("broker cannot check the change list: its stored manifest of serial " +
+                  std::to_string(head.serial) + " is missing or damaged");
+    }
+    if (!derived.ok() || derived->Root() != event.manifest_sha256()) {
       return Fail("refused: the change list does not turn serial " + std::to_string(head.serial) +
-                  " into the signed manifest");
+                  " into the signed manifest" +
+                  (derived.ok() ? "" : " (" + derived.status().message() + ")"));
+    }
+    next_index = std::move(*derived);
+    for (const auto& [id, bytes] : fresh.chunks()) {
+      if (Status s = objects.Put(bytes).status(); !s.ok()) {
+        MC_LOG(error) << "cannot store a manifest chunk: " << s.ToString();
+        return Fail("broker could not store the manifest: " + s.message());
+      }
+    }
+    if (Status s = objects.Put(next_index.Encode()).status(); !s.ok()) {
+      return Fail("broker could not store the manifest: " + s.message());
+    }
+  } else {
+    // Uploaded beforehand (PutObjects): the index under the signed root, and
+    // every chunk the previous manifest lacks; the diff reads each of those.
+    auto bytes = objects.Load(event.manifest_sha256(), kMaxIndexBytes);
+    if (!bytes.ok()) {
+      return Fail("refused: the change list is left out but the manifest index " +
+                  ToHex(event.manifest_sha256()).substr(0, 16) + " was not uploaded (" +
+                  bytes.status().message() + ")");
+    }
+    auto decoded = ManifestIndex::Decode(*bytes);
+    if (!decoded.ok()) return Fail("refused: manifest index: " + decoded.status().message());
+    next_index = std::move(*decoded);
+    uint64_t counted = 0;
+    Status diffed = DiffIndexes(previous, objects, next_index, objects, [&](v1::Change) {
+      ++counted;
+      return Status::Ok();
+    });
+    if (!diffed.ok()) return Fail("refused: the uploaded manifest: " + diffed.message());
+    if (counted != event.change_count()) {
+      return Fail("refused: the manifest differs from serial " + std::to_string(head.serial) +
+                  " by " + std::to_string(counted) + " changes, the event counts " +
+                  std::to_string(event.change_count()));
     }
   }
-
-  std::error_code ec;
-  fs::create_directories(state_->ManifestPath(repo, 0).parent_path(), ec);
-  if (Status s =
-          WriteFileAtomic(state_->ManifestPath(repo, event.serial()), request.manifest(), 0644);
-      !s.ok()) {
-    MC_LOG(error) << "cannot store manifest: " << s.ToString();
+  if (next_index.entries() != event.manifest_entries()) {
+    return Fail("refused: the manifest has " + std::to_string(next_index.entries()) +
+                " entries, the event says " + std::to_string(event.manifest_entries()));
+  }
+  for (const auto& r : next_index.refs) new_objects.push_back(r.id);
+  new_objects.push_back(event.manifest_sha256());
+  if (Status s = objects.Sync(); !s.ok()) {
+    MC_LOG(error) << "cannot make the manifest durable: " << s.ToString();
+    return Fail("broker could not store the manifest: " + s.message());
+  }
+  if (Status s = state_->TouchObjects(repo, event.serial(), new_objects); !s.ok()) {
+    MC_LOG(error) << "cannot record manifest objects: " << s.ToString();
     return Fail("broker could not store the manifest: " + s.message());
   }
   RepoHead next{event.serial(), event.manifest_sha256(), event.manifest_entries()};
@@ -333,8 +385,9 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     return Fail("broker could not store the event: " + s.message());
   }
   MC_LOG(info) << "published repo=" << repo << " serial=" << event.serial()
-               << " changes=" << event.changes_size() << " entries=" << event.manifest_entries()
-               << " key=" << opened->key_id;
+               << " changes=" << event.change_count()
+               << (event.changes_omitted() ? " (list left out)" : "")
+               << " entries=" << event.manifest_entries() << " key=" << opened->key_id;
   FanOut(repo, request.envelope());
   if (Status s = state_->Prune(repo, options_.keep_events, options_.keep_manifests); !s.ok()) {
     MC_LOG(warning) << "prune " << repo << ": " << s.ToString();
@@ -353,6 +406,38 @@ void Broker::FanOut(const std::string& repo, const std::string& envelope) {
   if (!SendMultipartNoWait(events_, frames)) {
     MC_LOG(warning) << "event fan-out of " << repo << " dropped (high-water mark)";
   }
+}
+
+v1::ControlReply Broker::HandlePutObjects(const v1::PutObjectsRequest& request) {
+  if (Status s = ValidateRepoName(request.repo()); !s.ok()) return Fail(s.message());
+  size_t total = 0;
+  for (const auto& object : request.objects()) total += object.size();
+  if (total > kMaxPutObjectsBytes) {
+    return Fail("refused: " + std::to_string(total) + " bytes of manifest objects exceed the " +
+                std::to_string(kMaxPutObjectsBytes) + "-byte limit per request");
+  }
+  // Stored under their own SHA-256, so nothing uploaded can pose as anything
+  // else; they count only once a signed event names them. Kept for the
+  // next serial's keep window if none does.
+  std::vector<std::string> ids;
+  uint32_t stored = 0;
+  for (const auto& object : request.objects()) {
+    bool added = false;
+    auto id = state_->objects().Put(object, &added);
+    if (!id.ok()) {
+      MC_LOG(error) << "cannot store a manifest object: " << id.status().ToString();
+      return Fail("broker could not store the manifest objects: " + id.status().message());
+    }
+    stored += added ? 1 : 0;
+    ids.push_back(std::move(*id));
+  }
+  if (Status s = state_->TouchObjects(request.repo(), state_->Head(request.repo()).serial + 1, ids);
+      !s.ok()) {
+    return Fail("broker could not record the manifest objects: " + s.message());
+  }
+  v1::ControlReply reply = Ok();
+  reply.mutable_put_objects()->set_stored(stored);
+  return reply;
 }
 
 v1::ControlReply Broker::HandleEvents(const v1::EventsRequest& request) {

@@ -72,6 +72,7 @@ class Broker {
   v1::ControlReply HandleEvents(const v1::EventsRequest& request);
   v1::ControlReply HandleAck(const v1::AckRequest& request);
   v1::ControlReply HandleStatus();
+  v1::ControlReply HandlePutObjects(const v1::PutObjectsRequest& request);
   v1::ControlReply HandleHello(const v1::HelloRequest& request);
   void FanOut(const std::string& repo, const std::string& envelope);
   void SendHeartbeat();

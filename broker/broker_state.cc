@@ -12,7 +12,7 @@ namespace fs = std::filesystem;
 
 Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir) {
   std::error_code ec;
-  fs::create_directories(state_dir / "manifests", ec);
+  fs::create_directories(state_dir / "manifest-objects", ec);
   if (ec) return Status::IoError("create " + state_dir.string() + ": " + ec.message());
   MC_ASSIGN_OR_RETURN(auto db, Database::Open(state_dir / "broker.db"));
   MC_RETURN_IF_ERROR(db->Exec(R"sql(
@@ -27,6 +27,10 @@ Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir
       target_serial INTEGER NOT NULL, state INTEGER NOT NULL, last_ack_unix INTEGER NOT NULL,
       bytes_fetched INTEGER NOT NULL, bytes_reused INTEGER NOT NULL, millis INTEGER NOT NULL,
       error TEXT NOT NULL, PRIMARY KEY(mirror_id, repo));
+    CREATE TABLE IF NOT EXISTS manifest_objects(
+      repo TEXT NOT NULL, id BLOB NOT NULL, last_serial INTEGER NOT NULL,
+      PRIMARY KEY(repo, id));
+    CREATE INDEX IF NOT EXISTS manifest_objects_by_serial ON manifest_objects(repo, last_serial);
   )sql"));
   // Added after 0.1's first schema; an older broker.db gets the column here.
   if (Status s = db->Exec("ALTER TABLE mirrors ADD COLUMN bytes_signature INTEGER NOT NULL "
@@ -58,10 +62,6 @@ Status BrokerState::Load() {
 RepoHead BrokerState::Head(const std::string& repo) const {
   auto it = repos_.find(repo);
   return it == repos_.end() ? RepoHead{} : it->second;
-}
-
-fs::path BrokerState::ManifestPath(const std::string& repo, uint64_t serial) const {
-  return dir_ / "manifests" / repo / (std::to_string(serial) + ".pb");
 }
 
 Status BrokerState::CommitEvent(const std::string& repo, const RepoHead& head,
@@ -161,6 +161,20 @@ Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
   return out;
 }
 
+Status BrokerState::TouchObjects(const std::string& repo, uint64_t serial,
+                                 const std::vector<std::string>& ids) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("INSERT INTO manifest_objects(repo, id, last_serial) "
+                                   "VALUES(?, ?, ?) ON CONFLICT(repo, id) DO UPDATE SET "
+                                   "last_serial = max(last_serial, excluded.last_serial)"));
+  for (const auto& id : ids) {
+    st.Reset();
+    st.Bind(1, repo).BindBlob(2, id).Bind(3, static_cast<int64_t>(serial));
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  return Status::Ok();
+}
+
 Status BrokerState::Prune(const std::string& repo, uint64_t keep_events, uint64_t keep_manifests) {
   // The head's event and manifest always stay: catch-up, bootstrap and the
   // next publish's check need them.
@@ -173,18 +187,36 @@ Status BrokerState::Prune(const std::string& repo, uint64_t keep_events, uint64_
     st.Bind(1, repo).Bind(2, static_cast<int64_t>(head - keep_events));
     MC_RETURN_IF_ERROR(st.Run());
   }
-  // Manifests older than the newest `keep_manifests` go; a missing one is fine.
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir_ / "manifests" / repo, ec)) {
-    const std::string stem = entry.path().stem().string();
-    char* end = nullptr;
-    const uint64_t serial = std::strtoull(stem.c_str(), &end, 10);
-    if (end == stem.c_str() || *end != '\0' || entry.path().extension() != ".pb") continue;
-    if (serial + keep_manifests <= head) {
-      std::error_code rm_ec;
-      fs::remove(entry.path(), rm_ec);
-      if (rm_ec)
-        MC_LOG(warning) << "cannot remove old manifest " << entry.path() << ": " << rm_ec.message();
+  if (head <= keep_manifests) return Status::Ok();
+  // Objects no serial in the window names go, unless another repo's does.
+  const int64_t cutoff = static_cast<int64_t>(head - keep_manifests);
+  std::vector<std::string> stale;
+  {
+    MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT id FROM manifest_objects WHERE repo = "
+                                                   "? AND last_serial <= ? LIMIT 100000"));
+    st.Bind(1, repo).Bind(2, cutoff);
+    for (;;) {
+      MC_ASSIGN_OR_RETURN(bool row, st.Step());
+      if (!row) break;
+      stale.push_back(st.ColumnBlob(0));
+    }
+  }
+  if (stale.empty()) return Status::Ok();
+  MC_ASSIGN_OR_RETURN(Statement drop,
+                      db_->Prepare("DELETE FROM manifest_objects WHERE repo = ? AND id = ?"));
+  MC_ASSIGN_OR_RETURN(Statement other,
+                      db_->Prepare("SELECT 1 FROM manifest_objects WHERE id = ? LIMIT 1"));
+  for (const auto& id : stale) {
+    drop.Reset();
+    drop.Bind(1, repo).BindBlob(2, id);
+    MC_RETURN_IF_ERROR(drop.Run());
+    other.Reset();
+    other.BindBlob(1, id);
+    MC_ASSIGN_OR_RETURN(bool used, other.Step());
+    other.Reset();
+    if (used) continue;
+    if (Status s = objects_.Remove(id); !s.ok()) {
+      MC_LOG(warning) << "cannot remove an old manifest object: " << s.ToString();
     }
   }
   return Status::Ok();

@@ -1,7 +1,9 @@
-// The broker's durable state in SQLite (<state>/broker.db): latest serial of
-// each repo, the event log, and the mirror table built from ACKs. Manifests
-// are files beside it (<state>/manifests/<repo>/<serial>.pb), written and
-// fsync'd before the event that names them is committed.
+// The broker's durable state in SQLite (<state>/broker.db): latest serial and
+// manifest root of each repo, the event log, the mirror table built from
+// ACKs, and which serials name each manifest object. The objects themselves
+// (chunks and indexes) are files in a ManifestStore beside it
+// (<state>/manifest-objects/), made durable before the event that names them
+// is committed; one object is kept once for every serial that names it.
 //
 // Owned by the broker's control thread; not thread-safe.
 #pragma once
@@ -13,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "broker/manifest_store.h"
 #include "core/base/status.h"
 #include "core/store/sqlite.h"
 #include "proto/mirrorcast.pb.h"
@@ -37,7 +40,12 @@ class BrokerState {
   const std::map<std::string, RepoHead>& repos() const { return repos_; }
   RepoHead Head(const std::string& repo) const;
 
-  std::filesystem::path ManifestPath(const std::string& repo, uint64_t serial) const;
+  ManifestStore& objects() { return objects_; }
+
+  // Records that `serial` of `repo` names these manifest objects (they stay
+  // until no serial within the keep window does).
+  Status TouchObjects(const std::string& repo, uint64_t serial,
+                      const std::vector<std::string>& ids);
 
   // Records a published event durably (one transaction): the event row and
   // the repo's new head. The manifest file must already be durable.
@@ -51,16 +59,18 @@ class BrokerState {
   Status RecordAck(const v1::Ack& ack, int64_t now_unix);
   Result<std::vector<v1::MirrorStatus>> Mirrors();
 
-  // Keeps the newest `keep_events` events and `keep_manifests` manifests of a repo.
+  // Keeps the newest `keep_events` events of a repo, and the manifest
+  // objects named by its newest `keep_manifests` serials.
   Status Prune(const std::string& repo, uint64_t keep_events, uint64_t keep_manifests);
 
  private:
   BrokerState(std::filesystem::path dir, std::unique_ptr<Database> db)
-      : dir_(std::move(dir)), db_(std::move(db)) {}
+      : dir_(std::move(dir)), db_(std::move(db)), objects_(dir_ / "manifest-objects") {}
   Status Load();
 
   std::filesystem::path dir_;
   std::unique_ptr<Database> db_;
+  ManifestStore objects_;
   std::map<std::string, RepoHead> repos_;
 };
 

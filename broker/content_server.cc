@@ -1,5 +1,7 @@
 #include "broker/content_server.h"
 
+#include "broker/manifest_store.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -202,6 +204,8 @@ v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request) {
       return StartDelta(request);
     case v1::ContentRequest::kDeltaRange:
       return ServeDeltaRange(request);
+    case v1::ContentRequest::kObject:
+      return ServeObject(request);
     default:
       return Error("empty content request");
   }
@@ -209,19 +213,22 @@ v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request) {
 
 v1::ContentReply ContentServer::ServeRange(const v1::ContentRequest& request) {
   const v1::RangeRequest& range = request.range();
-  if (range.path().empty()) {
-    const fs::path file =
-        options_.manifests_dir / request.repo() / (std::to_string(range.manifest_serial()) + ".pb");
-    UniqueFd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    if (!fd.valid()) {
-      return Error("manifest " + request.repo() + "@" + std::to_string(range.manifest_serial()) +
-                   " is not stored here");
-    }
-    return ReadRange(fd.get(), range.offset(), range.length(), "manifest");
-  }
   auto fd = OpenServedFile(options_.tree_root / request.repo(), range.path());
   if (!fd.ok()) return Error(fd.status().message());
   return ReadRange(fd->get(), range.offset(), range.length(), range.path());
+}
+
+v1::ContentReply ContentServer::ServeObject(const v1::ContentRequest& request) {
+  const v1::ObjectRequest& object = request.object();
+  if (object.sha256().size() != kSha256Size) {
+    return Error("a manifest object is named by a 32-byte SHA-256");
+  }
+  const fs::path file = ManifestStore::ObjectPath(options_.objects_dir, object.sha256());
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) {
+    return Error("manifest object " + ToHex(object.sha256()).substr(0, 16) + " is not stored here");
+  }
+  return ReadRange(fd.get(), object.offset(), object.length(), "manifest object");
 }
 
 ContentServer::DeltaFile::~DeltaFile() {

@@ -1,5 +1,5 @@
 // The broker's content socket: serves byte ranges of the tree it fronts and
-// of its stored manifests, and librsync deltas against signatures that
+// of its manifest objects (by SHA-256), and librsync deltas against signatures that
 // subscribers send.
 //
 // Threads: one I/O thread owns the ROUTER; `workers` threads read files and
@@ -33,10 +33,10 @@
 namespace mirrorcast {
 
 struct ContentServerOptions {
-  HostPort bind;                        // port 0 = any free port
-  std::filesystem::path tree_root;      // repo R is served from tree_root/R
-  std::filesystem::path manifests_dir;  // <state>/manifests/<repo>/<serial>.pb
-  std::filesystem::path scratch_dir;    // deltas in progress
+  HostPort bind;                      // port 0 = any free port
+  std::filesystem::path tree_root;    // repo R is served from tree_root/R
+  std::filesystem::path objects_dir;  // the ManifestStore's directory
+  std::filesystem::path scratch_dir;  // deltas in progress
   int workers = 4;
   std::chrono::seconds delta_ttl{600};  // an abandoned delta is deleted after this
 };
@@ -79,6 +79,7 @@ class ContentServer {
   void WorkerLoop(int index);
   v1::ContentReply Handle(const v1::ContentRequest& request);
   v1::ContentReply ServeRange(const v1::ContentRequest& request);
+  v1::ContentReply ServeObject(const v1::ContentRequest& request);
   v1::ContentReply StartDelta(const v1::ContentRequest& request);
   v1::ContentReply ServeDeltaRange(const v1::ContentRequest& request);
   void ExpireDeltas();

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <set>
 #include <sstream>
 #include <system_error>
 
@@ -11,10 +13,12 @@
 #include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
 #include "core/fs/path.h"
+#include "core/manifest/chunks.h"
 #include "core/manifest/hash_cache.h"
 #include "core/manifest/manifest.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
+#include "core/store/sqlite.h"
 #include "core/wire/envelope.h"
 
 namespace mirrorcast {
@@ -30,7 +34,7 @@ std::string Seconds(std::chrono::milliseconds d) {
 }
 
 std::filesystem::path StateManifestPath(const PublisherOptions& options) {
-  return options.state_dir / (options.repo + ".manifest");
+  return options.state_dir / (options.repo + ".manifest.db");
 }
 
 std::filesystem::path HashCachePath(const PublisherOptions& options) {
@@ -101,46 +105,126 @@ Result<BrokerRepoState> FindRepo(const v1::HelloReply& hello, const std::string&
   return state;
 }
 
-// The state directory's copy, when it is exactly the broker's latest manifest.
-std::optional<Manifest> LoadStateManifest(const PublisherOptions& options,
-                                          const BrokerRepoState& latest) {
-  const std::filesystem::path path = StateManifestPath(options);
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return std::nullopt;
-  Result<std::string> bytes = ReadFileToString(path, kMaxControlMessageBytes);
-  if (!bytes.ok()) {
-    MC_LOG(warning) << "cannot read " << path.string() << ": " << bytes.status().ToString();
-    return std::nullopt;
+// The publisher's copy of the last manifest it saw confirmed
+// (<state>/<repo>.manifest.db): the manifest index with its root and serial,
+// and the chunks it names, so the next publish re-derives the new root from
+// the few chunks its changes fall in.
+class ManifestState : public ChunkSource {
+ public:
+  static Result<std::unique_ptr<ManifestState>> Open(const std::filesystem::path& path) {
+    MC_ASSIGN_OR_RETURN(auto db, Database::Open(path));
+    MC_RETURN_IF_ERROR(db->Exec(R"sql(
+      CREATE TABLE IF NOT EXISTS head(
+        id INTEGER PRIMARY KEY CHECK (id = 1), serial INTEGER NOT NULL,
+        root BLOB NOT NULL, manifest_index BLOB NOT NULL);
+      CREATE TABLE IF NOT EXISTS chunks(id BLOB PRIMARY KEY, bytes BLOB NOT NULL);
+    )sql"));
+    std::unique_ptr<ManifestState> state(new ManifestState(std::move(db)));
+    MC_ASSIGN_OR_RETURN(Statement st,
+                        state->db_->Prepare("SELECT serial, root, manifest_index FROM head"));
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (row) {
+      auto index = ManifestIndex::Decode(st.ColumnBlob(2));
+      if (index.ok() && index->Root() == st.ColumnBlob(1)) {
+        state->serial_ = static_cast<uint64_t>(st.ColumnInt(0));
+        state->index_ = std::move(*index);
+        state->valid_ = true;
+      } else {
+        MC_LOG(warning) << "ignoring a damaged manifest index in " << path.string();
+      }
+    }
+    return state;
   }
-  Result<Manifest> manifest = Manifest::Parse(*bytes);
-  if (!manifest.ok()) {
-    MC_LOG(warning) << "ignoring unparsable " << path.string() << ": "
-                    << manifest.status().ToString();
-    return std::nullopt;
-  }
-  if (manifest->repo() != options.repo || manifest->serial() != latest.serial) {
-    MC_LOG(info) << "state manifest repo=" << manifest->repo() << " serial=" << manifest->serial()
-                 << " is not the broker's latest (serial=" << latest.serial
-                 << "); fetching it from the broker";
-    return std::nullopt;
-  }
-  if (manifest->Digest() != latest.digest) {
-    MC_LOG(warning) << "state manifest repo=" << options.repo << " serial=" << latest.serial
-                    << " differs from the broker's (digest " << ToHex(manifest->Digest()) << " vs "
-                    << ToHex(latest.digest) << "); fetching it from the broker";
-    return std::nullopt;
-  }
-  return std::move(manifest).value();
-}
 
-Status SaveStateManifest(const PublisherOptions& options, const Manifest& manifest) {
-  return WriteFileAtomic(StateManifestPath(options), manifest.Serialize(), 0644);
-}
+  // Whether this is exactly the broker's latest manifest.
+  bool Matches(uint64_t serial, const std::string& root) const {
+    return valid_ && serial_ == serial && index_.Root() == root;
+  }
+  const ManifestIndex& index() const { return index_; }
 
-// The manifest the broker holds at its latest serial, verified against the
-// digest it announced.
+  Result<std::string> LoadChunk(std::string_view id) override {
+    MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT bytes FROM chunks WHERE id = ?"));
+    st.BindBlob(1, id);
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) return Status::NotFound("manifest chunk " + ToHex(id) + " is not in the state");
+    return st.ColumnBlob(0);
+  }
+
+  // Records `index` at `serial`, taking the chunks it lacks from `from` and
+  // dropping those no longer named, in one transaction.
+  Status Save(uint64_t serial, const ManifestIndex& index, ChunkSource& from) {
+    std::set<std::string> old_ids, new_ids;
+    if (valid_) {
+      for (const auto& r : index_.refs) old_ids.insert(r.id);
+    }
+    for (const auto& r : index.refs) new_ids.insert(r.id);
+    Transaction tx(*db_);
+    MC_RETURN_IF_ERROR(tx.status());
+    if (!valid_) MC_RETURN_IF_ERROR(db_->Exec("DELETE FROM chunks"));
+    {
+      MC_ASSIGN_OR_RETURN(Statement put,
+                          db_->Prepare("INSERT OR IGNORE INTO chunks(id, bytes) VALUES(?, ?)"));
+      for (const auto& r : index.refs) {
+        if (old_ids.count(r.id)) continue;
+        MC_ASSIGN_OR_RETURN(std::string bytes, from.LoadChunk(r.id));
+        put.Reset();
+        put.BindBlob(1, r.id).BindBlob(2, bytes);
+        MC_RETURN_IF_ERROR(put.Run());
+      }
+      MC_ASSIGN_OR_RETURN(Statement drop, db_->Prepare("DELETE FROM chunks WHERE id = ?"));
+      for (const auto& id : old_ids) {
+        if (new_ids.count(id)) continue;
+        drop.Reset();
+        drop.BindBlob(1, id);
+        MC_RETURN_IF_ERROR(drop.Run());
+      }
+      MC_ASSIGN_OR_RETURN(Statement head,
+                          db_->Prepare("INSERT OR REPLACE INTO head(id, serial, root, "
+                                       "manifest_index) VALUES(1, ?, ?, ?)"));
+      head.Bind(1, static_cast<int64_t>(serial))
+          .BindBlob(2, index.Root())
+          .BindBlob(3, index.Encode());
+      MC_RETURN_IF_ERROR(head.Run());
+    }
+    MC_RETURN_IF_ERROR(tx.Commit());
+    serial_ = serial;
+    index_ = index;
+    valid_ = true;
+    return Status::Ok();
+  }
+
+ private:
+  explicit ManifestState(std::unique_ptr<Database> db) : db_(std::move(db)) {}
+  std::unique_ptr<Database> db_;
+  uint64_t serial_ = 0;
+  ManifestIndex index_;
+  bool valid_ = false;
+};
+
+// Chunks fetched from the broker, each checked against its id by the
+// reader; kept in memory until they are saved.
+class BrokerChunks : public ChunkSource {
+ public:
+  explicit BrokerChunks(ContentClient& content) : content_(content) {}
+  Result<std::string> LoadChunk(std::string_view id) override {
+    if (auto it = chunks_.find(id); it != chunks_.end()) return it->second;
+    FetchStats stats;
+    MC_ASSIGN_OR_RETURN(std::string bytes,
+                        content_.FetchManifestObject(std::string(id), kMaxChunkBytes, &stats));
+    chunks_.emplace(std::string(id), bytes);
+    return bytes;
+  }
+
+ private:
+  ContentClient& content_;
+  std::map<std::string, std::string, std::less<>> chunks_;
+};
+
+// The manifest the broker holds at its latest serial, fetched chunk by chunk
+// and verified against the root it announced; recorded in `state`.
 Result<Manifest> FetchBrokerManifest(const PublisherOptions& options, zmq::context_t& context,
-                                     uint32_t content_port, const BrokerRepoState& latest) {
+                                     uint32_t content_port, const BrokerRepoState& latest,
+                                     ManifestState& state) {
   if (content_port == 0 || content_port > 65535) {
     return Status::Unavailable("broker " + options.broker.ToString() +
                                " announced no usable content port");
@@ -150,25 +234,78 @@ Result<Manifest> FetchBrokerManifest(const PublisherOptions& options, zmq::conte
   ContentClient content(context, options.broker.WithPort(static_cast<uint16_t>(content_port)),
                         options.repo, content_options);
   FetchStats stats;
-  Result<std::string> bytes = content.FetchManifest(latest.serial, kMaxControlMessageBytes, &stats);
+  Result<std::string> bytes = content.FetchManifestObject(latest.digest, kMaxIndexBytes, &stats);
   if (!bytes.ok()) {
     return BrokerFailure(bytes.status(), options,
-                         "the manifest of serial " + std::to_string(latest.serial));
+                         "the manifest index of serial " + std::to_string(latest.serial));
   }
-  MC_ASSIGN_OR_RETURN(Manifest manifest, Manifest::Parse(*bytes));
-  if (manifest.repo() != options.repo || manifest.serial() != latest.serial) {
-    return Status::Corruption("broker sent the manifest of repo=" + manifest.repo() + " serial=" +
-                              std::to_string(manifest.serial()) + " for repo=" + options.repo +
-                              " serial=" + std::to_string(latest.serial));
-  }
-  if (manifest.Digest() != latest.digest) {
-    return Status::Corruption("the manifest fetched for repo=" + options.repo +
-                              " serial=" + std::to_string(latest.serial) +
-                              " does not match the digest the broker announced");
+  MC_ASSIGN_OR_RETURN(ManifestIndex index, ManifestIndex::Decode(*bytes));
+  BrokerChunks chunks(content);
+  Manifest manifest(options.repo, latest.serial);
+  MC_RETURN_IF_ERROR(
+      ForEachEntry(index, chunks, [&](v1::FileEntry e) {
+        manifest.Put(std::move(e));
+        return Status::Ok();
+      }).WithContext("the broker's manifest of serial " + std::to_string(latest.serial)));
+  if (Status s = state.Save(latest.serial, index, chunks); !s.ok()) {
+    MC_LOG(warning) << "cannot keep the broker's manifest in the state directory: " << s.ToString();
   }
   MC_LOG(info) << "fetched manifest repo=" << options.repo << " serial=" << latest.serial
-               << " entries=" << manifest.size() << " bytes=" << bytes->size();
+               << " entries=" << manifest.size() << " chunks=" << index.refs.size();
   return manifest;
+}
+
+// The previous manifest as a whole, from the state's chunks.
+Result<Manifest> LoadStateManifest(const PublisherOptions& options, uint64_t serial,
+                                   ManifestState& state) {
+  Manifest manifest(options.repo, serial);
+  MC_RETURN_IF_ERROR(ForEachEntry(state.index(), state, [&](v1::FileEntry e) {
+    manifest.Put(std::move(e));
+    return Status::Ok();
+  }));
+  return manifest;
+}
+
+// Stores the manifest objects a publish without its change list refers to:
+// the index and every chunk the broker's previous manifest does not have.
+Status UploadManifest(const PublisherOptions& options, ControlClient& control,
+                      const ManifestIndex& previous, const ManifestIndex& next,
+                      ChunkSource& chunks) {
+  std::set<std::string> known;
+  for (const auto& r : previous.refs) known.insert(r.id);
+  v1::ControlRequest request;
+  size_t bytes = 0;
+  uint64_t sent = 0;
+  auto flush = [&]() -> Status {
+    if (request.put_objects().objects_size() == 0) return Status::Ok();
+    request.mutable_put_objects()->set_repo(options.repo);
+    Result<v1::ControlReply> reply = control.Call(request, options.timeout);
+    if (!reply.ok()) return BrokerFailure(reply.status(), options, "manifest upload");
+    sent += static_cast<uint64_t>(request.put_objects().objects_size());
+    request.Clear();
+    bytes = 0;
+    return Status::Ok();
+  };
+  auto add = [&](std::string object) -> Status {
+    if (bytes + object.size() > kMaxPutObjectsBytes) MC_RETURN_IF_ERROR(flush());
+    bytes += object.size();
+    request.mutable_put_objects()->add_objects(std::move(object));
+    return Status::Ok();
+  };
+  for (const auto& r : next.refs) {
+    if (known.count(r.id)) continue;
+    MC_ASSIGN_OR_RETURN(std::string chunk, chunks.LoadChunk(r.id));
+    MC_RETURN_IF_ERROR(add(std::move(chunk)));
+  }
+  std::string index = next.Encode();
+  if (index.size() > kMaxPutObjectsBytes) {
+    return Status::ResourceExhausted("the manifest index is " + std::to_string(index.size()) +
+                                     " bytes, over the upload limit");
+  }
+  MC_RETURN_IF_ERROR(add(std::move(index)));
+  MC_RETURN_IF_ERROR(flush());
+  MC_LOG(info) << "uploaded manifest objects repo=" << options.repo << " objects=" << sent;
+  return Status::Ok();
 }
 
 struct ScanResult {
@@ -234,20 +371,26 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   outcome.previous_serial = latest.serial;
   outcome.serial = latest.serial;
 
+  Result<std::unique_ptr<ManifestState>> opened_state =
+      ManifestState::Open(StateManifestPath(options));
+  if (!opened_state.ok()) {
+    return Status::InvalidArgument("cannot open " + StateManifestPath(options).string() + ": " +
+                                   opened_state.status().message());
+  }
+  ManifestState& state = **opened_state;
   Manifest previous(options.repo, latest.serial);
+  ManifestIndex previous_index;
   if (latest.serial > 0) {
-    if (std::optional<Manifest> kept = LoadStateManifest(options, latest)) {
-      previous = std::move(*kept);
+    if (state.Matches(latest.serial, latest.digest)) {
+      MC_ASSIGN_OR_RETURN(previous, LoadStateManifest(options, latest.serial, state));
       outcome.previous_from_state = true;
     } else {
-      MC_ASSIGN_OR_RETURN(previous,
-                          FetchBrokerManifest(options, context, hello->content_port(), latest));
-      // A verified copy of the broker's manifest spares the next run the fetch.
-      if (Status s = SaveStateManifest(options, previous); !s.ok()) {
-        MC_LOG(warning) << "cannot keep the broker's manifest in the state directory: "
-                        << s.ToString();
-      }
+      MC_LOG(info) << "the state directory does not hold the broker's latest manifest (serial "
+                   << latest.serial << "); fetching it from the broker";
+      MC_ASSIGN_OR_RETURN(
+          previous, FetchBrokerManifest(options, context, hello->content_port(), latest, state));
     }
+    previous_index = state.index();
   }
 
   MC_ASSIGN_OR_RETURN(ScanResult scan, ScanForChanges(options, previous, paths));
@@ -263,6 +406,15 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
     return outcome;
   }
 
+  // The new root from the chunks the changes fall in.
+  MemoryChunks fresh(&state);
+  MC_ASSIGN_OR_RETURN(ManifestIndex next_index,
+                      ApplyChangesToIndex(previous_index, fresh, changes,
+                                          [&](const ChunkRef& ref, std::string bytes) {
+                                            fresh.Put(ref.id, std::move(bytes));
+                                            return Status::Ok();
+                                          }));
+
   const int64_t now = options.clock->NowUnix();
   v1::SignedPayload payload;
   v1::RepoChanged& event = *payload.mutable_repo_changed();
@@ -271,9 +423,11 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   event.set_previous_serial(latest.serial);
   event.set_published_unix(now);
   event.set_expires_unix(now + options.expiry_days * kSecondsPerDay);
-  event.set_manifest_sha256(next.Digest());
-  event.set_manifest_entries(next.size());
-  for (v1::Change& change : changes) {
+  event.set_manifest_sha256(next_index.Root());
+  event.set_manifest_entries(next_index.entries());
+  event.set_change_count(changes.size());
+  size_t change_bytes = 0;
+  for (const v1::Change& change : changes) {
     switch (change.kind()) {
       case v1::CHANGE_ADDED:
         ++outcome.added;
@@ -287,7 +441,15 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
       default:
         return Status::Internal("DiffManifests produced a change without a kind");
     }
-    *event.add_changes() = std::move(change);
+    change_bytes += change.ByteSizeLong() + 4;
+  }
+  // A change list too large to broadcast is left out: mirrors and the
+  // broker read it from the manifest chunks instead.
+  const bool omit = change_bytes > options.max_inline_change_bytes;
+  if (omit) {
+    event.set_changes_omitted(true);
+  } else {
+    for (v1::Change& change : changes) *event.add_changes() = std::move(change);
   }
   // What every mirror will check; failing here beats a broker refusal.
   MC_RETURN_IF_ERROR(
@@ -295,23 +457,21 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
 
   std::string envelope = SealEnvelope(std::move(payload), *key);
   if (envelope.size() > kMaxEnvelopeBytes) {
-    return Status::ResourceExhausted("the signed event for " + std::to_string(outcome.changes()) +
-                                     " changes is " + std::to_string(envelope.size()) +
-                                     " bytes, over the " + std::to_string(kMaxEnvelopeBytes) +
-                                     "-byte envelope limit; publish in smaller steps");
+    return Status::Internal("the signed event is " + std::to_string(envelope.size()) +
+                            " bytes, over the " + std::to_string(kMaxEnvelopeBytes) +
+                            "-byte envelope limit");
+  }
+  if (omit) {
+    MC_RETURN_IF_ERROR(UploadManifest(options, control, previous_index, next_index, fresh));
   }
   v1::ControlRequest request;
   v1::PublishRequest& publish = *request.mutable_publish();
   publish.set_envelope(std::move(envelope));
-  publish.set_manifest(next.Serialize());
-  if (publish.manifest().size() + publish.envelope().size() > kMaxControlMessageBytes) {
-    return Status::ResourceExhausted("the manifest of repo " + options.repo +
-                                     " is over the control message limit");
-  }
 
   const uint64_t serial = latest.serial + 1;
   MC_LOG(info) << "publishing repo=" << options.repo << " serial=" << serial
-               << " changes=" << outcome.changes() << " entries=" << next.size();
+               << " changes=" << outcome.changes() << (omit ? " (change list left out)" : "")
+               << " entries=" << next.size() << " manifest_chunks=" << next_index.refs.size();
   Result<v1::ControlReply> reply = control.Call(std::move(request), options.timeout);
   if (!reply.ok()) {
     Status failure =
@@ -330,7 +490,7 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   outcome.serial = serial;
   MC_LOG(info) << "published repo=" << options.repo << " serial=" << serial;
 
-  if (Status s = SaveStateManifest(options, next); !s.ok()) {
+  if (Status s = state.Save(serial, next_index, fresh); !s.ok()) {
     // The broker has it; the next run fetches it back from there.
     MC_LOG(warning) << "published, but cannot save the manifest in the state directory: "
                     << s.ToString();

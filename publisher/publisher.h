@@ -7,19 +7,21 @@
 //   2. Hello to the broker: its latest serial and canonical manifest digest
 //      for the repo (an absent repo is serial 0 with an empty manifest);
 //   3. the previous manifest: the copy kept in the state directory when its
-//      serial and digest match the broker's, else the broker's stored one
-//      (fetched from the content socket and checked against the digest);
+//      serial and root match the broker's, else the broker's (its index and
+//      chunks fetched from the content socket, checked against the root);
 //   4. the new manifest: a stat-only scan of the whole tree with a persistent
 //      hash cache, or, with `paths_from`, the previous manifest updated for
 //      just the listed paths;
 //   5. nothing changed -> done, nothing is sent;
-//   6. otherwise sign RepoChanged(serial = latest + 1) and send it with the
-//      new manifest on the control socket; on the broker's confirmation the
-//      new manifest is kept in the state directory.
+//   6. otherwise derive the new manifest root from the chunks the changes
+//      fall in, sign RepoChanged(serial = latest + 1) with the change list
+//      (or, when it is too large, without it after uploading the new chunks
+//      and index) and send it on the control socket; on the broker's
+//      confirmation the new index and chunks are kept in the state directory.
 //
 // State directory layout (one publisher per repo at a time):
-//   <state>/<repo>.manifest      serialized v1::Manifest of the last serial
-//                                this publisher saw confirmed (or verified)
+//   <state>/<repo>.manifest.db   SQLite: the manifest index and chunks of the
+//                                last serial this publisher saw confirmed
 //   <state>/<repo>.hashcache.db  HashCache (SQLite) for the tree scan
 //
 // Not thread-safe; call from one thread. The zmq context may be shared.
@@ -37,6 +39,7 @@
 #include "core/base/status.h"
 #include "core/manifest/scanner.h"
 #include "core/net/endpoint.h"
+#include "core/wire/envelope.h"
 
 namespace mirrorcast {
 
@@ -56,6 +59,9 @@ struct PublisherOptions {
   std::string client_name = "publisher";  // shown in the broker's logs
   ScanOptions scan;
   const Clock* clock = &Clock::Real();  // not owned; outlives Publish()
+  // A change list larger than this (serialized) is left out of the event:
+  // the manifest chunks are uploaded and mirrors diff against them.
+  size_t max_inline_change_bytes = kMaxInlineChangeBytes;
 };
 
 struct PublishOutcome {

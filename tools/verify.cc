@@ -487,8 +487,9 @@ class TreeRepairer : public BrokerLink {
 
   Status StageAndCommit(const Manifest& local, const std::vector<v1::Change>& changes) {
     ApplyStats stats;
+    ManifestTree tree(local);
     // Without content to fetch no broker is needed (content_ stays null).
-    MC_RETURN_IF_ERROR(applier_->Stage(local, changes, content_.get(), &stats));
+    MC_RETURN_IF_ERROR(applier_->Stage(tree, changes, content_.get(), &stats));
     Status s = applier_->Commit(changes);
     if (Status cleared = applier_->ClearStaging(); !cleared.ok() && s.ok()) s = cleared;
     return s;
@@ -644,7 +645,12 @@ int VerifyMain(int argc, char** argv) {
     std::cerr << info.name << ": error: " << local.status().ToString() << "\n";
     return 1;
   }
-  const Manifest& manifest = (*local)->manifest();
+  Result<Manifest> loaded = (*local)->LoadManifest();
+  if (!loaded.ok()) {
+    std::cerr << info.name << ": error: " << loaded.status().ToString() << "\n";
+    return 1;
+  }
+  const Manifest& manifest = *loaded;
   if (auto journal = (*local)->ReadJournal(); journal.ok() && journal->has_value()) {
     std::cerr << info.name << ": warning: an apply of serial " << (*journal)->serial
               << " was interrupted and is not finished (the subscriber finishes it when it "

@@ -5,6 +5,7 @@
 
 #include "core/crypto/sha256.h"
 #include "core/fs/path.h"
+#include "core/manifest/chunks.h"
 
 namespace mirrorcast {
 namespace {
@@ -13,47 +14,6 @@ namespace {
 // version of proto/mirrorcast.proto). Kept here rather than taken from
 // core/wire so the manifest library does not depend on the envelope code.
 constexpr uint32_t kManifestProtocolVersion = 1;
-
-char KindLetter(v1::EntryKind kind) {
-  switch (kind) {
-    case v1::ENTRY_FILE:
-      return 'f';
-    case v1::ENTRY_SYMLINK:
-      return 'l';
-    case v1::ENTRY_DIRECTORY:
-      return 'd';
-    default:
-      return '?';  // never reached for a checked entry
-  }
-}
-
-void AppendOctal(std::string* out, uint32_t value) {
-  char buf[16];
-  int n = 0;
-  do {
-    buf[n++] = static_cast<char>('0' + (value & 7));
-    value >>= 3;
-  } while (value != 0);
-  while (n > 0) out->push_back(buf[--n]);
-}
-
-// One canonical record (see manifest.h and docs/protocol.md).
-void AppendRecord(std::string* out, const v1::FileEntry& e) {
-  out->append(e.path());
-  out->push_back('\0');
-  out->push_back(KindLetter(e.kind()));
-  out->push_back('\0');
-  out->append(std::to_string(e.size()));
-  out->push_back('\0');
-  out->append(ToHex(e.sha256()));
-  out->push_back('\0');
-  AppendOctal(out, e.mode());
-  out->push_back('\0');
-  out->append(std::to_string(e.mtime()));
-  out->push_back('\0');
-  out->append(e.symlink_target());
-  out->push_back('\n');
-}
 
 const char* ChangeKindName(v1::ChangeKind kind) {
   switch (kind) {
@@ -86,14 +46,9 @@ void Manifest::Erase(std::string_view path) {
 }
 
 std::string Manifest::Digest() const {
-  Sha256 hasher;
-  std::string record;
-  for (const auto& [path, entry] : entries_) {
-    record.clear();
-    AppendRecord(&record, entry);
-    hasher.Update(record);
-  }
-  return hasher.Finish();
+  // Entries are valid and sorted here, so building cannot fail.
+  Result<ManifestIndex> index = BuildIndex(*this, nullptr);
+  return index.ok() ? index->Root() : std::string();
 }
 
 v1::Manifest Manifest::ToProto() const {

@@ -1,12 +1,11 @@
 // A repository manifest in memory: every path with its kind, size, SHA-256,
-// mode, mtime and symlink target; its canonical digest; diffs between two.
+// mode, mtime and symlink target; its identity; diffs between two.
 //
-// The canonical digest (docs/protocol.md) is SHA-256 over one record per entry,
-// in bytewise path order:
-//   path '\0' kind-letter(f|l|d) '\0' size '\0' hex(sha256) '\0' octal(mode)
-//   '\0' mtime '\0' symlink_target '\n'
-// with decimal integers. It does not depend on protobuf serialization, so a
-// mirror can recompute it from its own records after applying a change list.
+// Its identity (Digest()) is the root of its chunked form (format v2,
+// core/manifest/chunks.h and docs/protocol.md): what publishers sign. It does
+// not depend on protobuf serialization. Daemons never hold a whole large
+// manifest in memory to handle an update (they work on chunks); this class
+// serves scans, scrubs and tests.
 //
 // Not thread-safe; a Manifest belongs to one thread.
 #pragma once
@@ -41,7 +40,7 @@ class Manifest {
   void Erase(std::string_view path);
   size_t size() const { return entries_.size(); }
 
-  // 32-byte canonical digest (see above).
+  // 32-byte root of the chunked manifest (see above). O(entries).
   std::string Digest() const;
 
   // Protobuf form and back. FromProto validates every entry (CheckEntry),

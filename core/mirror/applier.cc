@@ -103,17 +103,28 @@ Status Applier::ClearStaging(bool keep_content) {
   return Status::Ok();
 }
 
-Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& changes,
+ManifestTree::ManifestTree(const Manifest& manifest) : manifest_(manifest) {
+  for (const auto& [path, entry] : manifest.entries()) {
+    if (entry.kind() == v1::ENTRY_FILE) by_sha_.emplace(entry.sha256(), path);
+  }
+}
+
+Result<std::optional<v1::FileEntry>> ManifestTree::Find(std::string_view path) {
+  const v1::FileEntry* e = manifest_.Find(path);
+  return e ? std::optional<v1::FileEntry>(*e) : std::nullopt;
+}
+
+Result<std::optional<std::string>> ManifestTree::PathWithContent(std::string_view sha256) {
+  auto it = by_sha_.find(sha256);
+  return it == by_sha_.end() ? std::nullopt : std::optional<std::string>(it->second);
+}
+
+Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
                       ContentClient* content, ApplyStats* stats,
                       const std::function<bool()>& should_stop) {
   MC_RETURN_IF_ERROR(ClearStaging(/*keep_content=*/true));
   for (const auto& c : changes) MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
 
-  // Where the mirror already holds each content hash.
-  std::map<std::string, std::string, std::less<>> local_by_sha;
-  for (const auto& [path, entry] : local.entries()) {
-    if (entry.kind() == v1::ENTRY_FILE) local_by_sha.emplace(entry.sha256(), path);
-  }
   std::map<std::string, size_t, std::less<>> staged_by_sha;  // first staged copy of a hash
   std::vector<std::pair<size_t, size_t>> duplicates;         // (index, copy from index)
   std::vector<FileFetch> whole;
@@ -124,7 +135,7 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
     const v1::Change& change = changes[i];
     if (!IsFileChange(change)) continue;
     const v1::FileEntry& entry = change.entry();
-    const v1::FileEntry* old = local.Find(entry.path());
+    MC_ASSIGN_OR_RETURN(const std::optional<v1::FileEntry> old, local.Find(entry.path()));
     if (old && old->kind() == v1::ENTRY_FILE && old->sha256() == entry.sha256()) {
       stats->bytes_reused += entry.size();  // kept in place; Commit() sets mode and mtime
       continue;
@@ -157,17 +168,19 @@ Status Applier::Stage(const Manifest& local, const std::vector<v1::Change>& chan
       }
     }
 
-    if (auto have = local_by_sha.find(entry.sha256()); have != local_by_sha.end()) {
+    MC_ASSIGN_OR_RETURN(const std::optional<std::string> have,
+                        local.PathWithContent(entry.sha256()));
+    if (have) {
       uint64_t copied = 0;
-      Status s = CopyFileContents(options_.tree / have->second, dest, 0600, &copied);
+      Status s = CopyFileContents(options_.tree / *have, dest, 0600, &copied);
       if (s.ok()) s = VerifyFile(dest, entry);
       if (s.ok()) {
         stats->bytes_reused += copied;
         stats->files_reused++;
         continue;
       }
-      MC_LOG(warning) << "cannot reuse " << have->second << " for " << entry.path() << ": "
-                      << s.ToString() << "; fetching it";
+      MC_LOG(warning) << "cannot reuse " << *have << " for " << entry.path() << ": " << s.ToString()
+                      << "; fetching it";
     }
 
     if (content == nullptr) {

@@ -24,7 +24,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/base/status.h"
@@ -34,6 +37,29 @@
 #include "proto/mirrorcast.pb.h"
 
 namespace mirrorcast {
+
+// What a mirror's tree holds, as its recorded manifest says: Stage() asks it
+// about the old version of each path it changes and for local copies of
+// content it needs, so it never needs the whole manifest.
+class LocalTree {
+ public:
+  virtual ~LocalTree() = default;
+  virtual Result<std::optional<v1::FileEntry>> Find(std::string_view path) = 0;
+  // A path whose recorded content has this SHA-256, if any.
+  virtual Result<std::optional<std::string>> PathWithContent(std::string_view sha256) = 0;
+};
+
+// A LocalTree over an in-memory manifest (verify, tests).
+class ManifestTree : public LocalTree {
+ public:
+  explicit ManifestTree(const Manifest& manifest);
+  Result<std::optional<v1::FileEntry>> Find(std::string_view path) override;
+  Result<std::optional<std::string>> PathWithContent(std::string_view sha256) override;
+
+ private:
+  const Manifest& manifest_;
+  std::map<std::string, std::string, std::less<>> by_sha_;
+};
 
 struct ApplyStats {
   uint64_t bytes_fetched = 0;    // whole-file and delta bytes received
@@ -67,9 +93,8 @@ class Applier {
   // what the tree holds now. `content` fetches from the broker; it may be
   // null when every file's content is already at hand (Stage then fails if
   // something must be fetched after all).
-  Status Stage(const Manifest& local, const std::vector<v1::Change>& changes,
-               ContentClient* content, ApplyStats* stats,
-               const std::function<bool()>& should_stop = nullptr);
+  Status Stage(LocalTree& local, const std::vector<v1::Change>& changes, ContentClient* content,
+               ApplyStats* stats, const std::function<bool()>& should_stop = nullptr);
 
   // Moves staged content into the tree in the safe order, fsyncs, and
   // removes what the change list deletes. Idempotent; see above.

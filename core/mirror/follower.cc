@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <climits>
+#include <map>
 #include <system_error>
 
 #include "core/base/log.h"
@@ -23,7 +24,6 @@ namespace {
 
 constexpr Millis kControlTimeout{5000};
 constexpr uint32_t kEventsPerRequest = 100;
-constexpr size_t kMaxManifestBytes = kMaxControlMessageBytes;
 
 // Replaying more events than this costs more than one manifest download.
 constexpr size_t kMaxReplayChanges = 200000;
@@ -174,16 +174,24 @@ Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should
     // Verify what the log gives; stop at the first bad event.
     std::vector<v1::RepoChanged> chain;
     size_t total_changes = 0;
+    bool omitted = false;
     for (const auto& envelope : reply.envelopes()) {
       auto event = Verify(envelope);
       if (!event.ok()) {
         Reject(0, event.status());
         return event.status();
       }
-      total_changes += static_cast<size_t>(event->changes_size());
+      total_changes += static_cast<size_t>(event->change_count());
+      omitted = omitted || event->changes_omitted();
       chain.push_back(std::move(*event));
     }
     const bool contiguous = !chain.empty() && chain.front().previous_serial() == local;
+    if (contiguous && omitted && !reply.gap()) {
+      // A change list too large to carry: diff the manifest of the newest
+      // event the log gave against this mirror's (verified chunk by chunk).
+      MC_RETURN_IF_ERROR(JumpTo(broker, chain.back(), should_stop));
+      continue;
+    }
     if (contiguous && !reply.gap() && total_changes <= kMaxReplayChanges) {
       Status s = ApplyChain(broker, chain, should_stop);
       if (s.ok()) continue;  // more may have arrived meanwhile
@@ -206,18 +214,25 @@ Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should
 
 Status Follower::ApplyChain(BrokerLink& broker, const std::vector<v1::RepoChanged>& chain,
                             const std::function<bool()>& should_stop) {
-  // Each signed change list must take the manifest to its signed digest
-  // (mix-and-match defence) before any byte is fetched. A mirror whose tree
-  // differs (adopted from a scan, or repaired) jumps to the manifest instead.
-  Manifest next = state_->manifest();
+  // Each signed change list must take the manifest to its signed root
+  // (mix-and-match defence) before any byte is fetched; only the chunks the
+  // changes fall in are read. A mirror whose tree differs (adopted from a
+  // scan, or repaired) jumps to the manifest instead.
+  MemoryChunks derived(&state_->chunks());
+  auto keep = [&](const ChunkRef& ref, std::string bytes) {
+    derived.Put(ref.id, std::move(bytes));
+    return Status::Ok();
+  };
+  ManifestIndex index = state_->index();
   for (const auto& event : chain) {
-    Status applies = next.ApplyChanges(event.changes());
-    if (!applies.ok() || next.Digest() != event.manifest_sha256()) {
+    auto next = ApplyChangesToIndex(index, derived, event.changes(), keep);
+    if (!next.ok() || next->Root() != event.manifest_sha256()) {
       return Status::FailedPrecondition(
           "event " + std::to_string(event.serial()) +
           " does not fit this mirror's tree at serial " + std::to_string(state_->serial()) +
-          (applies.ok() ? " (manifest digest differs)" : ": " + applies.message()));
+          (next.ok() ? " (manifest root differs)" : ": " + next.status().message()));
     }
+    index = std::move(*next);
   }
   // Several serials behind: the chain is squashed into one apply of its net
   // change list, so content replaced in between is never fetched.
@@ -226,52 +241,98 @@ Status Follower::ApplyChain(BrokerLink& broker, const std::vector<v1::RepoChange
   if (chain.size() == 1) {
     changes.assign(last.changes().begin(), last.changes().end());
   } else {
-    changes = DiffManifests(state_->manifest(), next);
+    MC_RETURN_IF_ERROR(
+        DiffIndexes(state_->index(), state_->chunks(), index, derived, [&](v1::Change c) {
+          changes.push_back(std::move(c));
+          return Status::Ok();
+        }));
   }
-  return ApplyChanges(broker, last.serial(), last.manifest_sha256(), std::move(next), changes,
-                      should_stop);
+  return ApplyChanges(broker, last.serial(), last.manifest_sha256(),
+                      AppliedManifest{std::move(index), &derived}, changes, should_stop);
 }
+
+namespace {
+
+// Manifest chunks fetched from a broker's content socket as they are asked
+// for (each checked against its id by the reader), kept for the record.
+class FetchedChunks : public ChunkSource {
+ public:
+  FetchedChunks(ContentClient& content, ChunkSource& local) : content_(content), local_(local) {}
+  Result<std::string> LoadChunk(std::string_view id) override {
+    if (auto have = fetched_.find(id); have != fetched_.end()) return have->second;
+    if (auto mine = local_.LoadChunk(id); mine.ok()) return mine;
+    MC_ASSIGN_OR_RETURN(std::string bytes,
+                        content_.FetchManifestObject(std::string(id), kMaxChunkBytes, &stats));
+    fetched_.emplace(std::string(id), bytes);
+    return bytes;
+  }
+  FetchStats stats;
+
+ private:
+  ContentClient& content_;
+  ChunkSource& local_;
+  std::map<std::string, std::string, std::less<>> fetched_;
+};
+
+}  // namespace
 
 Status Follower::JumpTo(BrokerLink& broker, const v1::RepoChanged& event,
                         const std::function<bool()>& should_stop) {
   FetchStats stats;
-  auto bytes = broker.content().FetchManifest(event.serial(), kMaxManifestBytes, &stats);
-  if (!bytes.ok()) {
+  auto fail = [&](const Status& why) {
     ApplyStats none;
     none.bytes_fetched = stats.bytes_fetched;
     Ack(v1::ACK_FAILED, event.serial(), none, 0.0,
-        "manifest " + std::to_string(event.serial()) + ": " + bytes.status().ToString());
-    return bytes.status();
-  }
-  auto target = Manifest::Parse(*bytes);
-  if (!target.ok()) {
-    Reject(event.serial(), target.status());
-    return target.status();
-  }
-  if (target->repo() != options_.repo || target->serial() != event.serial() ||
-      target->Digest() != event.manifest_sha256()) {
-    Status why = Status::Rejected("manifest " + std::to_string(event.serial()) +
-                                  " does not match the signed event (mix-and-match)");
-    Reject(event.serial(), why);
+        "manifest " + std::to_string(event.serial()) + ": " + why.ToString());
     return why;
+  };
+  // The index is named by the signed root: what arrives is what was signed.
+  auto mismatch = [&](const Status& why) {
+    Status rejected =
+        Status::Rejected("manifest of serial " + std::to_string(event.serial()) +
+                         " does not match the signed event (mix-and-match): " + why.message());
+    Reject(event.serial(), rejected);
+    return rejected;
+  };
+  auto bytes =
+      broker.content().FetchManifestObject(event.manifest_sha256(), kMaxIndexBytes, &stats);
+  if (!bytes.ok()) {
+    return bytes.status().code() == Status::Code::kCorruption ? mismatch(bytes.status())
+                                                              : fail(bytes.status());
   }
-  std::vector<v1::Change> changes = DiffManifests(state_->manifest(), *target);
+  auto target = ManifestIndex::Decode(*bytes);
+  if (!target.ok()) return mismatch(target.status());
+  if (target->entries() != event.manifest_entries()) {
+    return mismatch(Status::Corruption("it has " + std::to_string(target->entries()) +
+                                       " entries, the event " +
+                                       std::to_string(event.manifest_entries())));
+  }
+  FetchedChunks remote(broker.content(), state_->chunks());
+  std::vector<v1::Change> changes;
+  Status diffed =
+      DiffIndexes(state_->index(), state_->chunks(), *target, remote, [&](v1::Change c) {
+        changes.push_back(std::move(c));
+        return Status::Ok();
+      });
+  stats.bytes_fetched += remote.stats.bytes_fetched;
+  if (!diffed.ok()) {
+    return diffed.code() == Status::Code::kCorruption ? mismatch(diffed) : fail(diffed);
+  }
   MC_LOG(info) << "jumping from serial " << state_->serial() << " to " << event.serial() << " ("
-               << changes.size() << " changes)";
-  return ApplyChanges(broker, event.serial(), event.manifest_sha256(), std::move(*target), changes,
-                      should_stop);
+               << changes.size() << " changes, " << target->refs.size() << " manifest chunks)";
+  return ApplyChanges(broker, event.serial(), event.manifest_sha256(),
+                      AppliedManifest{std::move(*target), &remote}, changes, should_stop);
 }
 
 Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::string& digest,
-                              Manifest target, const std::vector<v1::Change>& changes,
+                              const AppliedManifest& target, const std::vector<v1::Change>& changes,
                               const std::function<bool()>& should_stop) {
   const auto started = SteadyClock::now();
   ApplyStats stats;
   auto seconds = [&] {
     return std::chrono::duration<double>(SteadyClock::now() - started).count();
   };
-  Status staged =
-      applier_->Stage(state_->manifest(), changes, &broker.content(), &stats, should_stop);
+  Status staged = applier_->Stage(*state_, changes, &broker.content(), &stats, should_stop);
   if (!staged.ok()) {
     MC_LOG(error) << "apply of serial " << serial << " failed: " << staged.ToString()
                   << " (tree stays at serial " << state_->serial() << ")";
@@ -289,7 +350,7 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
   if (s.ok()) s = applier_->Commit(changes);
   const v1::Ack applied = MakeAck(v1::ACK_APPLIED, serial, serial, stats, seconds(), "");
   if (s.ok()) {
-    s = state_->CommitApply(serial, digest, changes, &applied, DeleteAfter(), std::move(target));
+    s = state_->CommitApply(serial, digest, changes, &applied, DeleteAfter(), target);
   }
   if (!s.ok()) {
     // The journal stays: the next attempt (or restart) finishes this apply.
@@ -357,7 +418,12 @@ void Follower::SweepDeletions() {
     return;
   }
   for (const auto& d : *due) {
-    if (state_->manifest().Find(d.path) == nullptr) {
+    auto now_there = state_->Find(d.path);
+    if (!now_there.ok()) {
+      MC_LOG(warning) << "deferred deletion of " << d.path << ": " << now_there.status().ToString();
+      continue;
+    }
+    if (!now_there->has_value()) {
       if (Status s = applier_->Remove(d.path, d.kind); !s.ok()) {
         MC_LOG(warning) << "deferred deletion of " << d.path << ": " << s.ToString();
         continue;  // tried again on the next sweep

@@ -127,9 +127,9 @@ class Follower {
   Status JumpTo(BrokerLink& broker, const v1::RepoChanged& event,
                 const std::function<bool()>& should_stop);
   // `target`: the manifest that `changes` turn this mirror's into, its
-  // digest already checked against the signed one.
+  // root already checked against the signed one.
   Status ApplyChanges(BrokerLink& broker, uint64_t serial, const std::string& digest,
-                      Manifest target, const std::vector<v1::Change>& changes,
+                      const AppliedManifest& target, const std::vector<v1::Change>& changes,
                       const std::function<bool()>& should_stop);
   v1::Ack MakeAck(v1::AckState state, uint64_t serial, uint64_t target, const ApplyStats& stats,
                   double seconds, const std::string& error) const;

@@ -1,22 +1,55 @@
 #include "core/mirror/mirror_state.h"
 
+#include <set>
 #include <system_error>
+
+#include "core/base/log.h"
+#include "core/crypto/sha256.h"
 
 namespace mirrorcast {
 
 namespace fs = std::filesystem;
 
-Result<std::unique_ptr<MirrorState>> MirrorState::Open(const fs::path& state_dir,
-                                                       const std::string& repo) {
-  std::error_code ec;
-  fs::create_directories(state_dir, ec);
-  if (ec) return Status::IoError("create " + state_dir.string() + ": " + ec.message());
-  MC_ASSIGN_OR_RETURN(auto db, Database::Open(state_dir / "subscriber.db"));
-  MC_RETURN_IF_ERROR(db->Exec(R"sql(
+namespace {
+
+// 2: chunked manifests (format v2). Older states are dropped and rebuilt.
+constexpr int64_t kSchemaVersion = 2;
+
+Status CreateSchema(Database& db) {
+  Result<Statement> version = db.Prepare("PRAGMA user_version");
+  if (!version.ok()) return version.status();
+  MC_ASSIGN_OR_RETURN(bool row, version->Step());
+  const int64_t have = row ? version->ColumnInt(0) : 0;
+  version->Reset();
+  if (have != kSchemaVersion) {
+    // Version 1 recorded whole-manifest digests that mean nothing now. The
+    // tree itself is kept: the follower rescans and adopts it.
+    Result<Statement> any =
+        db.Prepare("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'head'");
+    if (!any.ok()) return any.status();
+    MC_ASSIGN_OR_RETURN(bool has_row, any->Step());
+    if (has_row && any->ColumnInt(0) > 0) {
+      MC_LOG(warning) << "state was written by an older mirrorcast; rebuilding it from the tree "
+                         "(files already there are reused, not fetched)";
+    }
+    any->Reset();
+    MC_RETURN_IF_ERROR(db.Exec(R"sql(
+      DROP TABLE IF EXISTS head;
+      DROP TABLE IF EXISTS entries;
+      DROP TABLE IF EXISTS chunks;
+      DROP TABLE IF EXISTS journal;
+    )sql"));
+  }
+  MC_RETURN_IF_ERROR(db.Exec(R"sql(
     CREATE TABLE IF NOT EXISTS head(
-      repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, manifest_sha256 BLOB NOT NULL);
+      repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, manifest_sha256 BLOB NOT NULL,
+      manifest_index BLOB NOT NULL);
     CREATE TABLE IF NOT EXISTS entries(
-      repo TEXT NOT NULL, path TEXT NOT NULL, entry BLOB NOT NULL, PRIMARY KEY(repo, path));
+      repo TEXT NOT NULL, path TEXT NOT NULL, entry BLOB NOT NULL, sha256 BLOB,
+      PRIMARY KEY(repo, path));
+    CREATE INDEX IF NOT EXISTS entries_by_sha256 ON entries(repo, sha256) WHERE sha256 IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS chunks(
+      repo TEXT NOT NULL, id BLOB NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY(repo, id));
     CREATE TABLE IF NOT EXISTS journal(
       repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, manifest_sha256 BLOB NOT NULL,
       changes BLOB NOT NULL);
@@ -26,6 +59,24 @@ Result<std::unique_ptr<MirrorState>> MirrorState::Open(const fs::path& state_dir
     CREATE TABLE IF NOT EXISTS pending_acks(
       id INTEGER PRIMARY KEY AUTOINCREMENT, ack BLOB NOT NULL);
   )sql"));
+  return db.Exec("PRAGMA user_version = " + std::to_string(kSchemaVersion));
+}
+
+Result<v1::FileEntry> ParseEntry(const std::string& blob) {
+  v1::FileEntry entry;
+  if (!entry.ParseFromString(blob)) return Status::Corruption("unreadable entry in state");
+  return entry;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<MirrorState>> MirrorState::Open(const fs::path& state_dir,
+                                                       const std::string& repo) {
+  std::error_code ec;
+  fs::create_directories(state_dir, ec);
+  if (ec) return Status::IoError("create " + state_dir.string() + ": " + ec.message());
+  MC_ASSIGN_OR_RETURN(auto db, Database::Open(state_dir / "subscriber.db"));
+  MC_RETURN_IF_ERROR(CreateSchema(*db));
   std::unique_ptr<MirrorState> state(new MirrorState(repo, std::move(db)));
   MC_RETURN_IF_ERROR(state->Load());
   return state;
@@ -37,9 +88,7 @@ Result<std::vector<std::string>> MirrorState::RecordedRepos(const fs::path& stat
     return Status::NotFound(state_dir.string() + " holds no subscriber.db");
   }
   MC_ASSIGN_OR_RETURN(auto db, Database::Open(state_dir / "subscriber.db"));
-  MC_RETURN_IF_ERROR(
-      db->Exec("CREATE TABLE IF NOT EXISTS head(repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, "
-               "manifest_sha256 BLOB NOT NULL)"));
+  MC_RETURN_IF_ERROR(CreateSchema(*db));
   MC_ASSIGN_OR_RETURN(Statement st, db->Prepare("SELECT repo FROM head ORDER BY repo"));
   std::vector<std::string> repos;
   for (;;) {
@@ -51,62 +100,147 @@ Result<std::vector<std::string>> MirrorState::RecordedRepos(const fs::path& stat
 }
 
 Status MirrorState::Load() {
-  manifest_ = Manifest(repo_, 0);
-  {
-    MC_ASSIGN_OR_RETURN(Statement st,
-                        db_->Prepare("SELECT serial, manifest_sha256 FROM head WHERE repo = ?"));
-    st.Bind(1, repo_);
-    MC_ASSIGN_OR_RETURN(bool row, st.Step());
-    if (row) {
-      initialized_ = true;
-      manifest_.set_serial(static_cast<uint64_t>(st.ColumnInt(0)));
-      digest_ = st.ColumnBlob(1);
-    }
+  MC_ASSIGN_OR_RETURN(
+      Statement st,
+      db_->Prepare("SELECT serial, manifest_sha256, manifest_index FROM head WHERE repo = ?"));
+  st.Bind(1, repo_);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return Status::Ok();
+  serial_ = static_cast<uint64_t>(st.ColumnInt(0));
+  digest_ = st.ColumnBlob(1);
+  const std::string index_bytes = st.ColumnBlob(2);
+  auto index = ManifestIndex::Decode(index_bytes);
+  if (!index.ok() || index->Root() != digest_) {
+    return Status::Corruption(
+        "recorded manifest index does not match its root; remove the state "
+        "directory to rebuild it from the tree");
   }
-  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT entry FROM entries WHERE repo = ?"));
+  index_ = std::move(*index);
+  initialized_ = true;
+  return Status::Ok();
+}
+
+Result<std::string> MirrorState::StoredChunks::LoadChunk(std::string_view id) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_.Prepare("SELECT bytes FROM chunks WHERE repo = ? AND id = ?"));
+  st.Bind(1, repo_).BindBlob(2, id);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return Status::NotFound("manifest chunk " + ToHex(id) + " is not in the state");
+  return st.ColumnBlob(0);
+}
+
+Result<std::optional<v1::FileEntry>> MirrorState::Find(std::string_view path) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT entry FROM entries WHERE repo = ? AND path = ?"));
+  st.Bind(1, repo_).Bind(2, path);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return std::optional<v1::FileEntry>();
+  MC_ASSIGN_OR_RETURN(v1::FileEntry entry, ParseEntry(st.ColumnBlob(0)));
+  return std::optional<v1::FileEntry>(std::move(entry));
+}
+
+Result<std::optional<std::string>> MirrorState::PathWithContent(std::string_view sha256) {
+  MC_ASSIGN_OR_RETURN(
+      Statement st,
+      db_->Prepare("SELECT path FROM entries WHERE repo = ? AND sha256 = ? ORDER BY path LIMIT 1"));
+  st.Bind(1, repo_).BindBlob(2, sha256);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return std::optional<std::string>();
+  return std::optional<std::string>(st.ColumnText(0));
+}
+
+Result<Manifest> MirrorState::LoadManifest() {
+  Manifest manifest(repo_, serial_);
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT entry FROM entries WHERE repo = ? ORDER BY path"));
   st.Bind(1, repo_);
   for (;;) {
     MC_ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
-    v1::FileEntry entry;
-    const std::string blob = st.ColumnBlob(0);
-    if (!entry.ParseFromString(blob)) return Status::Corruption("unreadable entry in state");
-    manifest_.Put(std::move(entry));
+    MC_ASSIGN_OR_RETURN(v1::FileEntry entry, ParseEntry(st.ColumnBlob(0)));
+    manifest.Put(std::move(entry));
   }
-  if (initialized_ && manifest_.Digest() != digest_) {
-    return Status::Corruption(
-        "recorded manifest does not match its digest; remove the state "
-        "directory to rebuild it from the tree");
+  if (manifest.size() != index_.entries()) {
+    return Status::Corruption("recorded entries (" + std::to_string(manifest.size()) +
+                              ") do not match the manifest index (" +
+                              std::to_string(index_.entries()) + ")");
   }
-  return Status::Ok();
+  return manifest;
 }
 
-Status MirrorState::Adopt(Manifest scanned) {
+Status MirrorState::StoreManifest(uint64_t serial, const std::string& digest,
+                                  const ManifestIndex& index, ChunkSource& from) {
+  std::set<std::string> old_ids, new_ids;
+  for (const auto& r : index_.refs) old_ids.insert(r.id);
+  for (const auto& r : index.refs) new_ids.insert(r.id);
+  {
+    MC_ASSIGN_OR_RETURN(Statement put, db_->Prepare("INSERT OR IGNORE INTO chunks(repo, id, "
+                                                    "bytes) VALUES(?, ?, ?)"));
+    for (const auto& r : index.refs) {
+      if (old_ids.count(r.id)) continue;
+      MC_ASSIGN_OR_RETURN(std::string bytes, from.LoadChunk(r.id));
+      if (Sha256Of(bytes) != r.id) {
+        return Status::Corruption("manifest chunk " + ToHex(r.id) + " does not match its id");
+      }
+      put.Reset();
+      put.Bind(1, repo_).BindBlob(2, r.id).BindBlob(3, bytes);
+      MC_RETURN_IF_ERROR(put.Run());
+    }
+  }
+  {
+    MC_ASSIGN_OR_RETURN(Statement drop,
+                        db_->Prepare("DELETE FROM chunks WHERE repo = ? AND id = ?"));
+    for (const auto& id : old_ids) {
+      if (new_ids.count(id)) continue;
+      drop.Reset();
+      drop.Bind(1, repo_).BindBlob(2, id);
+      MC_RETURN_IF_ERROR(drop.Run());
+    }
+  }
+  MC_ASSIGN_OR_RETURN(Statement head,
+                      db_->Prepare("INSERT OR REPLACE INTO head(repo, serial, manifest_sha256, "
+                                   "manifest_index) VALUES(?, ?, ?, ?)"));
+  head.Bind(1, repo_).Bind(2, static_cast<int64_t>(serial)).BindBlob(3, digest);
+  head.BindBlob(4, index.Encode());
+  return head.Run();
+}
+
+Status MirrorState::Adopt(const Manifest& scanned) {
+  MemoryChunks built;
+  MC_ASSIGN_OR_RETURN(ManifestIndex index,
+                      BuildIndex(scanned, [&](const ChunkRef& ref, std::string bytes) {
+                        built.Put(ref.id, std::move(bytes));
+                        return Status::Ok();
+                      }));
+  const std::string digest = index.Root();
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
   {
     MC_ASSIGN_OR_RETURN(Statement del, db_->Prepare("DELETE FROM entries WHERE repo = ?"));
     del.Bind(1, repo_);
     MC_RETURN_IF_ERROR(del.Run());
-    MC_ASSIGN_OR_RETURN(Statement ins,
-                        db_->Prepare("INSERT INTO entries(repo, path, entry) VALUES(?, ?, ?)"));
+    MC_ASSIGN_OR_RETURN(Statement chunks, db_->Prepare("DELETE FROM chunks WHERE repo = ?"));
+    chunks.Bind(1, repo_);
+    MC_RETURN_IF_ERROR(chunks.Run());
+    MC_ASSIGN_OR_RETURN(Statement ins, db_->Prepare("INSERT INTO entries(repo, path, entry, "
+                                                    "sha256) VALUES(?, ?, ?, ?)"));
     for (const auto& [path, entry] : scanned.entries()) {
       ins.Reset();
       ins.Bind(1, repo_).Bind(2, path).BindBlob(3, entry.SerializeAsString());
+      if (entry.kind() == v1::ENTRY_FILE) {
+        ins.BindBlob(4, entry.sha256());
+      } else {
+        ins.BindNull(4);
+      }
       MC_RETURN_IF_ERROR(ins.Run());
     }
-    const std::string digest = scanned.Digest();
-    MC_ASSIGN_OR_RETURN(Statement head,
-                        db_->Prepare("INSERT OR REPLACE INTO head(repo, serial, manifest_sha256) "
-                                     "VALUES(?, 0, ?)"));
-    head.Bind(1, repo_).BindBlob(2, digest);
-    MC_RETURN_IF_ERROR(head.Run());
-    MC_RETURN_IF_ERROR(tx.Commit());
-    digest_ = digest;
+    index_ = ManifestIndex{};  // every chunk is new
+    MC_RETURN_IF_ERROR(StoreManifest(0, digest, index, built));
   }
-  scanned.set_repo(repo_);
-  scanned.set_serial(0);
-  manifest_ = std::move(scanned);
+  MC_RETURN_IF_ERROR(tx.Commit());
+  serial_ = 0;
+  digest_ = digest;
+  index_ = std::move(index);
   initialized_ = true;
   return Status::Ok();
 }
@@ -141,21 +275,30 @@ Result<std::optional<Journal>> MirrorState::ReadJournal() {
 
 Status MirrorState::CommitApply(uint64_t serial, const std::string& digest,
                                 const std::vector<v1::Change>& changes, const v1::Ack* ack,
-                                int64_t delete_after_unix, std::optional<Manifest> applied) {
-  if (!applied) {
-    applied = manifest_;
-    google::protobuf::RepeatedPtrField<v1::Change> list(changes.begin(), changes.end());
-    MC_RETURN_IF_ERROR(applied->ApplyChanges(list));
-    if (applied->Digest() != digest) {
-      return Status::Corruption("applied changes do not give the signed manifest digest");
+                                int64_t delete_after_unix,
+                                const std::optional<AppliedManifest>& applied) {
+  MemoryChunks derived(&chunks_);
+  ManifestIndex next;
+  ChunkSource* next_chunks = nullptr;
+  if (applied) {
+    next = applied->index;
+    next_chunks = applied->chunks;
+  } else {
+    MC_ASSIGN_OR_RETURN(next, ApplyChangesToIndex(index_, chunks_, changes,
+                                                  [&](const ChunkRef& ref, std::string bytes) {
+                                                    derived.Put(ref.id, std::move(bytes));
+                                                    return Status::Ok();
+                                                  }));
+    if (next.Root() != digest) {
+      return Status::Corruption("applied changes do not give the signed manifest root");
     }
+    next_chunks = &derived;
   }
-  Manifest& next = *applied;
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
   {
     MC_ASSIGN_OR_RETURN(Statement put, db_->Prepare("INSERT OR REPLACE INTO entries(repo, path, "
-                                                    "entry) VALUES(?, ?, ?)"));
+                                                    "entry, sha256) VALUES(?, ?, ?, ?)"));
     MC_ASSIGN_OR_RETURN(Statement del,
                         db_->Prepare("DELETE FROM entries WHERE repo = ? AND path = ?"));
     MC_ASSIGN_OR_RETURN(Statement defer,
@@ -177,26 +320,27 @@ Status MirrorState::CommitApply(uint64_t serial, const std::string& digest,
       } else {
         put.Reset();
         put.Bind(1, repo_).Bind(2, c.entry().path()).BindBlob(3, c.entry().SerializeAsString());
+        if (c.entry().kind() == v1::ENTRY_FILE) {
+          put.BindBlob(4, c.entry().sha256());
+        } else {
+          put.BindNull(4);
+        }
         MC_RETURN_IF_ERROR(put.Run());
         undefer.Reset();
         undefer.Bind(1, repo_).Bind(2, c.entry().path());
         MC_RETURN_IF_ERROR(undefer.Run());
       }
     }
-    MC_ASSIGN_OR_RETURN(Statement head,
-                        db_->Prepare("INSERT OR REPLACE INTO head(repo, serial, manifest_sha256) "
-                                     "VALUES(?, ?, ?)"));
-    head.Bind(1, repo_).Bind(2, static_cast<int64_t>(serial)).BindBlob(3, digest);
-    MC_RETURN_IF_ERROR(head.Run());
+    MC_RETURN_IF_ERROR(StoreManifest(serial, digest, next, *next_chunks));
     MC_ASSIGN_OR_RETURN(Statement journal, db_->Prepare("DELETE FROM journal WHERE repo = ?"));
     journal.Bind(1, repo_);
     MC_RETURN_IF_ERROR(journal.Run());
     if (ack != nullptr) MC_RETURN_IF_ERROR(QueueAck(*ack));
   }
   MC_RETURN_IF_ERROR(tx.Commit());
-  next.set_serial(serial);
-  manifest_ = std::move(next);
+  serial_ = serial;
   digest_ = digest;
+  index_ = std::move(next);
   initialized_ = true;
   return Status::Ok();
 }

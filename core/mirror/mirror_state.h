@@ -1,11 +1,22 @@
 // A mirror's durable record of what its tree holds (<state>/subscriber.db):
-// the serial and manifest digest of its repo, every entry of that manifest,
-// the journal of an apply in progress, and ACKs not yet confirmed.
+// per repo, the serial and manifest root, the manifest index and the chunks
+// it names (format v2, core/manifest/chunks.h), every entry indexed by path
+// and by content hash, the journal of an apply in progress, deferred
+// deletions and ACKs not yet confirmed.
+//
+// Nothing here holds the whole manifest in memory: lookups are indexed
+// SQLite reads, and an apply of k changes writes O(k) entry rows and the
+// few chunks that changed. Only the index (about 100 bytes per 1000
+// entries) is kept in memory.
 //
 // The journal makes applies resumable: it is written (durably) once all
 // content is staged and before the tree is touched, and removed in the same
 // transaction that records the new serial. If it is present at start-up, the
 // apply was interrupted and Applier::Commit() is run again from it.
+//
+// A state written by format v1 (no manifest index) is dropped on open and
+// rebuilt by the follower from a scan of the tree, which reuses every file
+// already there.
 //
 // Owned by one thread (the follower's); not thread-safe.
 #pragma once
@@ -18,7 +29,9 @@
 #include <vector>
 
 #include "core/base/status.h"
+#include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
+#include "core/mirror/applier.h"
 #include "core/store/sqlite.h"
 #include "proto/mirrorcast.pb.h"
 
@@ -26,11 +39,19 @@ namespace mirrorcast {
 
 struct Journal {
   uint64_t serial = 0;              // the serial being applied
-  std::string manifest_sha256;      // its canonical digest
+  std::string manifest_sha256;      // its manifest root
   std::vector<v1::Change> changes;  // the change list being applied
 };
 
-class MirrorState {
+// The manifest an apply leads to, when the caller has already derived it and
+// checked its root: the new index, and a source holding every chunk of it
+// that the current manifest lacks.
+struct AppliedManifest {
+  ManifestIndex index;
+  ChunkSource* chunks = nullptr;
+};
+
+class MirrorState : public LocalTree {
  public:
   static Result<std::unique_ptr<MirrorState>> Open(const std::filesystem::path& state_dir,
                                                    const std::string& repo);
@@ -39,13 +60,24 @@ class MirrorState {
 
   // False until the first apply (or an adopted scan) is recorded.
   bool initialized() const { return initialized_; }
-  const Manifest& manifest() const { return manifest_; }
-  uint64_t serial() const { return manifest_.serial(); }
+  uint64_t serial() const { return serial_; }
   const std::string& digest() const { return digest_; }
+  const ManifestIndex& index() const { return index_; }
+  uint64_t entries() const { return index_.entries(); }
+  // The chunks of the recorded manifest.
+  ChunkSource& chunks() { return chunks_; }
+
+  // LocalTree: what the recorded manifest says of a path, and a path whose
+  // recorded content has a given SHA-256.
+  Result<std::optional<v1::FileEntry>> Find(std::string_view path) override;
+  Result<std::optional<std::string>> PathWithContent(std::string_view sha256) override;
+
+  // The recorded manifest, whole, in memory (for a full scrub).
+  Result<Manifest> LoadManifest();
 
   // Adopts `scanned` (a scan of the existing tree at serial 0) as the local
   // manifest, so content already there can be reused.
-  Status Adopt(Manifest scanned);
+  Status Adopt(const Manifest& scanned);
 
   Status WriteJournal(const Journal& journal);
   Result<std::optional<Journal>> ReadJournal();
@@ -55,12 +87,13 @@ class MirrorState {
   // transaction: a crash can never record the serial but lose its ACK.
   // With `delete_after_unix` > 0 the deleted paths stay in the tree and are
   // recorded as deferred deletions due at that time (re-added paths are
-  // taken off that list).
-  // `applied`, when the caller already has it, is the recorded manifest with
-  // `changes` applied and its digest checked; otherwise it is computed here.
+  // taken off that list). `applied`, when given, is the resulting manifest
+  // already derived and checked; otherwise it is derived here from the
+  // recorded chunks and its root checked against `digest`.
   Status CommitApply(uint64_t serial, const std::string& digest,
                      const std::vector<v1::Change>& changes, const v1::Ack* ack = nullptr,
-                     int64_t delete_after_unix = 0, std::optional<Manifest> applied = {});
+                     int64_t delete_after_unix = 0,
+                     const std::optional<AppliedManifest>& applied = std::nullopt);
 
   // Deferred deletions (grace period), oldest due first.
   struct DeferredDeletion {
@@ -78,14 +111,31 @@ class MirrorState {
   Status DropAck(int64_t id);
 
  private:
+  class StoredChunks : public ChunkSource {
+   public:
+    StoredChunks(Database& db, const std::string& repo) : db_(db), repo_(repo) {}
+    Result<std::string> LoadChunk(std::string_view id) override;
+
+   private:
+    Database& db_;
+    const std::string& repo_;
+  };
+
   MirrorState(std::string repo, std::unique_ptr<Database> db)
-      : repo_(std::move(repo)), db_(std::move(db)) {}
+      : repo_(std::move(repo)), db_(std::move(db)), chunks_(*db_, repo_) {}
   Status Load();
+  // Writes the head row and the chunks `index` names that `from` holds and
+  // the store lacks, and drops stored chunks `index` no longer names. Inside
+  // the caller's transaction.
+  Status StoreManifest(uint64_t serial, const std::string& digest, const ManifestIndex& index,
+                       ChunkSource& from);
 
   std::string repo_;
   std::unique_ptr<Database> db_;
-  Manifest manifest_;
+  StoredChunks chunks_;
+  uint64_t serial_ = 0;
   std::string digest_;
+  ManifestIndex index_;
   bool initialized_ = false;
 };
 

@@ -335,15 +335,18 @@ Status FetchObject(zmq::socket_t& socket, uint64_t& next_id, const std::string& 
 
 }  // namespace
 
-Result<std::string> ContentClient::FetchManifest(uint64_t serial, size_t max_bytes,
-                                                 FetchStats* stats) {
+Result<std::string> ContentClient::FetchManifestObject(const std::string& sha256, size_t max_bytes,
+                                                       FetchStats* stats) {
+  if (sha256.size() != kSha256Size) {
+    return Status::InvalidArgument("a manifest object is named by a 32-byte SHA-256");
+  }
   std::string out;
   auto make = [&](uint64_t offset, uint32_t length) {
     v1::ContentRequest request;
-    auto* range = request.mutable_range();
-    range->set_manifest_serial(serial);
-    range->set_offset(offset);
-    range->set_length(length);
+    auto* object = request.mutable_object();
+    object->set_sha256(sha256);
+    object->set_offset(offset);
+    object->set_length(length);
     return request;
   };
   auto sink = [&](uint64_t offset, std::string_view data) -> Status {
@@ -351,8 +354,12 @@ Result<std::string> ContentClient::FetchManifest(uint64_t serial, size_t max_byt
     out.replace(offset, data.size(), data);
     return Status::Ok();
   };
-  MC_RETURN_IF_ERROR(FetchObject(socket_, next_request_id_, repo_, options_, max_bytes, make, sink,
-                                 stats, "manifest " + std::to_string(serial)));
+  const std::string what = "manifest object " + ToHex(sha256).substr(0, 16);
+  MC_RETURN_IF_ERROR(
+      FetchObject(socket_, next_request_id_, repo_, options_, max_bytes, make, sink, stats, what));
+  if (Sha256Of(out) != sha256) {
+    return Status::Corruption(what + " does not match its SHA-256");
+  }
   return out;
 }
 

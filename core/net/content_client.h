@@ -1,5 +1,5 @@
 // Client side of a broker's content socket (DEALER -> ROUTER): whole files
-// and stored manifests in chunks, and librsync deltas.
+// and manifest objects in chunks, and librsync deltas.
 //
 // Flow control is credit-based: at most `credit` chunk requests are in flight
 // across all files being fetched, so many small files pipeline and one large
@@ -60,8 +60,10 @@ class ContentClient {
   Status FetchFiles(const std::vector<FileFetch>& files, FetchStats* stats,
                     const std::function<bool()>& should_stop = nullptr);
 
-  // The stored manifest of `serial` (bounded by `max_bytes`).
-  Result<std::string> FetchManifest(uint64_t serial, size_t max_bytes, FetchStats* stats);
+  // A manifest object (chunk or index) by its SHA-256, checked against it
+  // (bounded by `max_bytes`).
+  Result<std::string> FetchManifestObject(const std::string& sha256, size_t max_bytes,
+                                          FetchStats* stats);
 
   // Asks for a delta of `path` against `signature` and writes it to
   // `delta_dest`. Refuses deltas larger than `max_delta_bytes`.

@@ -1,7 +1,5 @@
 #include "core/wire/envelope.h"
 
-#include <unordered_set>
-
 #include "core/crypto/sha256.h"
 #include "core/fs/path.h"
 #include "core/manifest/manifest.h"
@@ -11,7 +9,8 @@ namespace {
 
 // Bounds the work a single event can ask of a verifier. An envelope is at most
 // kMaxEnvelopeBytes, so this only matters if that limit grows.
-constexpr int kMaxChanges = 10'000'000;
+// A carried change list is bounded by kMaxInlineChangeBytes anyway.
+constexpr int kMaxChanges = 1'000'000;
 
 // A peer-supplied string made safe for a log line or error message.
 std::string Printable(std::string_view s, size_t max_chars = 80) {
@@ -148,14 +147,21 @@ Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix) {
     return Status::Rejected(where + ": expired at " + std::to_string(event.expires_unix()) +
                             " (now " + std::to_string(now_unix) + ")");
   }
+  if (event.changes_omitted()) {
+    if (event.changes_size() != 0) {
+      return Status::Rejected(where + ": carries changes it says are omitted");
+    }
+  } else if (event.change_count() != static_cast<uint64_t>(event.changes_size())) {
+    return Status::Rejected(where + ": carries " + std::to_string(event.changes_size()) +
+                            " changes but counts " + std::to_string(event.change_count()));
+  }
   if (event.changes_size() > kMaxChanges) {
     return Status::Rejected(where + ": " + std::to_string(event.changes_size()) +
                             " changes exceed the limit of " + std::to_string(kMaxChanges));
   }
-  // A path changed twice in one event is ambiguous once the apply reorders
-  // changes (content first, metadata last, deletions at the end).
-  std::unordered_set<std::string_view> seen;
-  seen.reserve(static_cast<size_t>(event.changes_size()));
+  // One change per path, in path order: the apply reorders changes (content
+  // first, metadata last, deletions at the end), and the manifest chunks
+  // are re-derived in one ordered pass.
   for (int i = 0; i < event.changes_size(); ++i) {
     const v1::Change& change = event.changes(i);
     Status st = CheckChange(change);
@@ -163,9 +169,11 @@ Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix) {
       return AsRejected(st, where + ": change " + std::to_string(i) + " (" +
                                 Printable(change.entry().path()) + ")");
     }
-    if (!seen.insert(change.entry().path()).second) {
+    if (i > 0 && !(event.changes(i - 1).entry().path() < change.entry().path())) {
       return Status::Rejected(where + ": path " + Printable(change.entry().path()) +
-                              " changed more than once");
+                              (event.changes(i - 1).entry().path() == change.entry().path()
+                                   ? " changed more than once"
+                                   : " is out of path order"));
     }
   }
   return Status::Ok();

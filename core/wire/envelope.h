@@ -14,13 +14,20 @@
 
 namespace mirrorcast {
 
-inline constexpr uint32_t kProtocolVersion = 1;
-inline constexpr std::string_view kEnvelopeDomain{"mirrorcast-envelope-v1\0", 23};
+inline constexpr uint32_t kProtocolVersion = 2;
+inline constexpr std::string_view kEnvelopeDomain{"mirrorcast-envelope-v2\0", 23};
 
 // Limits on untrusted input. A peer that exceeds them is refused, not trusted.
-inline constexpr size_t kMaxEnvelopeBytes = 64u << 20;
-inline constexpr size_t kMaxControlMessageBytes = 1u << 30;  // carries manifests
-inline constexpr size_t kMaxContentRequestBytes = 64u << 20; // carries delta signatures
+// A broadcast event carries at most kMaxInlineChangeBytes of change list (the
+// publisher leaves a larger one out), so this bound is never reached by an
+// honest publisher.
+inline constexpr size_t kMaxEnvelopeBytes = 16u << 20;
+inline constexpr size_t kMaxInlineChangeBytes = 4u << 20;
+// The objects of one PutObjectsRequest; the control message limit leaves
+// room for framing.
+inline constexpr size_t kMaxPutObjectsBytes = 16u << 20;
+inline constexpr size_t kMaxControlMessageBytes = 40u << 20;
+inline constexpr size_t kMaxContentRequestBytes = 64u << 20;  // carries delta signatures
 inline constexpr uint32_t kMaxChunk = 1u << 20;
 
 // Serializes `payload` (protocol_version is set here), signs it, and returns the
@@ -39,7 +46,9 @@ Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const Trust
 
 // Checks what every verifier checks of a RepoChanged beyond its signature:
 // repo name, serial > previous_serial, digest length, not expired at now_unix,
-// and every change's path (ValidateRelativePath) and entry shape.
+// the change count (and no changes when they are omitted), and every carried
+// change's path (ValidateRelativePath), entry shape and order (strictly
+// increasing paths: one change per path).
 Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix);
 
 // Repo names: 1-64 of [A-Za-z0-9._-], not starting with '.'.

@@ -69,7 +69,6 @@ TEST_F(BrokerStateTest, EmptyStateHasNoRepos) {
   ASSERT_TRUE(events.ok());
   EXPECT_TRUE(events->envelopes.empty());
   EXPECT_EQ(events->oldest_serial, 0u);
-  EXPECT_EQ(state->ManifestPath("main", 7), dir_.path() / "manifests" / "main" / "7.pb");
 }
 
 TEST_F(BrokerStateTest, CommittedEventsAndHeadsSurviveReopen) {
@@ -184,16 +183,23 @@ TEST_F(BrokerStateTest, AckUpsertsOneRowPerMirrorAndRepo) {
   EXPECT_EQ((*mirrors)[1].bytes_signature(), 301u);
 }
 
-TEST_F(BrokerStateTest, PruneKeepsTheNewestEventsAndManifests) {
+TEST_F(BrokerStateTest, PruneKeepsTheNewestEventsAndTheObjectsTheirManifestsName) {
   auto state = Open();
   ASSERT_NE(state, nullptr);
   CommitSerials(*state, "main", 6);
   CommitSerials(*state, "other", 6);
+  // Serial s of "main" names "only s" and "shared"; "other" names "shared"
+  // at serial 1 only.
+  std::vector<std::string> only;
+  auto shared = state->objects().Put("shared by every serial");
+  ASSERT_TRUE(shared.ok());
   for (uint64_t s = 1; s <= 6; ++s) {
-    WriteFile(state->ManifestPath("main", s), "manifest " + std::to_string(s));
-    WriteFile(state->ManifestPath("other", s), "manifest " + std::to_string(s));
+    auto id = state->objects().Put("only " + std::to_string(s));
+    ASSERT_TRUE(id.ok());
+    only.push_back(*id);
+    ASSERT_TRUE(state->TouchObjects("main", s, {*id, *shared}).ok());
   }
-  WriteFile(dir_.path() / "manifests/main/notes.txt", "not a manifest");
+  ASSERT_TRUE(state->TouchObjects("other", 1, {*shared}).ok());
 
   ASSERT_TRUE(state->Prune("main", 2, 3).ok());
 
@@ -204,17 +210,16 @@ TEST_F(BrokerStateTest, PruneKeepsTheNewestEventsAndManifests) {
   EXPECT_EQ(events->envelopes[1], EnvelopeOf("main", 6));
   EXPECT_EQ(events->oldest_serial, 5u);
 
-  std::set<std::string> left;
-  for (const auto& entry : fs::directory_iterator(dir_.path() / "manifests/main")) {
-    left.insert(entry.path().filename().string());
+  // Serials 4..6 keep their objects; 1..3 lose theirs; the shared one stays.
+  for (size_t i = 0; i < only.size(); ++i) {
+    EXPECT_EQ(state->objects().Has(only[i]), i >= 3) << "serial " << i + 1;
   }
-  EXPECT_EQ(left, (std::set<std::string>{"4.pb", "5.pb", "6.pb", "notes.txt"}));
+  EXPECT_TRUE(state->objects().Has(*shared));
 
   // Another repo is untouched.
   events = state->EventsSince("other", 0, 100);
   ASSERT_TRUE(events.ok());
   EXPECT_EQ(events->envelopes.size(), 6u);
-  EXPECT_TRUE(fs::exists(state->ManifestPath("other", 1)));
 
   // Fewer events than the limit: nothing goes.
   ASSERT_TRUE(state->Prune("other", 100, 100).ok());
@@ -222,7 +227,10 @@ TEST_F(BrokerStateTest, PruneKeepsTheNewestEventsAndManifests) {
   ASSERT_TRUE(events.ok());
   EXPECT_EQ(events->envelopes.size(), 6u);
   EXPECT_EQ(events->oldest_serial, 1u);
-  EXPECT_TRUE(fs::exists(state->ManifestPath("other", 1)));
+
+  // Once "other" drops serial 1 too, nothing names the shared object.
+  ASSERT_TRUE(state->Prune("other", 1, 1).ok());
+  EXPECT_TRUE(state->objects().Has(*shared));  // main's window still names it
 }
 
 TEST_F(BrokerStateTest, OldDatabaseWithoutBytesSignatureIsMigrated) {

@@ -4,6 +4,8 @@
 // manifests and deltas (with its path and signature defences).
 #include "broker/broker.h"
 
+#include "broker/manifest_store.h"
+
 #include <gtest/gtest.h>
 #include <librsync.h>
 
@@ -18,6 +20,7 @@
 #include "core/crypto/keys.h"
 #include "core/crypto/sha256.h"
 #include "core/delta/delta.h"
+#include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
@@ -56,6 +59,7 @@ v1::RepoChanged EventFor(const Manifest& from, const Manifest& to) {
   event.set_manifest_sha256(to.Digest());
   event.set_manifest_entries(to.size());
   for (v1::Change& c : DiffManifests(from, to)) *event.add_changes() = std::move(c);
+  event.set_change_count(static_cast<uint64_t>(event.changes_size()));
   return event;
 }
 
@@ -95,16 +99,23 @@ class BrokerTest : public ::testing::Test {
   HostPort Control() const { return HostPort{"127.0.0.1", broker_->control_port()}; }
   HostPort Content() const { return HostPort{"127.0.0.1", broker_->content_port()}; }
 
-  Result<v1::ControlReply> SendPublish(const std::string& envelope, const std::string& manifest) {
+  Result<v1::ControlReply> SendPublish(const std::string& envelope) {
     ControlClient control(context_, Control());
     v1::ControlRequest request;
     request.mutable_publish()->set_envelope(envelope);
-    request.mutable_publish()->set_manifest(manifest);
+    return control.Call(std::move(request), kTimeout);
+  }
+
+  Result<v1::ControlReply> PutObjects(const std::vector<std::string>& objects) {
+    ControlClient control(context_, Control());
+    v1::ControlRequest request;
+    request.mutable_put_objects()->set_repo(kRepo);
+    for (const auto& o : objects) request.mutable_put_objects()->add_objects(o);
     return control.Call(std::move(request), kTimeout);
   }
 
   Result<v1::ControlReply> Publish(const Manifest& from, const Manifest& to) {
-    return SendPublish(Seal(EventFor(from, to), *key_), to.Serialize());
+    return SendPublish(Seal(EventFor(from, to), *key_));
   }
 
   // The broker's serial of kRepo as Hello reports it (0 when absent).
@@ -153,7 +164,7 @@ TEST_F(BrokerTest, HelloReportsPortsAndNoReposYet) {
 TEST_F(BrokerTest, ValidPublishIsAcceptedAndVisibleEverywhere) {
   const Manifest manifest = FirstManifest();
   const std::string envelope = Seal(EventFor(Manifest(kRepo, 0), manifest), *key_);
-  auto reply = SendPublish(envelope, manifest.Serialize());
+  auto reply = SendPublish(envelope);
   ASSERT_TRUE(reply.ok()) << reply.status().ToString();
   ASSERT_TRUE(reply->has_publish());
   EXPECT_EQ(reply->publish().serial(), 1u);
@@ -188,8 +199,10 @@ TEST_F(BrokerTest, ValidPublishIsAcceptedAndVisibleEverywhere) {
   EXPECT_EQ(events->envelopes_size(), 0);
   EXPECT_EQ(events->latest_serial(), 1u);
 
-  // The manifest is stored where the content socket serves it from.
-  EXPECT_TRUE(fs::exists(dir_ / "state/manifests/main/1.pb"));
+  // The manifest index is stored under its root, where the content socket
+  // serves it from.
+  EXPECT_TRUE(fs::exists(
+      ManifestStore::ObjectPath(dir_ / "state/manifest-objects", FirstManifest().Digest())));
 }
 
 TEST_F(BrokerTest, SecondPublishWithTheRightChangeListIsAccepted) {
@@ -209,12 +222,22 @@ TEST_F(BrokerTest, SecondPublishWithTheRightChangeListIsAccepted) {
 TEST_F(BrokerTest, PublishIsRefusedWhenTheStoredManifestCannotBeChecked) {
   const Manifest first = FirstManifest();
   ASSERT_TRUE(Publish(Manifest(kRepo, 0), first).ok());
-  // The head's manifest damaged on disk: the change list cannot be checked,
-  // so the broker fails closed instead of fanning out an unverifiable event.
-  WriteFile(dir_ / "state/manifests" / kRepo / "1.pb", "damaged");
+  // The head's manifest damaged on disk (its index, then one of its chunks):
+  // the change list cannot be checked, so the broker fails closed instead
+  // of fanning out an unverifiable event, and says it is its own fault.
+  const fs::path objects = dir_ / "state/manifest-objects";
+  const fs::path index_file = ManifestStore::ObjectPath(objects, first.Digest());
+  const std::string index_bytes = ReadFile(index_file);
+  WriteFile(index_file, "damaged");
   Manifest second = first;
   second.set_serial(2);
   second.Put(FileEntryOf("pool/b.rpm", "package b"));
+  ExpectRefused(Publish(first, second), "missing or damaged", 1);
+
+  WriteFile(index_file, index_bytes);
+  auto index = ManifestIndex::Decode(index_bytes);
+  ASSERT_TRUE(index.ok());
+  WriteFile(ManifestStore::ObjectPath(objects, index->refs[0].id), "damaged");
   ExpectRefused(Publish(first, second), "missing or damaged", 1);
 }
 
@@ -237,18 +260,56 @@ TEST_F(BrokerTest, UntrustedKeyIsRefused) {
   auto stranger = SigningKey::Generate();
   ASSERT_TRUE(stranger.ok());
   const Manifest manifest = FirstManifest();
-  ExpectRefused(
-      SendPublish(Seal(EventFor(Manifest(kRepo, 0), manifest), *stranger), manifest.Serialize()),
-      "unknown signing key", 0);
+  ExpectRefused(SendPublish(Seal(EventFor(Manifest(kRepo, 0), manifest), *stranger)),
+                "unknown signing key", 0);
 }
 
-TEST_F(BrokerTest, ManifestThatDoesNotMatchTheSignedDigestIsRefused) {
+TEST_F(BrokerTest, ChangeListThatDoesNotGiveTheSignedRootIsRefused) {
   const Manifest signed_manifest = FirstManifest();
   Manifest sent = signed_manifest;
   sent.Put(FileEntryOf("pool/evil.rpm", "not what was signed"));
-  ExpectRefused(
-      SendPublish(Seal(EventFor(Manifest(kRepo, 0), signed_manifest), *key_), sent.Serialize()),
-      "does not match the signed digest", 0);
+  v1::RepoChanged event = EventFor(Manifest(kRepo, 0), sent);
+  event.set_manifest_sha256(signed_manifest.Digest());
+  ExpectRefused(SendPublish(Seal(event, *key_)), "change list does not turn serial 0", 0);
+}
+
+// A change list too large to broadcast is left out; the broker then takes
+// the manifest from the uploaded objects, diffed against its previous one.
+TEST_F(BrokerTest, OmittedChangeListNeedsTheUploadedManifestAndItsCount) {
+  const Manifest first = FirstManifest();
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), first).ok());
+  Manifest second = first;
+  second.set_serial(2);
+  second.Put(FileEntryOf("pool/b.rpm", "package b"));
+  second.Erase("pool/a.rpm");
+  v1::RepoChanged event = EventFor(first, second);
+  event.clear_changes();
+  event.set_changes_omitted(true);
+  ASSERT_EQ(event.change_count(), 2u);
+
+  // Nothing uploaded: refused.
+  ExpectRefused(SendPublish(Seal(event, *key_)), "was not uploaded", 1);
+
+  std::vector<std::string> objects;
+  auto index = BuildIndex(second, [&](const ChunkRef&, std::string bytes) {
+    objects.push_back(std::move(bytes));
+    return Status::Ok();
+  });
+  ASSERT_TRUE(index.ok());
+  objects.push_back(index->Encode());
+  auto put = PutObjects(objects);
+  ASSERT_TRUE(put.ok()) << put.status().ToString();
+  ASSERT_TRUE(put->ok()) << put->error();
+
+  // A count that is not the diff's: refused.
+  v1::RepoChanged miscounted = event;
+  miscounted.set_change_count(5);
+  ExpectRefused(SendPublish(Seal(miscounted, *key_)), "differs from serial 1 by 2 changes", 1);
+
+  auto reply = SendPublish(Seal(event, *key_));
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  EXPECT_TRUE(reply->ok()) << reply->error();
+  EXPECT_EQ(HelloSerial(), 2u);
 }
 
 TEST_F(BrokerTest, ChangeListThatDoesNotProduceTheManifestIsRefused) {
@@ -262,8 +323,8 @@ TEST_F(BrokerTest, ChangeListThatDoesNotProduceTheManifestIsRefused) {
   v1::RepoChanged event = EventFor(first, second);
   event.clear_changes();
   for (v1::Change& c : DiffManifests(Manifest(kRepo, 1), second)) *event.add_changes() = c;
-  ExpectRefused(SendPublish(Seal(event, *key_), second.Serialize()),
-                "change list does not turn serial 1", 1);
+  event.set_change_count(static_cast<uint64_t>(event.changes_size()));
+  ExpectRefused(SendPublish(Seal(event, *key_)), "change list does not turn serial 1", 1);
 
   // A change list that applies cleanly but leaves out a change.
   Manifest third = second;
@@ -275,8 +336,8 @@ TEST_F(BrokerTest, ChangeListThatDoesNotProduceTheManifestIsRefused) {
     if (c.entry().path() != "pool/c.rpm") *partial.add_changes() = c;
   }
   ASSERT_LT(partial.changes_size(), event.changes_size());
-  ExpectRefused(SendPublish(Seal(partial, *key_), third.Serialize()),
-                "change list does not turn serial 1", 1);
+  partial.set_change_count(static_cast<uint64_t>(partial.changes_size()));
+  ExpectRefused(SendPublish(Seal(partial, *key_)), "change list does not turn serial 1", 1);
 }
 
 TEST_F(BrokerTest, ExpiredEventIsRefused) {
@@ -285,13 +346,13 @@ TEST_F(BrokerTest, ExpiredEventIsRefused) {
   const int64_t now = Clock::Real().NowUnix();
   event.set_published_unix(now - 7200);
   event.set_expires_unix(now - 3600);
-  ExpectRefused(SendPublish(Seal(event, *key_), manifest.Serialize()), "expired", 0);
+  ExpectRefused(SendPublish(Seal(event, *key_)), "expired", 0);
 }
 
 TEST_F(BrokerTest, RestartKeepsTheLogAndRefusesAReplay) {
   const Manifest manifest = FirstManifest();
   const std::string envelope = Seal(EventFor(Manifest(kRepo, 0), manifest), *key_);
-  ASSERT_TRUE(SendPublish(envelope, manifest.Serialize()).ok());
+  ASSERT_TRUE(SendPublish(envelope).ok());
   broker_->Stop();
   broker_.reset();
 
@@ -310,7 +371,7 @@ TEST_F(BrokerTest, RestartKeepsTheLogAndRefusesAReplay) {
   EXPECT_EQ(events->envelopes(0), envelope);
 
   // The same signed event sent again (a replay) does not publish twice.
-  ExpectRefused(SendPublish(envelope, manifest.Serialize()), "serial conflict", 1);
+  ExpectRefused(SendPublish(envelope), "serial conflict", 1);
 }
 
 TEST_F(BrokerTest, AckIsRecordedAndShownInStatus) {
@@ -391,21 +452,31 @@ TEST_F(BrokerTest, ContentRefusesPathsLeavingTheRepo) {
   EXPECT_EQ(ReadFile(dir_ / "got3"), "fine");
 }
 
-TEST_F(BrokerTest, StoredManifestCanBeFetched) {
+// The broker derives the new chunks from the change list itself and serves
+// the manifest by its signed root: the index, then each chunk by its id.
+TEST_F(BrokerTest, StoredManifestCanBeFetchedByItsRoot) {
   const Manifest manifest = FirstManifest();
   ASSERT_TRUE(Publish(Manifest(kRepo, 0), manifest).ok());
   ContentClient content(context_, Content(), kRepo);
   FetchStats stats;
-  auto bytes = content.FetchManifest(1, 1 << 20, &stats);
+  auto bytes = content.FetchManifestObject(manifest.Digest(), 1 << 20, &stats);
   ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
-  auto parsed = Manifest::Parse(*bytes);
-  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
-  EXPECT_EQ(parsed->repo(), kRepo);
-  EXPECT_EQ(parsed->serial(), 1u);
-  EXPECT_EQ(parsed->Digest(), manifest.Digest());
+  auto index = ManifestIndex::Decode(*bytes);
+  ASSERT_TRUE(index.ok()) << index.status().ToString();
+  EXPECT_EQ(index->Root(), manifest.Digest());
+  Manifest fetched(kRepo, 1);
+  for (const auto& ref : index->refs) {
+    auto chunk = content.FetchManifestObject(ref.id, 1 << 20, &stats);
+    ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
+    auto entries = DecodeChunk(*chunk);
+    ASSERT_TRUE(entries.ok());
+    for (auto& e : *entries) fetched.Put(e);
+  }
+  EXPECT_EQ(fetched.Digest(), manifest.Digest());
+  EXPECT_EQ(fetched.size(), manifest.size());
 
-  // A serial the broker never stored is refused.
-  auto missing = content.FetchManifest(9, 1 << 20, &stats);
+  // An object the broker never stored is refused.
+  auto missing = content.FetchManifestObject(Sha256Of("nothing"), 1 << 20, &stats);
   EXPECT_EQ(missing.status().code(), Status::Code::kRejected) << missing.status().ToString();
 }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <random>
 #include <string>
 #include <vector>
@@ -54,9 +56,18 @@ v1::RepoChanged ValidEvent() {
 
   v1::Change* deleted = ev.add_changes();
   deleted->set_kind(v1::CHANGE_DELETED);
-  deleted->mutable_entry()->set_path("Packages/a/app-0.9.rpm");
+  deleted->mutable_entry()->set_path("srpms/app-0.9.src.rpm");
   deleted->mutable_entry()->set_kind(v1::ENTRY_FILE);
+  ev.set_change_count(3);
   return ev;
+}
+
+// Changes in path order with their count, as a publisher signs them.
+void Normalize(v1::RepoChanged* ev) {
+  std::sort(
+      ev->mutable_changes()->begin(), ev->mutable_changes()->end(),
+      [](const v1::Change& a, const v1::Change& b) { return a.entry().path() < b.entry().path(); });
+  ev->set_change_count(static_cast<uint64_t>(ev->changes_size()));
 }
 
 v1::SignedPayload PayloadOf(const v1::RepoChanged& ev) {
@@ -193,7 +204,7 @@ TEST_F(EnvelopeTest, UntrustedKeyRejected) {
 TEST_F(EnvelopeTest, WrongProtocolVersionRejected) {
   // Envelope version.
   v1::Envelope env = Parse(SealEnvelope(PayloadOf(ValidEvent()), key_));
-  env.set_protocol_version(2);
+  env.set_protocol_version(kProtocolVersion + 1);
   auto opened = OpenEnvelope(env.SerializeAsString(), trust_);
   ASSERT_FALSE(opened.ok());
   EXPECT_EQ(opened.status().code(), Status::Code::kRejected);
@@ -201,7 +212,7 @@ TEST_F(EnvelopeTest, WrongProtocolVersionRejected) {
 
   // Payload version, correctly signed.
   v1::SignedPayload payload = PayloadOf(ValidEvent());
-  payload.set_protocol_version(2);
+  payload.set_protocol_version(kProtocolVersion + 1);
   v1::Envelope env2;
   env2.set_protocol_version(kProtocolVersion);
   env2.set_payload(payload.SerializeAsString());
@@ -293,8 +304,37 @@ TEST(CheckRepoChangedTest, AcceptsValidEvent) {
   dir->mutable_entry()->set_path("Packages/b");
   dir->mutable_entry()->set_kind(v1::ENTRY_DIRECTORY);
   dir->mutable_entry()->set_mode(0755);
+  Normalize(&ev);
   st = CheckRepoChanged(ev, kNow);
   EXPECT_TRUE(st.ok()) << st.ToString();
+
+  // Too large to carry: none carried, only counted.
+  v1::RepoChanged omitted = ValidEvent();
+  omitted.clear_changes();
+  omitted.set_changes_omitted(true);
+  omitted.set_change_count(2000000);
+  st = CheckRepoChanged(omitted, kNow);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+}
+
+TEST(CheckRepoChangedTest, RejectsChangesOutOfOrderMiscountedOrCarriedWhenOmitted) {
+  v1::RepoChanged ev = ValidEvent();
+  ev.mutable_changes()->SwapElements(0, 1);
+  Status st = CheckRepoChanged(ev, kNow);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("out of path order"), std::string::npos) << st.message();
+
+  ev = ValidEvent();
+  ev.set_change_count(4);
+  st = CheckRepoChanged(ev, kNow);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("counts 4"), std::string::npos) << st.message();
+
+  ev = ValidEvent();
+  ev.set_changes_omitted(true);
+  st = CheckRepoChanged(ev, kNow);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("says are omitted"), std::string::npos) << st.message();
 }
 
 TEST(CheckRepoChangedTest, RejectsExpired) {
@@ -362,10 +402,17 @@ TEST(CheckRepoChangedTest, RejectsSymlinkEscapingTheTree) {
   link->set_kind(v1::CHANGE_ADDED);
   link->mutable_entry()->set_path("repodata/evil");
   link->mutable_entry()->set_kind(v1::ENTRY_SYMLINK);
-  link->mutable_entry()->set_symlink_target("../../etc/shadow");
-  EXPECT_FALSE(CheckRepoChanged(ev, kNow).ok());
-  link->mutable_entry()->set_symlink_target("/etc/shadow");
-  EXPECT_FALSE(CheckRepoChanged(ev, kNow).ok());
+  for (const char* target : {"../../etc/shadow", "/etc/shadow"}) {
+    link->mutable_entry()->set_symlink_target(target);
+    v1::RepoChanged sorted = ev;
+    Normalize(&sorted);
+    Status st = CheckRepoChanged(sorted, kNow);
+    ASSERT_FALSE(st.ok()) << target;
+    EXPECT_NE(st.message().find("repodata/evil"), std::string::npos) << st.message();
+  }
+  link->mutable_entry()->set_symlink_target("repomd.xml");
+  Normalize(&ev);
+  EXPECT_TRUE(CheckRepoChanged(ev, kNow).ok());
 }
 
 TEST(CheckRepoChangedTest, RejectsMalformedChanges) {
@@ -397,7 +444,11 @@ TEST(CheckRepoChangedTest, RejectsMalformedChanges) {
 
   // The same path twice is ambiguous.
   ev = ValidEvent();
-  *ev.add_changes() = ev.changes(0);
+  v1::Change first = ev.changes(0);
+  ev.clear_changes();
+  *ev.add_changes() = first;
+  *ev.add_changes() = first;
+  ev.set_change_count(2);
   Status st = CheckRepoChanged(ev, kNow);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find("more than once"), std::string::npos) << st.message();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/crypto/sha256.h"
+#include "core/manifest/chunks.h"
 #include "tests/support/entries.h"
 #include "tests/support/tree.h"
 
@@ -40,38 +41,33 @@ google::protobuf::RepeatedPtrField<v1::Change> AsField(const std::vector<v1::Cha
   return field;
 }
 
-TEST(ManifestTest, DigestMatchesDocumentedRecordFormat) {
-  const std::string hex_hello = ToHex(Sha256Of("hello"));
-  // path \0 kind \0 size \0 hex(sha256) \0 octal(mode) \0 mtime \0 target \n
-  const std::string records =
-      "a\0d\0"s
-      "0\0"s
-      "\0"s
-      "755\0"s
-      "0\0"s
-      "\n"s
-      "a/f\0f\0"s
-      "5\0"s +
-      hex_hello +
-      "\0"s
-      "644\0"s
-      "1700000000\0"s
-      "\n"s
-      "l\0l\0"s
-      "0\0"s
-      "\0"s
-      "777\0"s
-      "0\0"s
-      "a/f\n"s;
-  const std::string digest = Tiny().Digest();
-  EXPECT_EQ(digest.size(), kSha256Size);
-  EXPECT_EQ(digest, Sha256Of(records));
-  // Pinned: a change of the record format breaks every mirror's verification.
-  EXPECT_EQ(ToHex(digest), "9a84d047ed7620c5a3d0ca777618c3a5180335fd4416cfaa409ccb88350329ca");
+std::string Varint(uint64_t v) {
+  std::string out;
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+  return out;
 }
 
-TEST(ManifestTest, DigestOfEmptyManifestIsSha256OfNothing) {
-  EXPECT_EQ(Manifest().Digest(), Sha256Of(""));
+// docs/protocol.md §3, written out by hand: one chunk (none of the three
+// paths is a boundary), its records, the index naming it, and the root.
+TEST(ManifestTest, DigestMatchesTheDocumentedChunkedFormat) {
+  ASSERT_FALSE(IsChunkBoundary("a"));
+  ASSERT_FALSE(IsChunkBoundary("a/f"));
+  ASSERT_FALSE(IsChunkBoundary("l"));
+  const std::string chunk = Varint(1) + "a" + "d" + Varint(0755) +                     // dir
+                            Varint(3) + "a/f" + "f" + Varint(5) + Sha256Of("hello") +  // file
+                            Varint(0644) + Varint(2 * 1700000000ull) +                 // zigzag
+                            Varint(1) + "l" + "l" + Varint(0777) + Varint(3) + "a/f";  // link
+  const std::string index = "mirrorcast-index-v2\n" + Varint(1) + Sha256Of(chunk) + Varint(3) +
+                            Varint(chunk.size()) + Varint(1) + "l";
+  EXPECT_EQ(Tiny().Digest(), Sha256Of(index));
+}
+
+TEST(ManifestTest, DigestOfEmptyManifestIsTheRootOfAnEmptyIndex) {
+  EXPECT_EQ(Manifest().Digest(), Sha256Of("mirrorcast-index-v2\n" + Varint(0)));
 }
 
 TEST(ManifestTest, DigestIsStableAndIgnoresRepoAndSerial) {

@@ -152,6 +152,7 @@ TEST_F(FuzzReplay, Delta) { ReplayTarget(&FuzzDelta, DeltaSeeds()); }
 TEST_F(FuzzReplay, Path) { ReplayTarget(&FuzzPath, PathSeeds()); }
 TEST_F(FuzzReplay, Messages) { ReplayTarget(&FuzzMessages, MessagesSeeds()); }
 TEST_F(FuzzReplay, Keyfile) { ReplayTarget(&FuzzKeyfile, KeyfileSeeds()); }
+TEST_F(FuzzReplay, Chunks) { ReplayTarget(&FuzzChunks, ChunksSeeds()); }
 
 }  // namespace
 }  // namespace mirrorcast::fuzz

@@ -22,6 +22,7 @@ int FuzzDelta(const uint8_t* data, size_t size);
 int FuzzPath(const uint8_t* data, size_t size);
 int FuzzMessages(const uint8_t* data, size_t size);
 int FuzzKeyfile(const uint8_t* data, size_t size);
+int FuzzChunks(const uint8_t* data, size_t size);
 }
 
 namespace mirrorcast::fuzz {
@@ -34,5 +35,6 @@ std::vector<std::string> DeltaSeeds();
 std::vector<std::string> PathSeeds();
 std::vector<std::string> MessagesSeeds();
 std::vector<std::string> KeyfileSeeds();
+std::vector<std::string> ChunksSeeds();
 
 }  // namespace mirrorcast::fuzz

@@ -10,6 +10,7 @@
 #include <zmq.hpp>
 
 #include "core/delta/delta.h"
+#include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
@@ -49,8 +50,13 @@ bool Parse(const zmq::message_t& frame, size_t max_bytes, google::protobuf::Mess
 void Handle(const v1::ControlRequest& request) {
   if (request.has_publish()) {
     (void)OpenEnvelope(request.publish().envelope(), NoTrust());
-    auto manifest = Manifest::Parse(request.publish().manifest());
-    if (manifest.ok()) (void)manifest->Digest();
+  }
+  if (request.has_put_objects()) {
+    for (const std::string& object : request.put_objects().objects()) {
+      auto index = ManifestIndex::Decode(object);
+      if (index.ok()) (void)index->Root();
+      (void)DecodeChunk(object);
+    }
   }
   if (request.has_events()) (void)ValidateRepoName(request.events().repo());
 }
@@ -95,8 +101,14 @@ std::vector<std::string> MessagesSeeds() {
   envelope.set_signature(std::string(64, '\x01'));
   envelope.set_key_id("00112233445566778899aabbccddeeff");
   publish.mutable_publish()->set_envelope(envelope.SerializeAsString());
-  publish.mutable_publish()->set_manifest(Manifest("debian-main", 3).Serialize());
   seeds.push_back(publish.SerializeAsString());
+
+  v1::ControlRequest put;
+  put.set_protocol_version(kProtocolVersion);
+  put.set_request_id(4);
+  put.mutable_put_objects()->set_repo("debian-main");
+  put.mutable_put_objects()->add_objects(ManifestIndex{}.Encode());
+  seeds.push_back(put.SerializeAsString());
 
   v1::ControlReply events;
   events.set_protocol_version(kProtocolVersion);

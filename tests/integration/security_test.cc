@@ -10,6 +10,7 @@
 
 #include "core/crypto/keys.h"
 #include "core/crypto/sha256.h"
+#include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
 #include "core/net/endpoint.h"
 #include "core/net/messages.h"
@@ -31,8 +32,8 @@ class HostileBroker {
  public:
   std::vector<std::string> envelopes;  // answered to every Events request
   uint64_t latest_serial = 1;
-  std::map<uint64_t, std::string> manifests;  // serial -> bytes
-  std::map<std::string, std::string> files;   // path -> content
+  std::map<std::string, std::string> objects;  // manifest objects: sha256 -> bytes
+  std::map<std::string, std::string> files;    // path -> content
   std::string repo = "demo";
 
   void Start() {
@@ -47,6 +48,18 @@ class HostileBroker {
     if (thread_.joinable()) thread_.join();
   }
   uint16_t port() const { return port_; }
+  // Serves `m` as an honest broker would: its index and chunks by SHA-256.
+  // Returns the chunk ids in index order.
+  std::vector<std::string> ServeManifest(const Manifest& m) {
+    std::vector<std::string> ids;
+    auto index = BuildIndex(m, [&](const ChunkRef& ref, std::string bytes) {
+      objects[ref.id] = std::move(bytes);
+      ids.push_back(ref.id);
+      return Status::Ok();
+    });
+    objects[index->Root()] = index->Encode();
+    return ids;
+  }
   std::vector<v1::Ack> acks() {
     std::lock_guard lock(mu_);
     return acks_;
@@ -100,14 +113,17 @@ class HostileBroker {
     v1::ContentReply reply;
     reply.set_request_id(req.request_id());
     const std::string* object = nullptr;
+    uint64_t offset = 0, length = 0;
     if (req.has_range()) {
-      if (req.range().path().empty()) {
-        auto it = manifests.find(req.range().manifest_serial());
-        if (it != manifests.end()) object = &it->second;
-      } else {
-        auto it = files.find(req.range().path());
-        if (it != files.end()) object = &it->second;
-      }
+      auto it = files.find(req.range().path());
+      if (it != files.end()) object = &it->second;
+      offset = req.range().offset();
+      length = req.range().length();
+    } else if (req.has_object()) {
+      auto it = objects.find(req.object().sha256());
+      if (it != objects.end()) object = &it->second;
+      offset = req.object().offset();
+      length = req.object().length();
     }
     if (object == nullptr) {
       reply.set_ok(false);
@@ -115,10 +131,8 @@ class HostileBroker {
     } else {
       reply.set_ok(true);
       reply.set_total_size(object->size());
-      reply.set_offset(req.range().offset());
-      if (req.range().offset() < object->size()) {
-        reply.set_data(object->substr(req.range().offset(), req.range().length()));
-      }
+      reply.set_offset(offset);
+      if (offset < object->size()) reply.set_data(object->substr(offset, length));
     }
     std::vector<zmq::message_t> out;
     out.push_back(std::move(frames[0]));
@@ -162,6 +176,7 @@ class SubscriberUnderAttack : public ::testing::Test {
     ev->set_expires_unix(time(nullptr) + 3600);
     ev->set_manifest_sha256(m.Digest());
     ev->set_manifest_entries(m.size());
+    ev->set_change_count(1);
     auto* change = ev->add_changes();
     change->set_kind(v1::CHANGE_ADDED);
     *change->mutable_entry() = FileEntryOf(path, content);
@@ -249,25 +264,69 @@ TEST_F(SubscriberUnderAttack, ExpiredEventIsRejected) {
   ExpectRefused(RunSubscriber(), v1::ACK_REJECTED, "expired");
 }
 
-TEST_F(SubscriberUnderAttack, ManifestThatDoesNotMatchTheSignedDigestIsRejected) {
-  // A genuine event whose change list does not fit this mirror, so it must
-  // fetch the manifest, and the broker serves a different one (mix-and-match).
-  v1::SignedPayload payload = EventAdding("Packages/new.rpm", "x");
+// A genuine event whose change list does not fit this mirror (it holds an
+// adopted tree), so it must fetch the manifest named by the signed root.
+v1::SignedPayload EventThatNeedsTheManifest(v1::SignedPayload payload) {
   payload.mutable_repo_changed()->set_previous_serial(0);
   payload.mutable_repo_changed()->mutable_changes(0)->set_kind(v1::CHANGE_MODIFIED);
-  broker_.envelopes = {SealEnvelope(payload, origin_)};
+  return payload;
+}
+
+TEST_F(SubscriberUnderAttack, ManifestThatDoesNotMatchTheSignedRootIsRejected) {
+  broker_.envelopes = {
+      SealEnvelope(EventThatNeedsTheManifest(EventAdding("Packages/new.rpm", "x")), origin_)};
+  // The broker answers for the signed root with another manifest's index.
   Manifest other("demo", 1);
   other.Put(FileEntryOf("Packages/other.rpm", "y"));
-  broker_.manifests[1] = other.Serialize();
+  broker_.ServeManifest(other);
+  Manifest signed_manifest("demo", 1);
+  signed_manifest.Put(FileEntryOf("Packages/new.rpm", "x"));
+  broker_.objects[signed_manifest.Digest()] = broker_.objects[other.Digest()];
   broker_.files["Packages/other.rpm"] = "y";
   ExpectRefused(RunSubscriber(), v1::ACK_REJECTED, "mix-and-match");
+}
+
+TEST_F(SubscriberUnderAttack, TamperedManifestChunkIsRejected) {
+  Manifest m;
+  broker_.envelopes = {
+      SealEnvelope(EventThatNeedsTheManifest(EventAdding("Packages/new.rpm", "x", &m)), origin_)};
+  const std::vector<std::string> ids = broker_.ServeManifest(m);
+  ASSERT_EQ(ids.size(), 1u);
+  broker_.objects[ids[0]][3] ^= 0x20;
+  broker_.files["Packages/new.rpm"] = "x";
+  ExpectRefused(RunSubscriber(), v1::ACK_REJECTED, "mix-and-match");
+}
+
+TEST_F(SubscriberUnderAttack, ManifestChunkFromAnotherSerialIsRejected) {
+  Manifest m;
+  broker_.envelopes = {
+      SealEnvelope(EventThatNeedsTheManifest(EventAdding("Packages/new.rpm", "x", &m)), origin_)};
+  const std::vector<std::string> ids = broker_.ServeManifest(m);
+  ASSERT_EQ(ids.size(), 1u);
+  // A genuine chunk of another serial's manifest, served under this id.
+  Manifest older("demo", 0);
+  older.Put(FileEntryOf("Packages/new.rpm", "an older version"));
+  const std::vector<std::string> old_ids = broker_.ServeManifest(older);
+  broker_.objects[ids[0]] = broker_.objects[old_ids[0]];
+  broker_.files["Packages/new.rpm"] = "x";
+  ExpectRefused(RunSubscriber(), v1::ACK_REJECTED, "mix-and-match");
+}
+
+TEST_F(SubscriberUnderAttack, MissingManifestChunkFailsAndChangesNothing) {
+  Manifest m;
+  broker_.envelopes = {
+      SealEnvelope(EventThatNeedsTheManifest(EventAdding("Packages/new.rpm", "x", &m)), origin_)};
+  const std::vector<std::string> ids = broker_.ServeManifest(m);
+  broker_.objects.erase(ids[0]);
+  broker_.files["Packages/new.rpm"] = "x";
+  ExpectRefused(RunSubscriber(), v1::ACK_FAILED, "not here");
 }
 
 TEST_F(SubscriberUnderAttack, ContentThatDoesNotMatchItsSignedHashNeverReachesTheTree) {
   const std::string good(100000, 'g');
   Manifest manifest;
   broker_.envelopes = {SealEnvelope(EventAdding("Packages/new.rpm", good, &manifest), origin_)};
-  broker_.manifests[1] = manifest.Serialize();
+  broker_.ServeManifest(manifest);
   std::string bad = good;
   bad[5000] = 'b';
   broker_.files["Packages/new.rpm"] = bad;
@@ -278,7 +337,7 @@ TEST_F(SubscriberUnderAttack, ContentLongerThanItsSignedSizeIsRefused) {
   const std::string good(100000, 'g');
   Manifest manifest;
   broker_.envelopes = {SealEnvelope(EventAdding("Packages/new.rpm", good, &manifest), origin_)};
-  broker_.manifests[1] = manifest.Serialize();
+  broker_.ServeManifest(manifest);
   broker_.files["Packages/new.rpm"] = good + std::string(1 << 20, 'e');  // endless data
   ExpectRefused(RunSubscriber(), v1::ACK_FAILED, "signed size");
 }

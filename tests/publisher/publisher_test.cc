@@ -14,8 +14,10 @@
 #include <vector>
 
 #include "broker/broker.h"
+#include "broker/manifest_store.h"
 #include "core/crypto/keys.h"
 #include "core/fs/atomic.h"
+#include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
 #include "core/net/control_client.h"
 #include "core/wire/envelope.h"
@@ -150,15 +152,33 @@ class PublishTest : public ::testing::Test {
     return v1::RepoSerial{};
   }
 
-  // The manifest the broker stored for `serial`.
+  // The manifest the broker stored for its head, which must be `serial`:
+  // its index under the announced root, and the chunks it names.
   Manifest BrokerManifest(uint64_t serial) {
-    auto bytes = ReadFileToString(
-        dir_ / "broker-state/manifests/main" / (std::to_string(serial) + ".pb"), 1 << 20);
+    const v1::RepoSerial head = BrokerHead();
+    EXPECT_EQ(head.serial(), serial);
+    ManifestStore store(dir_ / "broker-state/manifest-objects");
+    auto bytes = store.Load(head.manifest_sha256(), kMaxIndexBytes);
     EXPECT_TRUE(bytes.ok()) << bytes.status().ToString();
     if (!bytes.ok()) return Manifest();
-    auto manifest = Manifest::Parse(*bytes);
-    EXPECT_TRUE(manifest.ok()) << manifest.status().ToString();
-    return manifest.ok() ? std::move(manifest).value() : Manifest();
+    auto index = ManifestIndex::Decode(*bytes);
+    EXPECT_TRUE(index.ok()) << index.status().ToString();
+    if (!index.ok()) return Manifest();
+    Manifest manifest("main", serial);
+    Status read = ForEachEntry(*index, store, [&](v1::FileEntry e) {
+      manifest.Put(std::move(e));
+      return Status::Ok();
+    });
+    EXPECT_TRUE(read.ok()) << read.ToString();
+    return manifest;
+  }
+
+  // The publisher's kept manifest (an SQLite database).
+  fs::path StateManifest() const { return dir_ / "publish-state/main.manifest.db"; }
+  void RemoveStateManifest() {
+    ASSERT_TRUE(fs::remove(StateManifest()));
+    fs::remove(StateManifest().string() + "-wal");
+    fs::remove(StateManifest().string() + "-shm");
   }
 
   // Publishes the initial tree as serial 1.
@@ -198,7 +218,7 @@ TEST_F(PublishTest, FirstPublishIsSerialOneAndARerunSendsNothing) {
   EXPECT_EQ(head.manifest_sha256(), stored.Digest());
   ASSERT_NE(stored.Find("pool/b.rpm"), nullptr);
   EXPECT_EQ(stored.Find("pool/b.rpm")->size(), 5000u);
-  EXPECT_TRUE(fs::exists(dir_ / "publish-state/main.manifest"));
+  EXPECT_TRUE(fs::exists(StateManifest()));
 
   auto second = Run();
   ASSERT_TRUE(second.ok()) << second.status().ToString();
@@ -273,16 +293,16 @@ TEST_F(PublishTest, PathsFromRescansOnlyTheListedPaths) {
 
 TEST_F(PublishTest, MissingStateManifestIsFetchedFromTheBroker) {
   ASSERT_NO_FATAL_FAILURE(PublishFirst());
-  ASSERT_TRUE(fs::remove(dir_ / "publish-state/main.manifest"));
+  ASSERT_NO_FATAL_FAILURE(RemoveStateManifest());
 
   // Unchanged tree: the broker's manifest is the previous one, so nothing to send.
   auto same = Run();
   ASSERT_TRUE(same.ok()) << same.status().ToString();
   EXPECT_FALSE(same->published);
   EXPECT_FALSE(same->previous_from_state);
-  EXPECT_TRUE(fs::exists(dir_ / "publish-state/main.manifest"));  // kept for next time
+  EXPECT_TRUE(fs::exists(StateManifest()));  // kept for next time
 
-  ASSERT_TRUE(fs::remove(dir_ / "publish-state/main.manifest"));
+  ASSERT_NO_FATAL_FAILURE(RemoveStateManifest());
   WriteFile(dir_ / "tree/pool/b.rpm", RandomBytes(6000, 4));
   auto run = Run();
   ASSERT_TRUE(run.ok()) << run.status().ToString();
@@ -299,10 +319,10 @@ TEST_F(PublishTest, MissingStateManifestIsFetchedFromTheBroker) {
 TEST_F(PublishTest, StaleStateManifestIsReplacedByTheBrokers) {
   ASSERT_NO_FATAL_FAILURE(PublishFirst());
   // The state dir keeps serial 1 while another publisher host moves the repo on.
-  const std::string kept = ReadFile(dir_ / "publish-state/main.manifest");
+  const std::string kept = ReadFile(StateManifest());
   WriteFile(dir_ / "tree/pool/a.rpm", RandomBytes(100, 5));
   ASSERT_TRUE(Run().ok());
-  WriteFile(dir_ / "publish-state/main.manifest", kept);
+  WriteFile(StateManifest(), kept);
 
   auto run = Run();
   ASSERT_TRUE(run.ok()) << run.status().ToString();
@@ -335,7 +355,7 @@ TEST_F(PublishTest, UnreachableBrokerIsUnavailableOrTimeout) {
   EXPECT_NE(run.status().message().find(options.broker.ToString()), std::string::npos)
       << run.status().message();
   EXPECT_EQ(PublishExitCode(run.status()), 3);
-  EXPECT_FALSE(fs::exists(dir_ / "publish-state/main.manifest"));
+  EXPECT_FALSE(fs::exists(StateManifest()));
 }
 
 TEST_F(PublishTest, BadOptionsAreInvalidArgument) {
