@@ -487,8 +487,9 @@ Result<ManifestIndex> ApplyChangesToIndex(
   return ApplyChangesImpl(old, source, list.data(), list.size(), sink);
 }
 
-Status DiffIndexes(const ManifestIndex& from, ChunkSource& from_source, const ManifestIndex& to,
-                   ChunkSource& to_source, const ChangeSink& sink) {
+Status DiffIndexEntries(const ManifestIndex& from, ChunkSource& from_source,
+                        const ManifestIndex& to, ChunkSource& to_source,
+                        const EntryPairSink& sink) {
   std::set<std::string> from_ids, to_ids;
   for (const auto& r : from.refs) from_ids.insert(r.id);
   for (const auto& r : to.refs) to_ids.insert(r.id);
@@ -499,29 +500,40 @@ Status DiffIndexes(const ManifestIndex& from, ChunkSource& from_source, const Ma
     MC_ASSIGN_OR_RETURN(const v1::FileEntry* x, a.Peek());
     MC_ASSIGN_OR_RETURN(const v1::FileEntry* y, b.Peek());
     if (x == nullptr && y == nullptr) return Status::Ok();
-    v1::Change change;
     if (y == nullptr || (x != nullptr && x->path() < y->path())) {
-      change.set_kind(v1::CHANGE_DELETED);
-      change.mutable_entry()->set_path(x->path());
-      change.mutable_entry()->set_kind(x->kind());
+      MC_RETURN_IF_ERROR(sink(x, nullptr));
       a.Next();
     } else if (x == nullptr || y->path() < x->path()) {
-      change.set_kind(v1::CHANGE_ADDED);
-      *change.mutable_entry() = *y;
+      MC_RETURN_IF_ERROR(sink(nullptr, y));
       b.Next();
     } else {
-      const bool same = SameEntry(*x, *y);
-      if (!same) {
-        change.set_kind(v1::CHANGE_MODIFIED);
-        *change.mutable_entry() = *y;
-        if (x->kind() == v1::ENTRY_FILE) change.set_previous_sha256(x->sha256());
-      }
+      if (!SameEntry(*x, *y)) MC_RETURN_IF_ERROR(sink(x, y));
       a.Next();
       b.Next();
-      if (same) continue;
     }
-    MC_RETURN_IF_ERROR(sink(std::move(change)));
   }
+}
+
+Status DiffIndexes(const ManifestIndex& from, ChunkSource& from_source, const ManifestIndex& to,
+                   ChunkSource& to_source, const ChangeSink& sink) {
+  return DiffIndexEntries(from, from_source, to, to_source,
+                          [&](const v1::FileEntry* x, const v1::FileEntry* y) -> Status {
+                            v1::Change change;
+                            if (y == nullptr) {
+                              change.set_kind(v1::CHANGE_DELETED);
+                              change.mutable_entry()->set_path(x->path());
+                              change.mutable_entry()->set_kind(x->kind());
+                            } else if (x == nullptr) {
+                              change.set_kind(v1::CHANGE_ADDED);
+                              *change.mutable_entry() = *y;
+                            } else {
+                              change.set_kind(v1::CHANGE_MODIFIED);
+                              *change.mutable_entry() = *y;
+                              if (x->kind() == v1::ENTRY_FILE)
+                                change.set_previous_sha256(x->sha256());
+                            }
+                            return sink(std::move(change));
+                          });
 }
 
 Status ForEachEntry(const ManifestIndex& index, ChunkSource& source, const EntrySink& sink) {

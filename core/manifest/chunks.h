@@ -153,6 +153,13 @@ using ChangeSink = std::function<Status(v1::Change change)>;
 Status DiffIndexes(const ManifestIndex& from, ChunkSource& from_source, const ManifestIndex& to,
                    ChunkSource& to_source, const ChangeSink& sink);
 
+// The same diff as pairs: for each path that differs, its entry in `from`
+// (null when added) and in `to` (null when deleted), in path order.
+using EntryPairSink =
+    std::function<Status(const v1::FileEntry* before, const v1::FileEntry* after)>;
+Status DiffIndexEntries(const ManifestIndex& from, ChunkSource& from_source,
+                        const ManifestIndex& to, ChunkSource& to_source, const EntryPairSink& sink);
+
 // Every entry of a manifest in path order, chunk by chunk.
 using EntrySink = std::function<Status(v1::FileEntry entry)>;
 Status ForEachEntry(const ManifestIndex& index, ChunkSource& source, const EntrySink& sink);
