@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <set>
 #include <system_error>
 
 #include "core/base/clock.h"
@@ -10,6 +11,7 @@
 #include "core/cli/signals.h"
 #include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
+#include "core/fs/path.h"
 #include "core/manifest/manifest.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
@@ -80,6 +82,14 @@ Status Broker::Start() {
     return Status::NotFound("tree root " + options_.tree_root.string() + " is not a directory");
   }
   MC_ASSIGN_OR_RETURN(state_, BrokerState::Open(options_.state_dir));
+  objects_ = std::make_unique<ObjectStore>(options_.state_dir / "objects");
+  // Objects linked for a publish that never committed (a crash in between).
+  MC_ASSIGN_OR_RETURN(auto uncommitted, state_->UncommittedObjects());
+  for (const auto& [repo, sha] : uncommitted) {
+    if (Status s = objects_->Remove(repo, sha); !s.ok()) MC_LOG(warning) << s.ToString();
+  }
+  MC_RETURN_IF_ERROR(state_->ClearPendingObjects(""));
+  MC_RETURN_IF_ERROR(IndexOlderRepos());
 
   ConfigureSocket(control_, options_.listen, static_cast<int64_t>(kMaxControlMessageBytes));
   control_.set(zmq::sockopt::router_mandatory, 0);  // replies to vanished peers are dropped
@@ -109,6 +119,9 @@ Status Broker::Start() {
   ContentServerOptions content;
   content.bind = options_.listen.WithPort(side_port(options_.content_port, 2));
   content.tree_root = options_.tree_root;
+  content.state_dir = options_.state_dir;
+  content.objects = objects_.get();
+  content.keep_versions = options_.keep_versions;
   content.manifests_dir = options_.state_dir / "manifests";
   content.scratch_dir = options_.state_dir / "scratch";
   content.workers = options_.content_workers;
@@ -301,17 +314,42 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   // that apply it would all fail the digest check.
   // Fails closed: without the previous manifest the change list cannot be
   // checked, and a wrong one would make every mirror's apply fail.
+  std::optional<Manifest> previous;
   if (head.serial > 0) {
     auto previous_bytes =
         ReadFileToString(state_->ManifestPath(repo, head.serial), kMaxControlMessageBytes);
-    auto previous = previous_bytes.ok() ? Manifest::Parse(*previous_bytes)
-                                        : Result<Manifest>(previous_bytes.status());
-    if (!previous.ok() || previous->Digest() != head.manifest_sha256) {
+    auto parsed = previous_bytes.ok() ? Manifest::Parse(*previous_bytes)
+                                      : Result<Manifest>(previous_bytes.status());
+    if (!parsed.ok() || parsed->Digest() != head.manifest_sha256) {
       MC_LOG(error) << "stored manifest of " << repo << " serial " << head.serial
-                    << " is unusable: " << previous.status().ToString();
+                    << " is unusable: " << parsed.status().ToString();
       return Fail("broker cannot check the change list: its stored manifest of serial " +
                   std::to_string(head.serial) + " is missing or damaged");
     }
+    previous = std::move(*parsed);
+  }
+
+  // Which file versions this serial names anew (to check, record and
+  // retain), and which (path, version) pairs it stops naming: the change
+  // list, O(changes); the whole manifest for a repo's first publish.
+  VersionChanges versions;
+  std::vector<const v1::FileEntry*> fresh;
+  if (!previous || !state_->VersionsIndexed(repo)) {
+    versions.complete = true;
+    for (const auto& [path, entry] : manifest->entries()) {
+      if (entry.kind() == v1::ENTRY_FILE) fresh.push_back(&entry);
+    }
+  } else {
+    for (const v1::Change& change : event.changes()) {
+      const v1::FileEntry* before = previous->Find(change.entry().path());
+      if (before != nullptr && before->kind() == v1::ENTRY_FILE) {
+        versions.retired.emplace_back(before->path(), before->sha256());
+      }
+      const v1::FileEntry* after = manifest->Find(change.entry().path());
+      if (after != nullptr && after->kind() == v1::ENTRY_FILE) fresh.push_back(after);
+    }
+  }
+  if (previous) {
     Status applied = previous->ApplyChanges(event.changes());
     if (!applied.ok() || previous->Digest() != event.manifest_sha256()) {
       return Fail("refused: the change list does not turn serial " + std::to_string(head.serial) +
@@ -319,29 +357,180 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     }
   }
 
+  v1::ControlReply reply = Ok();
+  std::vector<std::string> created;  // objects made for this publish, removed if it fails
+  if (Status s =
+          RecordFiles(repo, fresh, &versions, reply.mutable_publish()->mutable_linked(), &created);
+      !s.ok()) {
+    MC_LOG(warning) << "refused publish of " << repo << " serial " << event.serial() << ": "
+                    << s.message();
+    return Fail("refused: " + s.message());
+  }
+  auto undo = [&] {
+    for (const std::string& sha : created) (void)objects_->Remove(repo, sha);
+    (void)state_->ClearPendingObjects(repo);
+  };
+
   std::error_code ec;
   fs::create_directories(state_->ManifestPath(repo, 0).parent_path(), ec);
   if (Status s =
           WriteFileAtomic(state_->ManifestPath(repo, event.serial()), request.manifest(), 0644);
       !s.ok()) {
     MC_LOG(error) << "cannot store manifest: " << s.ToString();
+    undo();
     return Fail("broker could not store the manifest: " + s.message());
   }
   RepoHead next{event.serial(), event.manifest_sha256(), event.manifest_entries()};
-  if (Status s = state_->CommitEvent(repo, next, request.envelope(), now); !s.ok()) {
+  if (Status s = state_->CommitEvent(repo, next, request.envelope(), now, versions); !s.ok()) {
     MC_LOG(error) << "cannot commit event: " << s.ToString();
+    undo();
     return Fail("broker could not store the event: " + s.message());
   }
   MC_LOG(info) << "published repo=" << repo << " serial=" << event.serial()
                << " changes=" << event.changes_size() << " entries=" << event.manifest_entries()
-               << " key=" << opened->key_id;
+               << " new_versions=" << versions.published.size()
+               << " retained=" << versions.objects.size() << " key=" << opened->key_id;
   FanOut(repo, request.envelope());
   if (Status s = state_->Prune(repo, options_.keep_events, options_.keep_manifests); !s.ok()) {
     MC_LOG(warning) << "prune " << repo << ": " << s.ToString();
   }
-  v1::ControlReply reply = Ok();
+  PruneVersions(repo);
   reply.mutable_publish()->set_serial(event.serial());
   return reply;
+}
+
+Status Broker::RecordFiles(const std::string& repo, const std::vector<const v1::FileEntry*>& files,
+                           VersionChanges* versions,
+                           google::protobuf::RepeatedPtrField<v1::LinkedFile>* linked,
+                           std::vector<std::string>* created) {
+  const bool retain = options_.keep_versions > 0;
+  if (retain) {
+    std::vector<std::string> shas;
+    shas.reserve(files.size());
+    for (const v1::FileEntry* e : files) shas.push_back(e->sha256());
+    MC_RETURN_IF_ERROR(state_->AddPendingObjects(repo, shas).WithContext("broker state"));
+  }
+  auto fail = [&](Status s) {
+    for (const std::string& sha : *created) (void)objects_->Remove(repo, sha);
+    created->clear();
+    (void)state_->ClearPendingObjects(repo);
+    return s;
+  };
+  std::set<std::string> retained;  // versions already seen in this publish
+  size_t refused_links = 0;
+  std::string first_refusal;
+  for (const v1::FileEntry* entry : files) {
+    const std::string shown = EscapeForLog(entry->path());
+    // The same open and stat serve the check, the identity and the link.
+    auto file = OpenInTree(options_.tree_root, repo, entry->path());
+    if (!file.ok()) {
+      return fail(
+          Status::Rejected(shown + " is not in the tree as signed: " + file.status().message()));
+    }
+    const FileIdentity identity = IdentityOf(file->st);
+    if (identity.size != entry->size()) {
+      return fail(Status::Rejected(shown + " has " + std::to_string(identity.size) +
+                                   " bytes in the tree, the signed size is " +
+                                   std::to_string(entry->size())));
+    }
+    if (static_cast<int64_t>(file->st.st_mtim.tv_sec) != entry->mtime()) {
+      return fail(Status::Rejected(shown + " changed after the publisher scanned it (mtime " +
+                                   std::to_string(file->st.st_mtim.tv_sec) + " in the tree, " +
+                                   std::to_string(entry->mtime()) +
+                                   " signed); re-run the publisher"));
+    }
+    PublishedVersion version{entry->sha256(), entry->path(), identity};
+    if (retain && retained.insert(entry->sha256()).second) {
+      // A retained object still holding the bytes it was made from is kept.
+      MC_ASSIGN_OR_RETURN(auto existing, state_->ObjectOf(repo, entry->sha256()));
+      bool keep_existing = false;
+      if (existing) {
+        auto object = OpenStateFile(objects_->PathOf(repo, entry->sha256()));
+        keep_existing = object.ok() && SameContent(existing->identity, IdentityOf(object->st));
+      }
+      if (!keep_existing) {
+        std::string why_not;
+        auto made = objects_->Retain(repo, entry->sha256(), *file, &why_not);
+        if (!made.ok()) return fail(made.status());
+        if (*made) {
+          created->push_back(entry->sha256());
+          versions->objects.push_back(StoredObject{entry->sha256(), **made});
+          if ((*made)->kind == ObjectKind::kLink) {
+            version.identity = (*made)->identity;  // the link moved the tree file's ctime
+            v1::LinkedFile* l = linked->Add();
+            l->set_path(entry->path());
+            l->set_inode(identity.ino);
+            l->set_size(identity.size);
+            l->set_mtime_ns(identity.mtime_ns);
+            l->set_ctime_before_ns(identity.ctime_ns);
+            l->set_ctime_after_ns((*made)->identity.ctime_ns);
+          }
+        } else if (!why_not.empty()) {
+          if (refused_links++ == 0) first_refusal = why_not;
+        }
+      }
+    }
+    versions->published.push_back(std::move(version));
+  }
+  if (refused_links > 0) {
+    MC_LOG(warning) << "repo=" << repo << ": " << refused_links
+                    << " new versions could not be retained (first: " << first_refusal
+                    << "); they are served from the tree only while it holds them";
+  }
+  return Status::Ok();
+}
+
+void Broker::PruneVersions(const std::string& repo) {
+  auto expired = state_->ExpiredObjects(repo, options_.keep_versions);
+  if (!expired.ok()) {
+    MC_LOG(warning) << "prune versions of " << repo << ": " << expired.status().ToString();
+    return;
+  }
+  // Files first, rows after: a crash in between leaves rows without files
+  // (served from the tree or refused), never files nobody will remove.
+  for (const std::string& sha : *expired) {
+    if (Status s = objects_->Remove(repo, sha); !s.ok()) {
+      MC_LOG(warning) << "prune versions of " << repo << ": " << s.ToString();
+    }
+  }
+  if (Status s = state_->PruneVersions(repo, options_.keep_versions); !s.ok()) {
+    MC_LOG(warning) << "prune versions of " << repo << ": " << s.ToString();
+  } else if (!expired->empty()) {
+    MC_LOG(info) << "pruned " << expired->size() << " retained versions of " << repo;
+  }
+}
+
+Status Broker::IndexOlderRepos() {
+  for (const auto& [repo, head] : state_->repos()) {
+    if (state_->VersionsIndexed(repo) || head.serial == 0) continue;
+    // Published by a broker that kept no version table: index the head's
+    // files as the tree holds them now (once; nothing is retained for them).
+    auto bytes = ReadFileToString(state_->ManifestPath(repo, head.serial), kMaxControlMessageBytes);
+    auto manifest = bytes.ok() ? Manifest::Parse(*bytes) : Result<Manifest>(bytes.status());
+    if (!manifest.ok() || manifest->Digest() != head.manifest_sha256) {
+      MC_LOG(error) << "cannot index repo " << repo << ": its stored manifest of serial "
+                    << head.serial << " is missing or damaged; its files are served again after "
+                    << "the next publish";
+      continue;
+    }
+    VersionChanges versions;
+    versions.complete = true;
+    size_t skipped = 0;
+    for (const auto& [path, entry] : manifest->entries()) {
+      if (entry.kind() != v1::ENTRY_FILE) continue;
+      auto file = OpenInTree(options_.tree_root, repo, path);
+      if (!file.ok() || static_cast<uint64_t>(file->st.st_size) != entry.size() ||
+          static_cast<int64_t>(file->st.st_mtim.tv_sec) != entry.mtime()) {
+        ++skipped;
+        continue;
+      }
+      versions.published.push_back(PublishedVersion{entry.sha256(), path, IdentityOf(file->st)});
+    }
+    MC_RETURN_IF_ERROR(state_->IndexVersions(repo, versions).WithContext("index " + repo));
+    MC_LOG(info) << "indexed repo=" << repo << " serial=" << head.serial
+                 << " files=" << versions.published.size() << " not_as_published=" << skipped;
+  }
+  return Status::Ok();
 }
 
 void Broker::FanOut(const std::string& repo, const std::string& envelope) {
