@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <set>
 #include <system_error>
 
 #include "core/base/clock.h"
@@ -10,6 +11,7 @@
 #include "core/cli/signals.h"
 #include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
+#include "core/fs/path.h"
 #include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
 #include "core/net/messages.h"
@@ -81,6 +83,13 @@ Status Broker::Start() {
     return Status::NotFound("tree root " + options_.tree_root.string() + " is not a directory");
   }
   MC_ASSIGN_OR_RETURN(state_, BrokerState::Open(options_.state_dir));
+  objects_ = std::make_unique<ObjectStore>(options_.state_dir / "objects");
+  // Objects linked for a publish that never committed (a crash in between).
+  MC_ASSIGN_OR_RETURN(auto uncommitted, state_->UncommittedObjects());
+  for (const auto& [repo, sha] : uncommitted) {
+    if (Status s = objects_->Remove(repo, sha); !s.ok()) MC_LOG(warning) << s.ToString();
+  }
+  MC_RETURN_IF_ERROR(state_->ClearPendingObjects(""));
 
   ConfigureSocket(control_, options_.listen, static_cast<int64_t>(kMaxControlMessageBytes));
   control_.set(zmq::sockopt::router_mandatory, 0);  // replies to vanished peers are dropped
@@ -110,6 +119,9 @@ Status Broker::Start() {
   ContentServerOptions content;
   content.bind = options_.listen.WithPort(side_port(options_.content_port, 2));
   content.tree_root = options_.tree_root;
+  content.state_dir = options_.state_dir;
+  content.objects = objects_.get();
+  content.keep_versions = options_.keep_versions;
   content.objects_dir = options_.state_dir / "manifest-objects";
   content.scratch_dir = options_.state_dir / "scratch";
   content.workers = options_.content_workers;
@@ -311,9 +323,8 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     previous = std::move(*decoded);
   }
   ManifestIndex next_index;
-  std::vector<std::string> new_objects;
+  MemoryChunks fresh(&objects);  // chunks derived here, not yet stored
   if (!event.changes_omitted()) {
-    MemoryChunks fresh(&objects);
     auto derived = ApplyChangesToIndex(previous, fresh, event.changes(),
                                        [&](const ChunkRef& ref, std::string bytes) {
                                          fresh.Put(ref.id, std::move(bytes));
@@ -332,18 +343,9 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
                   (derived.ok() ? "" : " (" + derived.status().message() + ")"));
     }
     next_index = std::move(*derived);
-    for (const auto& [id, bytes] : fresh.chunks()) {
-      if (Status s = objects.Put(bytes).status(); !s.ok()) {
-        MC_LOG(error) << "cannot store a manifest chunk: " << s.ToString();
-        return Fail("broker could not store the manifest: " + s.message());
-      }
-    }
-    if (Status s = objects.Put(next_index.Encode()).status(); !s.ok()) {
-      return Fail("broker could not store the manifest: " + s.message());
-    }
   } else {
     // Uploaded beforehand (PutObjects): the index under the signed root, and
-    // every chunk the previous manifest lacks; the diff reads each of those.
+    // every chunk the previous manifest lacks; the diff below reads each.
     auto bytes = objects.Load(event.manifest_sha256(), kMaxIndexBytes);
     if (!bytes.ok()) {
       return Fail("refused: the change list is left out but the manifest index " +
@@ -353,48 +355,190 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     auto decoded = ManifestIndex::Decode(*bytes);
     if (!decoded.ok()) return Fail("refused: manifest index: " + decoded.status().message());
     next_index = std::move(*decoded);
-    uint64_t counted = 0;
-    Status diffed = DiffIndexes(previous, objects, next_index, objects, [&](v1::Change) {
-      ++counted;
-      return Status::Ok();
-    });
-    if (!diffed.ok()) return Fail("refused: the uploaded manifest: " + diffed.message());
-    if (counted != event.change_count()) {
-      return Fail("refused: the manifest differs from serial " + std::to_string(head.serial) +
-                  " by " + std::to_string(counted) + " changes, the event counts " +
-                  std::to_string(event.change_count()));
-    }
   }
   if (next_index.entries() != event.manifest_entries()) {
     return Fail("refused: the manifest has " + std::to_string(next_index.entries()) +
                 " entries, the event says " + std::to_string(event.manifest_entries()));
   }
-  for (const auto& r : next_index.refs) new_objects.push_back(r.id);
-  new_objects.push_back(event.manifest_sha256());
-  if (Status s = objects.Sync(); !s.ok()) {
-    MC_LOG(error) << "cannot make the manifest durable: " << s.ToString();
-    return Fail("broker could not store the manifest: " + s.message());
+
+  // Which file versions this serial names anew (to check, record and
+  // retain), and which (path, version) pairs it stops naming: the diff of
+  // the two manifests, read from the chunks that differ only (every file of
+  // the manifest for a repo's first publish).
+  VersionChanges versions;
+  std::vector<v1::FileEntry> new_files;
+  uint64_t counted = 0;
+  Status diffed =
+      DiffIndexEntries(previous, objects, next_index, fresh,
+                       [&](const v1::FileEntry* before, const v1::FileEntry* after) {
+                         ++counted;
+                         if (before != nullptr && before->kind() == v1::ENTRY_FILE) {
+                           versions.retired.emplace_back(before->path(), before->sha256());
+                         }
+                         if (after != nullptr && after->kind() == v1::ENTRY_FILE)
+                           new_files.push_back(*after);
+                         return Status::Ok();
+                       });
+  if (!diffed.ok()) return Fail("refused: the new manifest: " + diffed.message());
+  if (counted != event.change_count()) {
+    return Fail("refused: the manifest differs from serial " + std::to_string(head.serial) +
+                " by " + std::to_string(counted) + " changes, the event counts " +
+                std::to_string(event.change_count()));
   }
-  if (Status s = state_->TouchObjects(repo, event.serial(), new_objects); !s.ok()) {
-    MC_LOG(error) << "cannot record manifest objects: " << s.ToString();
-    return Fail("broker could not store the manifest: " + s.message());
+  std::vector<const v1::FileEntry*> fresh_files;
+  fresh_files.reserve(new_files.size());
+  for (const auto& f : new_files) fresh_files.push_back(&f);
+
+  v1::ControlReply reply = Ok();
+  std::vector<std::string> created;  // objects made for this publish, removed if it fails
+  if (Status s = RecordFiles(repo, fresh_files, &versions,
+                             reply.mutable_publish()->mutable_linked(), &created);
+      !s.ok()) {
+    MC_LOG(warning) << "refused publish of " << repo << " serial " << event.serial() << ": "
+                    << s.message();
+    return Fail("refused: " + s.message());
+  }
+  auto undo = [&] {
+    for (const std::string& sha : created) (void)objects_->Remove(repo, sha);
+    (void)state_->ClearPendingObjects(repo);
+  };
+
+  // The derived chunks and index, then one syncfs for all of them.
+  std::vector<std::string> manifest_objects;
+  Status stored = Status::Ok();
+  for (const auto& [id, bytes] : fresh.chunks()) {
+    if (stored.ok()) stored = objects.Put(bytes).status();
+  }
+  if (stored.ok() && !event.changes_omitted()) stored = objects.Put(next_index.Encode()).status();
+  if (stored.ok()) stored = objects.Sync();
+  for (const auto& r : next_index.refs) manifest_objects.push_back(r.id);
+  manifest_objects.push_back(event.manifest_sha256());
+  if (stored.ok()) stored = state_->TouchObjects(repo, event.serial(), manifest_objects);
+  if (!stored.ok()) {
+    MC_LOG(error) << "cannot store the manifest: " << stored.ToString();
+    undo();
+    return Fail("broker could not store the manifest: " + stored.message());
   }
   RepoHead next{event.serial(), event.manifest_sha256(), event.manifest_entries()};
-  if (Status s = state_->CommitEvent(repo, next, request.envelope(), now); !s.ok()) {
+  if (Status s = state_->CommitEvent(repo, next, request.envelope(), now, versions); !s.ok()) {
     MC_LOG(error) << "cannot commit event: " << s.ToString();
+    undo();
     return Fail("broker could not store the event: " + s.message());
   }
   MC_LOG(info) << "published repo=" << repo << " serial=" << event.serial()
                << " changes=" << event.change_count()
                << (event.changes_omitted() ? " (list left out)" : "")
-               << " entries=" << event.manifest_entries() << " key=" << opened->key_id;
+               << " entries=" << event.manifest_entries()
+               << " new_versions=" << versions.published.size()
+               << " retained=" << versions.objects.size() << " key=" << opened->key_id;
   FanOut(repo, request.envelope());
   if (Status s = state_->Prune(repo, options_.keep_events, options_.keep_manifests); !s.ok()) {
     MC_LOG(warning) << "prune " << repo << ": " << s.ToString();
   }
-  v1::ControlReply reply = Ok();
+  PruneVersions(repo);
   reply.mutable_publish()->set_serial(event.serial());
   return reply;
+}
+
+Status Broker::RecordFiles(const std::string& repo, const std::vector<const v1::FileEntry*>& files,
+                           VersionChanges* versions,
+                           google::protobuf::RepeatedPtrField<v1::LinkedFile>* linked,
+                           std::vector<std::string>* created) {
+  const bool retain = options_.keep_versions > 0;
+  if (retain) {
+    std::vector<std::string> shas;
+    shas.reserve(files.size());
+    for (const v1::FileEntry* e : files) shas.push_back(e->sha256());
+    MC_RETURN_IF_ERROR(state_->AddPendingObjects(repo, shas).WithContext("broker state"));
+  }
+  auto fail = [&](Status s) {
+    for (const std::string& sha : *created) (void)objects_->Remove(repo, sha);
+    created->clear();
+    (void)state_->ClearPendingObjects(repo);
+    return s;
+  };
+  std::set<std::string> retained;  // versions already seen in this publish
+  size_t refused_links = 0;
+  std::string first_refusal;
+  for (const v1::FileEntry* entry : files) {
+    const std::string shown = EscapeForLog(entry->path());
+    // The same open and stat serve the check, the identity and the link.
+    auto file = OpenInTree(options_.tree_root, repo, entry->path());
+    if (!file.ok()) {
+      return fail(
+          Status::Rejected(shown + " is not in the tree as signed: " + file.status().message()));
+    }
+    const FileIdentity identity = IdentityOf(file->st);
+    if (identity.size != entry->size()) {
+      return fail(Status::Rejected(shown + " has " + std::to_string(identity.size) +
+                                   " bytes in the tree, the signed size is " +
+                                   std::to_string(entry->size())));
+    }
+    if (static_cast<int64_t>(file->st.st_mtim.tv_sec) != entry->mtime()) {
+      return fail(Status::Rejected(shown + " changed after the publisher scanned it (mtime " +
+                                   std::to_string(file->st.st_mtim.tv_sec) + " in the tree, " +
+                                   std::to_string(entry->mtime()) +
+                                   " signed); re-run the publisher"));
+    }
+    PublishedVersion version{entry->sha256(), entry->path(), identity};
+    if (retain && retained.insert(entry->sha256()).second) {
+      // A retained object still holding the bytes it was made from is kept.
+      MC_ASSIGN_OR_RETURN(auto existing, state_->ObjectOf(repo, entry->sha256()));
+      bool keep_existing = false;
+      if (existing) {
+        auto object = OpenStateFile(objects_->PathOf(repo, entry->sha256()));
+        keep_existing = object.ok() && SameContent(existing->identity, IdentityOf(object->st));
+      }
+      if (!keep_existing) {
+        std::string why_not;
+        auto made = objects_->Retain(repo, entry->sha256(), *file, &why_not);
+        if (!made.ok()) return fail(made.status());
+        if (*made) {
+          created->push_back(entry->sha256());
+          versions->objects.push_back(StoredObject{entry->sha256(), **made});
+          if ((*made)->kind == ObjectKind::kLink) {
+            version.identity = (*made)->identity;  // the link moved the tree file's ctime
+            v1::LinkedFile* l = linked->Add();
+            l->set_path(entry->path());
+            l->set_inode(identity.ino);
+            l->set_size(identity.size);
+            l->set_mtime_ns(identity.mtime_ns);
+            l->set_ctime_before_ns(identity.ctime_ns);
+            l->set_ctime_after_ns((*made)->identity.ctime_ns);
+          }
+        } else if (!why_not.empty()) {
+          if (refused_links++ == 0) first_refusal = why_not;
+        }
+      }
+    }
+    versions->published.push_back(std::move(version));
+  }
+  if (refused_links > 0) {
+    MC_LOG(warning) << "repo=" << repo << ": " << refused_links
+                    << " new versions could not be retained (first: " << first_refusal
+                    << "); they are served from the tree only while it holds them";
+  }
+  return Status::Ok();
+}
+
+void Broker::PruneVersions(const std::string& repo) {
+  auto expired = state_->ExpiredObjects(repo, options_.keep_versions);
+  if (!expired.ok()) {
+    MC_LOG(warning) << "prune versions of " << repo << ": " << expired.status().ToString();
+    return;
+  }
+  // Files first, rows after: a crash in between leaves rows without files
+  // (served from the tree or refused), never files nobody will remove.
+  for (const std::string& sha : *expired) {
+    if (Status s = objects_->Remove(repo, sha); !s.ok()) {
+      MC_LOG(warning) << "prune versions of " << repo << ": " << s.ToString();
+    }
+  }
+  if (Status s = state_->PruneVersions(repo, options_.keep_versions); !s.ok()) {
+    MC_LOG(warning) << "prune versions of " << repo << ": " << s.ToString();
+  } else if (!expired->empty()) {
+    MC_LOG(info) << "pruned " << expired->size() << " retained versions of " << repo;
+  }
 }
 
 void Broker::FanOut(const std::string& repo, const std::string& envelope) {

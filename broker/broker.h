@@ -26,6 +26,7 @@
 
 #include "broker/broker_state.h"
 #include "broker/content_server.h"
+#include "broker/object_store.h"
 #include "core/base/status.h"
 #include "core/crypto/keys.h"
 #include "core/net/endpoint.h"
@@ -44,7 +45,11 @@ struct BrokerOptions {
   int content_workers = 4;
   uint64_t keep_events = 10000;  // per repo, for catch-up (older: manifest jump)
   uint64_t keep_manifests = 4;   // per repo, for bootstrap and diffs
-  std::string broker_id;         // defaults to the hostname
+  // Serials for which a file version replaced or deleted by a publish stays
+  // servable (from the retained store, <state>/objects). 0: none are kept
+  // and only the head's versions are served, from the tree.
+  uint64_t keep_versions = 4;
+  std::string broker_id;  // defaults to the hostname
   // The origin's online key for signed heartbeats (freshness proof); none
   // without it. Subscribers trust it for heartbeats only.
   std::optional<std::filesystem::path> heartbeat_key;
@@ -69,6 +74,14 @@ class Broker {
   void HandleControl(std::vector<zmq::message_t>& frames);
   v1::ControlReply Dispatch(const v1::ControlRequest& request);
   v1::ControlReply HandlePublish(const v1::PublishRequest& request);
+  // Checks that every file version the publish names anew is in the tree
+  // with its signed size and mtime, records its identity and retains it.
+  // Fills `versions` and `linked`; on failure removes the objects it made.
+  Status RecordFiles(const std::string& repo, const std::vector<const v1::FileEntry*>& files,
+                     VersionChanges* versions,
+                     google::protobuf::RepeatedPtrField<v1::LinkedFile>* linked,
+                     std::vector<std::string>* created);
+  void PruneVersions(const std::string& repo);
   v1::ControlReply HandleEvents(const v1::EventsRequest& request);
   v1::ControlReply HandleAck(const v1::AckRequest& request);
   v1::ControlReply HandleStatus();
@@ -81,6 +94,9 @@ class Broker {
   zmq::context_t context_;
   zmq::socket_t control_;
   zmq::socket_t events_;
+  // Declared before content_, whose workers use it (PathOf); Retain and
+  // Remove only on the control thread.
+  std::unique_ptr<ObjectStore> objects_;
   std::unique_ptr<ContentServer> content_;
   std::unique_ptr<BrokerState> state_;
   TrustStore trust_;

@@ -10,11 +10,39 @@ namespace mirrorcast {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// 2: manifests in format v2 (chunked, by root), servable versions.
+constexpr int64_t kSchemaVersion = 2;
+
+// A state written by 0.1 names its heads by format-v1 digests this version
+// cannot read or serve: refusing beats publishing on top of it.
+Status RefuseFormatOne(Database& db, const fs::path& state_dir) {
+  MC_ASSIGN_OR_RETURN(Statement version, db.Prepare("PRAGMA user_version"));
+  MC_ASSIGN_OR_RETURN(bool row, version.Step());
+  if (row && version.ColumnInt(0) >= kSchemaVersion) return Status::Ok();
+  MC_ASSIGN_OR_RETURN(
+      Statement repos,
+      db.Prepare("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'repos'"));
+  MC_ASSIGN_OR_RETURN(bool has, repos.Step());
+  if (!has || repos.ColumnInt(0) == 0) return Status::Ok();
+  MC_ASSIGN_OR_RETURN(Statement heads, db.Prepare("SELECT count(*) FROM repos"));
+  MC_ASSIGN_OR_RETURN(bool counted, heads.Step());
+  if (!counted || heads.ColumnInt(0) == 0) return Status::Ok();
+  return Status::FailedPrecondition(
+      "broker state " + state_dir.string() +
+      " was written by mirrorcast 0.1 (manifest format v1), which this version cannot serve: "
+      "move it aside and publish again (mirrors rebuild their own state from their trees)");
+}
+
+}  // namespace
+
 Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir) {
   std::error_code ec;
   fs::create_directories(state_dir / "manifest-objects", ec);
   if (ec) return Status::IoError("create " + state_dir.string() + ": " + ec.message());
   MC_ASSIGN_OR_RETURN(auto db, Database::Open(state_dir / "broker.db"));
+  MC_RETURN_IF_ERROR(RefuseFormatOne(*db, state_dir));
   MC_RETURN_IF_ERROR(db->Exec(R"sql(
     CREATE TABLE IF NOT EXISTS repos(
       repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, manifest_sha256 BLOB NOT NULL,
@@ -38,6 +66,25 @@ Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir
       !s.ok() && s.message().find("duplicate column") == std::string::npos) {
     return s;
   }
+  // Servable versions (content by SHA-256).
+  MC_RETURN_IF_ERROR(db->Exec(R"sql(
+    CREATE TABLE IF NOT EXISTS versions(
+      repo TEXT NOT NULL, sha256 BLOB NOT NULL, path TEXT NOT NULL,
+      dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+      mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+      published_serial INTEGER NOT NULL, retired_serial INTEGER,
+      PRIMARY KEY(repo, sha256, path)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS versions_retired ON versions(repo, retired_serial)
+      WHERE retired_serial IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS objects(
+      repo TEXT NOT NULL, sha256 BLOB NOT NULL, kind INTEGER NOT NULL,
+      dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+      mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+      PRIMARY KEY(repo, sha256)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS pending_objects(
+      repo TEXT NOT NULL, sha256 BLOB NOT NULL, PRIMARY KEY(repo, sha256)) WITHOUT ROWID;
+  )sql"));
+  MC_RETURN_IF_ERROR(db->Exec("PRAGMA user_version = " + std::to_string(kSchemaVersion)));
   std::unique_ptr<BrokerState> state(new BrokerState(state_dir, std::move(db)));
   MC_RETURN_IF_ERROR(state->Load());
   return state;
@@ -65,7 +112,8 @@ RepoHead BrokerState::Head(const std::string& repo) const {
 }
 
 Status BrokerState::CommitEvent(const std::string& repo, const RepoHead& head,
-                                const std::string& envelope, int64_t now_unix) {
+                                const std::string& envelope, int64_t now_unix,
+                                const VersionChanges& versions) {
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
   {
@@ -78,17 +126,243 @@ Status BrokerState::CommitEvent(const std::string& repo, const RepoHead& head,
     MC_ASSIGN_OR_RETURN(
         Statement up,
         db_->Prepare("INSERT INTO repos(repo, serial, manifest_sha256, manifest_entries, "
-                     "updated_unix) VALUES(?, ?, ?, ?, ?) ON CONFLICT(repo) DO UPDATE SET "
+                     "updated_unix) VALUES(?, ?, ?, ?, ?) "
+                     "ON CONFLICT(repo) DO UPDATE SET "
                      "serial=excluded.serial, manifest_sha256=excluded.manifest_sha256, "
                      "manifest_entries=excluded.manifest_entries, "
                      "updated_unix=excluded.updated_unix"));
     up.Bind(1, repo).Bind(2, static_cast<int64_t>(head.serial)).BindBlob(3, head.manifest_sha256);
     up.Bind(4, static_cast<int64_t>(head.manifest_entries)).Bind(5, now_unix);
     MC_RETURN_IF_ERROR(up.Run());
+    MC_RETURN_IF_ERROR(WriteVersions(repo, head.serial, versions));
+    MC_ASSIGN_OR_RETURN(Statement clear,
+                        db_->Prepare("DELETE FROM pending_objects WHERE repo = ?"));
+    clear.Bind(1, repo);
+    MC_RETURN_IF_ERROR(clear.Run());
   }
   MC_RETURN_IF_ERROR(tx.Commit());
   repos_[repo] = head;
   return Status::Ok();
+}
+
+Status BrokerState::WriteVersions(const std::string& repo, uint64_t serial,
+                                  const VersionChanges& versions) {
+  // Retirements first: a version re-published at the same path in the same
+  // serial (a mode or mtime change) ends up current again below.
+  if (!versions.retired.empty()) {
+    MC_ASSIGN_OR_RETURN(Statement retire,
+                        db_->Prepare("UPDATE versions SET retired_serial = ? WHERE repo = ? AND "
+                                     "sha256 = ? AND path = ? AND retired_serial IS NULL"));
+    for (const auto& [path, sha256] : versions.retired) {
+      retire.Reset();
+      retire.Bind(1, static_cast<int64_t>(serial)).Bind(2, repo).BindBlob(3, sha256).Bind(4, path);
+      MC_RETURN_IF_ERROR(retire.Run());
+    }
+  }
+  if (!versions.published.empty()) {
+    MC_ASSIGN_OR_RETURN(
+        Statement put,
+        db_->Prepare("INSERT INTO versions(repo, sha256, path, dev, ino, size, mtime_ns, ctime_ns, "
+                     "published_serial, retired_serial) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+                     "ON CONFLICT(repo, sha256, path) DO UPDATE SET dev=excluded.dev, "
+                     "ino=excluded.ino, size=excluded.size, mtime_ns=excluded.mtime_ns, "
+                     "ctime_ns=excluded.ctime_ns, published_serial=excluded.published_serial, "
+                     "retired_serial=NULL"));
+    for (const PublishedVersion& v : versions.published) {
+      put.Reset();
+      put.Bind(1, repo).BindBlob(2, v.sha256).Bind(3, v.path);
+      put.Bind(4, static_cast<int64_t>(v.identity.dev))
+          .Bind(5, static_cast<int64_t>(v.identity.ino));
+      put.Bind(6, static_cast<int64_t>(v.identity.size)).Bind(7, v.identity.mtime_ns);
+      put.Bind(8, v.identity.ctime_ns).Bind(9, static_cast<int64_t>(serial));
+      MC_RETURN_IF_ERROR(put.Run());
+    }
+  }
+  if (!versions.objects.empty()) {
+    MC_ASSIGN_OR_RETURN(Statement put,
+                        db_->Prepare("INSERT OR REPLACE INTO objects(repo, sha256, kind, dev, ino, "
+                                     "size, mtime_ns, ctime_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?)"));
+    for (const StoredObject& o : versions.objects) {
+      const FileIdentity& id = o.object.identity;
+      put.Reset();
+      put.Bind(1, repo).BindBlob(2, o.sha256).Bind(3, static_cast<int64_t>(o.object.kind));
+      put.Bind(4, static_cast<int64_t>(id.dev)).Bind(5, static_cast<int64_t>(id.ino));
+      put.Bind(6, static_cast<int64_t>(id.size)).Bind(7, id.mtime_ns).Bind(8, id.ctime_ns);
+      MC_RETURN_IF_ERROR(put.Run());
+    }
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+RetainedObject ObjectFromRow(const Statement& st, int first) {
+  RetainedObject o;
+  o.kind = st.ColumnInt(first) == static_cast<int64_t>(ObjectKind::kClone) ? ObjectKind::kClone
+                                                                           : ObjectKind::kLink;
+  o.identity.dev = static_cast<uint64_t>(st.ColumnInt(first + 1));
+  o.identity.ino = static_cast<uint64_t>(st.ColumnInt(first + 2));
+  o.identity.size = static_cast<uint64_t>(st.ColumnInt(first + 3));
+  o.identity.mtime_ns = st.ColumnInt(first + 4);
+  o.identity.ctime_ns = st.ColumnInt(first + 5);
+  return o;
+}
+
+// The newest serial whose retirements have outlived a keep window of `keep`
+// at head `head`: rows retired at or before it are no longer servable.
+std::optional<int64_t> ExpiredUpTo(uint64_t head, uint64_t keep) {
+  if (head < keep) return std::nullopt;
+  return static_cast<int64_t>(head - keep);
+}
+
+// Objects of `repo` (?1) none of whose rows is current or retired after ?2.
+constexpr const char* kExpiredObjectsWhere =
+    "o.repo = ?1 AND o.sha256 IN (SELECT sha256 FROM versions WHERE repo = ?1 AND "
+    "retired_serial IS NOT NULL AND retired_serial <= ?2) AND NOT EXISTS (SELECT 1 FROM "
+    "versions v WHERE v.repo = ?1 AND v.sha256 = o.sha256 AND (v.retired_serial IS NULL OR "
+    "v.retired_serial > ?2))";
+
+}  // namespace
+
+Result<std::optional<RetainedObject>> BrokerState::ObjectOf(const std::string& repo,
+                                                            const std::string& sha256) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT kind, dev, ino, size, mtime_ns, ctime_ns FROM objects "
+                                   "WHERE repo = ? AND sha256 = ?"));
+  st.Bind(1, repo).BindBlob(2, sha256);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return std::optional<RetainedObject>();
+  return std::optional<RetainedObject>(ObjectFromRow(st, 0));
+}
+
+Status BrokerState::AddPendingObjects(const std::string& repo,
+                                      const std::vector<std::string>& sha256s) {
+  if (sha256s.empty()) return Status::Ok();
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  {
+    MC_ASSIGN_OR_RETURN(
+        Statement ins,
+        db_->Prepare("INSERT OR IGNORE INTO pending_objects(repo, sha256) VALUES(?, ?)"));
+    for (const std::string& sha : sha256s) {
+      ins.Reset();
+      ins.Bind(1, repo).BindBlob(2, sha);
+      MC_RETURN_IF_ERROR(ins.Run());
+    }
+  }
+  return tx.Commit();
+}
+
+Status BrokerState::ClearPendingObjects(const std::string& repo) {
+  if (repo.empty()) return db_->Exec("DELETE FROM pending_objects");
+  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("DELETE FROM pending_objects WHERE repo = ?"));
+  st.Bind(1, repo);
+  return st.Run();
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> BrokerState::UncommittedObjects() {
+  std::vector<std::pair<std::string, std::string>> out;
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT p.repo, p.sha256 FROM pending_objects p WHERE NOT "
+                                   "EXISTS (SELECT 1 FROM objects o WHERE o.repo = p.repo AND "
+                                   "o.sha256 = p.sha256)"));
+  for (;;) {
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.emplace_back(st.ColumnText(0), st.ColumnBlob(1));
+  }
+  return out;
+}
+
+Result<std::vector<std::string>> BrokerState::ExpiredObjects(const std::string& repo,
+                                                             uint64_t keep_versions) {
+  std::vector<std::string> out;
+  const std::optional<int64_t> upto = ExpiredUpTo(Head(repo).serial, keep_versions);
+  if (!upto) return out;
+  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(std::string("SELECT o.sha256 FROM objects o "
+                                                             "WHERE ") +
+                                                 kExpiredObjectsWhere));
+  st.Bind(1, repo).Bind(2, *upto);
+  for (;;) {
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(st.ColumnBlob(0));
+  }
+  return out;
+}
+
+Status BrokerState::PruneVersions(const std::string& repo, uint64_t keep_versions) {
+  const std::optional<int64_t> upto = ExpiredUpTo(Head(repo).serial, keep_versions);
+  if (!upto) return Status::Ok();
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  {
+    MC_ASSIGN_OR_RETURN(
+        Statement objects,
+        db_->Prepare(std::string("DELETE FROM objects AS o WHERE ") + kExpiredObjectsWhere));
+    objects.Bind(1, repo).Bind(2, *upto);
+    MC_RETURN_IF_ERROR(objects.Run());
+    MC_ASSIGN_OR_RETURN(Statement rows,
+                        db_->Prepare("DELETE FROM versions WHERE repo = ? AND retired_serial IS "
+                                     "NOT NULL AND retired_serial <= ?"));
+    rows.Bind(1, repo).Bind(2, *upto);
+    MC_RETURN_IF_ERROR(rows.Run());
+  }
+  return tx.Commit();
+}
+
+Result<std::unique_ptr<ServableVersionReader>> ServableVersionReader::Open(
+    const fs::path& state_dir) {
+  MC_ASSIGN_OR_RETURN(auto db, Database::Open(state_dir / "broker.db"));
+  MC_RETURN_IF_ERROR(db->Exec("PRAGMA query_only = 1"));
+  return std::unique_ptr<ServableVersionReader>(new ServableVersionReader(std::move(db)));
+}
+
+Result<ServableVersion> ServableVersionReader::Find(const std::string& repo,
+                                                    const std::string& sha256,
+                                                    const std::string& path,
+                                                    uint64_t keep_versions) {
+  ServableVersion out;
+  // One read snapshot for both queries: a publish committing in between
+  // cannot pair one serial's paths with another's object.
+  MC_RETURN_IF_ERROR(db_->Exec("BEGIN"));
+  struct End {
+    Database& db;
+    ~End() { (void)db.Exec("COMMIT"); }
+  } end{*db_};
+  {
+    // Rows still servable at the current head: current, or retired within the window.
+    MC_ASSIGN_OR_RETURN(
+        Statement st,
+        db_->Prepare("SELECT path, dev, ino, size, mtime_ns, ctime_ns, "
+                     "IFNULL(retired_serial, 0) FROM versions WHERE "
+                     "repo = ?1 AND sha256 = ?2 AND (retired_serial IS NULL OR retired_serial + "
+                     "?3 > (SELECT serial FROM repos WHERE repo = ?1)) ORDER BY path = ?4 DESC, "
+                     "retired_serial IS NOT NULL, path LIMIT 16"));
+    st.Bind(1, repo).BindBlob(2, sha256).Bind(3, static_cast<int64_t>(keep_versions)).Bind(4, path);
+    for (;;) {
+      MC_ASSIGN_OR_RETURN(bool row, st.Step());
+      if (!row) break;
+      PublishedVersion v;
+      v.sha256 = sha256;
+      v.path = st.ColumnText(0);
+      v.identity.dev = static_cast<uint64_t>(st.ColumnInt(1));
+      v.identity.ino = static_cast<uint64_t>(st.ColumnInt(2));
+      v.identity.size = static_cast<uint64_t>(st.ColumnInt(3));
+      v.identity.mtime_ns = st.ColumnInt(4);
+      v.identity.ctime_ns = st.ColumnInt(5);
+      v.retired_serial = static_cast<uint64_t>(st.ColumnInt(6));
+      out.paths.push_back(std::move(v));
+    }
+  }
+  if (out.paths.empty()) return out;
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT kind, dev, ino, size, mtime_ns, ctime_ns FROM objects "
+                                   "WHERE repo = ? AND sha256 = ?"));
+  st.Bind(1, repo).BindBlob(2, sha256);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (row) out.object = ObjectFromRow(st, 0);
+  return out;
 }
 
 Result<StoredEvents> BrokerState::EventsSince(const std::string& repo, uint64_t since,

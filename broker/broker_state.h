@@ -1,26 +1,71 @@
 // The broker's durable state in SQLite (<state>/broker.db): latest serial and
 // manifest root of each repo, the event log, the mirror table built from
-// ACKs, and which serials name each manifest object. The objects themselves
-// (chunks and indexes) are files in a ManifestStore beside it
-// (<state>/manifest-objects/), made durable before the event that names them
-// is committed; one object is kept once for every serial that names it.
+// ACKs, which serials name each manifest object, and the servable file
+// versions. Manifest objects (chunks and indexes) are files in a
+// ManifestStore beside it (<state>/manifest-objects/), made durable before
+// the event that names them is committed, one copy however many serials name
+// it; retained file versions are in ObjectStore (<state>/objects/).
 //
-// Owned by the broker's control thread; not thread-safe.
+// Servable versions (docs/architecture.md, "Serving content"): one row per
+// (repo, sha256, path) a published manifest named, with the stat identity of
+// the tree file taken when that publish committed, and retired_serial once
+// the head no longer names it at that path. A version is servable while some
+// row of it is current or retired less than keep_versions serials ago. The
+// objects table says which versions have a retained object, and its identity.
+//
+// BrokerState is owned by the broker's control thread; not thread-safe.
+// ServableVersionReader is the read side for content workers: one per
+// thread, each with its own SQLite connection.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "broker/manifest_store.h"
+#include "broker/object_store.h"
+#include "broker/served_file.h"
 #include "core/base/status.h"
 #include "core/store/sqlite.h"
 #include "proto/mirrorcast.pb.h"
 
 namespace mirrorcast {
+
+// A file version named by a published manifest at `path`.
+struct PublishedVersion {
+  std::string sha256;  // 32 raw bytes
+  std::string path;
+  FileIdentity identity;        // of the tree file when the publish committed
+  uint64_t retired_serial = 0;  // read side: the serial that stopped naming it here; 0: current
+};
+
+// A retained object of a version.
+struct StoredObject {
+  std::string sha256;
+  RetainedObject object;
+};
+
+// What one publish changes in the servable versions of a repo.
+struct VersionChanges {
+  // (path, sha256) pairs the new head no longer names: kept for keep_versions serials.
+  std::vector<std::pair<std::string, std::string>> retired;
+  // Versions the new head names that are new at their path (or changed identity).
+  std::vector<PublishedVersion> published;
+  // Objects made (or replaced) for this publish.
+  std::vector<StoredObject> objects;
+};
+
+// Where a version can be served from, as recorded.
+struct ServableVersion {
+  std::optional<RetainedObject> object;
+  std::vector<PublishedVersion> paths;  // the asked-for path first, when it is one of them
+};
 
 struct RepoHead {
   uint64_t serial = 0;
@@ -47,10 +92,31 @@ class BrokerState {
   Status TouchObjects(const std::string& repo, uint64_t serial,
                       const std::vector<std::string>& ids);
 
-  // Records a published event durably (one transaction): the event row and
-  // the repo's new head. The manifest file must already be durable.
+  // Records a published event durably (one transaction): the event row, the
+  // repo's new head, and its servable-version changes (retired at
+  // head.serial); clears the repo's pending objects. The manifest objects
+  // must already be durable.
   Status CommitEvent(const std::string& repo, const RepoHead& head, const std::string& envelope,
-                     int64_t now_unix);
+                     int64_t now_unix, const VersionChanges& versions = {});
+
+  // The retained object of a version, when there is one.
+  Result<std::optional<RetainedObject>> ObjectOf(const std::string& repo,
+                                                 const std::string& sha256);
+
+  // Objects about to be made for a publish not yet committed, recorded first
+  // so that a crash before the commit leaves no object nobody knows about.
+  Status AddPendingObjects(const std::string& repo, const std::vector<std::string>& sha256s);
+  Status ClearPendingObjects(const std::string& repo);  // "": of every repo
+  // Pending objects of a publish that never committed: (repo, sha256) with no
+  // row in the objects table. Their files are the caller's to remove.
+  Result<std::vector<std::pair<std::string, std::string>>> UncommittedObjects();
+
+  // Versions whose every row was retired `keep_versions` or more serials
+  // before the head and that have an object: the objects PruneVersions will
+  // forget. The caller removes their files first, then calls PruneVersions
+  // (so a crash in between leaves rows without files, never files without rows).
+  Result<std::vector<std::string>> ExpiredObjects(const std::string& repo, uint64_t keep_versions);
+  Status PruneVersions(const std::string& repo, uint64_t keep_versions);
 
   // Events with serial > since, oldest first, at most `max`.
   Result<StoredEvents> EventsSince(const std::string& repo, uint64_t since, uint32_t max);
@@ -68,10 +134,27 @@ class BrokerState {
       : dir_(std::move(dir)), db_(std::move(db)), objects_(dir_ / "manifest-objects") {}
   Status Load();
 
+  Status WriteVersions(const std::string& repo, uint64_t serial, const VersionChanges& versions);
+
   std::filesystem::path dir_;
   std::unique_ptr<Database> db_;
   ManifestStore objects_;
   std::map<std::string, RepoHead> repos_;
+};
+
+class ServableVersionReader {
+ public:
+  static Result<std::unique_ptr<ServableVersionReader>> Open(
+      const std::filesystem::path& state_dir);
+
+  // What is recorded for version `sha256` of `repo` (nothing: never
+  // published, or pruned). `path` is the client's hint: listed first.
+  Result<ServableVersion> Find(const std::string& repo, const std::string& sha256,
+                               const std::string& path, uint64_t keep_versions);
+
+ private:
+  explicit ServableVersionReader(std::unique_ptr<Database> db) : db_(std::move(db)) {}
+  std::unique_ptr<Database> db_;
 };
 
 }  // namespace mirrorcast

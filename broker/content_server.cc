@@ -32,20 +32,10 @@ v1::ContentReply Error(const std::string& message) {
   return reply;
 }
 
-// Opens a regular file below `root` without following a symlink anywhere on the way.
-Result<UniqueFd> OpenServedFile(const fs::path& root, const std::string& rel) {
-  MC_RETURN_IF_ERROR(ValidateRelativePath(rel));
-  MC_RETURN_IF_ERROR(CheckNoSymlinkParents(root, rel));
-  UniqueFd fd(::open((root / rel).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd.valid()) return Status::FromErrno("open " + rel, errno);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("stat " + rel, errno);
-  if (!S_ISREG(st.st_mode)) return Status::NotFound(rel + " is not a regular file");
-  return fd;
-}
-
-// Answers a byte range of an open file.
-v1::ContentReply ReadRange(int fd, uint64_t offset, uint32_t length, const std::string& what) {
+// Answers a byte range of an open file. With `expect`, the file must still
+// have that identity after the read, or the bytes are not sent.
+v1::ContentReply ReadRange(int fd, uint64_t offset, uint32_t length, const std::string& what,
+                           const FileIdentity* expect = nullptr) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) return Error("stat " + what + " failed");
   const uint64_t size = static_cast<uint64_t>(st.st_size);
@@ -62,10 +52,21 @@ v1::ContentReply ReadRange(int fd, uint64_t offset, uint32_t length, const std::
     if (n <= 0) return Error("read " + what + " failed");
     done += static_cast<size_t>(n);
   }
+  if (expect != nullptr) {
+    struct stat after {};
+    if (::fstat(fd, &after) != 0 || !SameContent(*expect, IdentityOf(after))) {
+      return Error(what + " changed since it was published; refusing to serve it");
+    }
+  }
   reply.set_ok(true);
   reply.set_total_size(size);
   reply.set_offset(offset);
   return reply;
+}
+
+// "path (sha256 0123456789ab...)" for replies and logs.
+std::string Describe(const std::string& path, const std::string& sha256) {
+  return EscapeForLog(path) + " (sha256 " + ToHex(sha256).substr(0, 16) + "...)";
 }
 
 std::string ReplyEndpoint(const void* self) {
@@ -97,10 +98,18 @@ Status ContentServer::Start() {
     return Status::Unavailable("bind content socket " + options_.bind.ToString() + ": " + e.what());
   }
   MC_ASSIGN_OR_RETURN(port_, BoundPort(router_));
+  if (options_.objects == nullptr)
+    return Status::Internal("content server without an object store");
+  readers_.clear();
+  for (int i = 0; i < std::max(1, options_.workers); ++i) {
+    auto reader = ServableVersionReader::Open(options_.state_dir);
+    if (!reader.ok()) return reader.status().WithContext("content worker's view of broker.db");
+    readers_.push_back(std::move(*reader));
+  }
   stop_ = false;
   io_thread_ = std::thread([this] { IoLoop(); });
-  for (int i = 0; i < std::max(1, options_.workers); ++i) {
-    workers_.emplace_back([this, i] { WorkerLoop(i); });
+  for (auto& reader : readers_) {
+    workers_.emplace_back([this, r = reader.get()] { WorkerLoop(r); });
   }
   return Status::Ok();
 }
@@ -111,6 +120,7 @@ void ContentServer::Stop() {
   jobs_cv_.notify_all();
   for (auto& w : workers_) w.join();
   workers_.clear();
+  readers_.clear();
   io_thread_.join();
   router_.close();
   std::lock_guard lock(deltas_mu_);
@@ -169,7 +179,7 @@ void ContentServer::IoLoop() {
   }
 }
 
-void ContentServer::WorkerLoop(int index) {
+void ContentServer::WorkerLoop(ServableVersionReader* versions) {
   zmq::socket_t push(context_, zmq::socket_type::push);
   push.set(zmq::sockopt::linger, 0);
   push.connect(ReplyEndpoint(this));
@@ -182,7 +192,7 @@ void ContentServer::WorkerLoop(int index) {
       job = std::move(jobs_.front());
       jobs_.pop_front();
     }
-    v1::ContentReply reply = Handle(job.request);
+    v1::ContentReply reply = Handle(job.request, *versions);
     reply.set_protocol_version(kProtocolVersion);
     reply.set_request_id(job.request.request_id());
     std::vector<zmq::message_t> out;
@@ -192,16 +202,16 @@ void ContentServer::WorkerLoop(int index) {
       push.send(out[i], i + 1 < out.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
     }
   }
-  (void)index;
 }
 
-v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request) {
+v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request,
+                                       ServableVersionReader& versions) {
   if (Status s = ValidateRepoName(request.repo()); !s.ok()) return Error(s.message());
   switch (request.body_case()) {
     case v1::ContentRequest::kRange:
-      return ServeRange(request);
+      return ServeRange(request, versions);
     case v1::ContentRequest::kDelta:
-      return StartDelta(request);
+      return StartDelta(request, versions);
     case v1::ContentRequest::kDeltaRange:
       return ServeDeltaRange(request);
     case v1::ContentRequest::kObject:
@@ -211,11 +221,98 @@ v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request) {
   }
 }
 
-v1::ContentReply ContentServer::ServeRange(const v1::ContentRequest& request) {
+void ContentServer::LogRefusal(const std::string& repo, const std::string& sha256,
+                               const std::string& path, const std::string& reason) {
+  const auto now = std::chrono::steady_clock::now();
+  const std::string key = repo + '\0' + sha256 + '\0' + reason;
+  {
+    std::lock_guard lock(refusals_mu_);
+    if (refusals_logged_.size() > 4096) refusals_logged_.clear();  // bounded
+    auto [it, fresh] = refusals_logged_.emplace(key, now);
+    if (!fresh && now - it->second < std::chrono::minutes(1)) return;
+    it->second = now;
+  }
+  MC_LOG(warning) << "refused content request repo=" << repo << " path=" << Describe(path, sha256)
+                  << ": " << reason;
+}
+
+Result<ContentServer::OpenVersion> ContentServer::OpenPublished(ServableVersionReader& versions,
+                                                                const std::string& repo,
+                                                                const std::string& sha256,
+                                                                const std::string& path) {
+  MC_RETURN_IF_ERROR(ValidateRelativePath(path));
+  if (sha256.size() != kSha256Size) {
+    return Status::Rejected(
+        "files are requested by the SHA-256 of a published version; the "
+        "request for " +
+        EscapeForLog(path) + " names none");
+  }
+  auto found = versions.Find(repo, sha256, path, options_.keep_versions);
+  if (!found.ok()) {
+    MC_LOG(error) << "cannot read the version table: " << found.status().ToString();
+    return Status::Unavailable("the broker cannot read its version table right now");
+  }
+  if (found->paths.empty()) {
+    return Status::Rejected(Describe(path, sha256) +
+                            " is not a version any published manifest of " + repo +
+                            " names (not published, or no longer kept)");
+  }
+  if (found->object) {
+    const std::filesystem::path object = options_.objects->PathOf(repo, sha256);
+    auto file = OpenStateFile(object);
+    if (file.ok() && SameContent(found->object->identity, IdentityOf(file->st))) {
+      return OpenVersion{std::move(*file), found->object->identity, object, ""};
+    }
+  }
+  bool changed = false;     // a path the head names holds other bytes now
+  bool superseded = false;  // a path that named it before holds something else now
+  Status refused;           // a symlink or other refusal on the way, worth telling
+  for (const PublishedVersion& at : found->paths) {
+    auto file = OpenInTree(options_.tree_root, repo, at.path);
+    if (file.ok()) {
+      if (SameContent(at.identity, IdentityOf(file->st))) {
+        return OpenVersion{std::move(*file), at.identity, options_.tree_root / repo / at.path,
+                           at.path};
+      }
+      (at.retired_serial == 0 ? changed : superseded) = true;
+    } else if (file.status().code() == Status::Code::kRejected && refused.ok()) {
+      refused = file.status();
+    }
+  }
+  if (changed) {
+    return Status::Rejected(Describe(path, sha256) +
+                            " changed since it was published; refusing to serve it");
+  }
+  if (!refused.ok()) return Status::Rejected(Describe(path, sha256) + ": " + refused.message());
+  return Status::Rejected(
+      Describe(path, sha256) +
+      (superseded ? " was superseded in the tree" : " is no longer in the tree") +
+      " and no retained copy of it is left");
+}
+
+bool ContentServer::StillPublished(const std::string& repo, const OpenVersion& open) const {
+  struct stat now {};
+  if (::fstat(open.file.fd.get(), &now) != 0 || !SameContent(open.identity, IdentityOf(now))) {
+    return false;
+  }
+  // The name it was opened by must still lead to the same inode.
+  auto again = open.tree_path.empty() ? OpenStateFile(open.source)
+                                      : OpenInTree(options_.tree_root, repo, open.tree_path);
+  return again.ok() && SameContent(open.identity, IdentityOf(again->st));
+}
+
+v1::ContentReply ContentServer::ServeRange(const v1::ContentRequest& request,
+                                           ServableVersionReader& versions) {
   const v1::RangeRequest& range = request.range();
-  auto fd = OpenServedFile(options_.tree_root / request.repo(), range.path());
-  if (!fd.ok()) return Error(fd.status().message());
-  return ReadRange(fd->get(), range.offset(), range.length(), range.path());
+  auto open = OpenPublished(versions, request.repo(), range.sha256(), range.path());
+  if (!open.ok()) {
+    LogRefusal(request.repo(), range.sha256(), range.path(), open.status().message());
+    return Error(open.status().message());
+  }
+  v1::ContentReply reply = ReadRange(open->file.fd.get(), range.offset(), range.length(),
+                                     Describe(range.path(), range.sha256()), &open->identity);
+  if (!reply.ok()) LogRefusal(request.repo(), range.sha256(), range.path(), reply.error());
+  return reply;
 }
 
 v1::ContentReply ContentServer::ServeObject(const v1::ContentRequest& request) {
@@ -237,24 +334,26 @@ ContentServer::DeltaFile::~DeltaFile() {
   fs::remove(file, ec);
 }
 
-v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request) {
+v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request,
+                                           ServableVersionReader& versions) {
   ExpireDeltas();
   const v1::DeltaRequest& req = request.delta();
   if (Status s = CheckSignature(req.signature(), kMaxContentRequestBytes); !s.ok()) {
-    MC_LOG(warning) << "refused delta signature for " << request.repo() << "/" << req.path() << ": "
-                    << s.message();
+    LogRefusal(request.repo(), req.expected_sha256(), req.path(),
+               "delta signature: " + s.message());
     return Error(s.message());
   }
-  auto fd = OpenServedFile(options_.tree_root / request.repo(), req.path());
-  if (!fd.ok()) return Error(fd.status().message());
-  struct stat st {};
-  if (::fstat(fd->get(), &st) != 0) return Error("stat " + req.path() + " failed");
+  auto open = OpenPublished(versions, request.repo(), req.expected_sha256(), req.path());
+  if (!open.ok()) {
+    LogRefusal(request.repo(), req.expected_sha256(), req.path(), open.status().message());
+    return Error(open.status().message());
+  }
   // The same file version and the same signature give the same delta.
-  std::string key = request.repo() + '\0' + req.path() + '\0' + Sha256Of(req.signature());
-  for (int64_t v :
-       {static_cast<int64_t>(st.st_size), static_cast<int64_t>(st.st_ino),
-        static_cast<int64_t>(st.st_mtim.tv_sec), static_cast<int64_t>(st.st_mtim.tv_nsec),
-        static_cast<int64_t>(st.st_ctim.tv_sec), static_cast<int64_t>(st.st_ctim.tv_nsec)}) {
+  const FileIdentity& version = open->identity;
+  std::string key =
+      request.repo() + '\0' + req.expected_sha256() + '\0' + Sha256Of(req.signature());
+  for (uint64_t v :
+       {version.dev, version.ino, version.size, static_cast<uint64_t>(version.mtime_ns)}) {
     key += '\0' + std::to_string(v);
   }
 
@@ -278,20 +377,26 @@ v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request) {
     auto delta = std::make_shared<DeltaFile>();
     const fs::path out = options_.scratch_dir / ("delta-" + std::to_string(file_number));
     DeltaStats stats;
-    // OpenServedFile checked every parent; ComputeDelta opens the last
-    // component without following a symlink either.
-    const fs::path source = options_.tree_root / request.repo() / req.path();
-    Status s = ComputeDelta(req.signature(), source, out, &stats);
+    // ComputeDelta opens by name (not following a symlink at the last
+    // component); the version is checked again afterwards, so a name that
+    // was swapped meanwhile, or bytes that changed, give no delta.
+    Status s = ComputeDelta(req.signature(), open->source, out, &stats);
+    if (s.ok() && !StillPublished(request.repo(), *open)) {
+      s = Status::Rejected(Describe(req.path(), req.expected_sha256()) +
+                           " changed since it was published; refusing to serve it");
+    }
     std::error_code ec;
     const uint64_t size = s.ok() ? fs::file_size(out, ec) : 0;
     if (s.ok() && !ec) {
       delta->file = out;
       delta->size = size;
-      MC_LOG(debug) << "delta repo=" << request.repo() << " path=" << req.path() << " size=" << size
-                    << " literal=" << stats.literal_bytes << " copied=" << stats.copied_bytes;
+      MC_LOG(debug) << "delta repo=" << request.repo() << " path=" << EscapeForLog(req.path())
+                    << " size=" << size << " literal=" << stats.literal_bytes
+                    << " copied=" << stats.copied_bytes;
     } else {
       fs::remove(out, ec);
-      delta->error = "delta of " + req.path() + ": " + (s.ok() ? "output vanished" : s.message());
+      delta->error = "delta of " + EscapeForLog(req.path()) + ": " +
+                     (s.ok() ? "output vanished" : s.message());
       std::lock_guard lock(deltas_mu_);
       delta_cache_.erase(key);  // do not cache failures
     }

@@ -1,6 +1,14 @@
-// The broker's content socket: serves byte ranges of the tree it fronts and
-// of its manifest objects (by SHA-256), and librsync deltas against signatures that
+// The broker's content socket: serves byte ranges of published file versions
+// and of its manifest objects (by SHA-256), and librsync deltas against signatures that
 // subscribers send.
+//
+// Files are asked for by the SHA-256 of the version (the path is a hint and
+// for logs). A version is served only when a published manifest of the repo
+// names it (BrokerState's version table, read through each worker's own
+// ServableVersionReader) and only from a file that still has the identity
+// recorded when that publish committed: its retained object, else the tree
+// path, opened without following any symlink (served_file.h). Anything else
+// is refused with a sentence saying why.
 //
 // Threads: one I/O thread owns the ROUTER; `workers` threads read files and
 // compute deltas, taking requests from a shared queue (an idle worker takes
@@ -26,6 +34,9 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "broker/broker_state.h"
+#include "broker/object_store.h"
+#include "broker/served_file.h"
 #include "core/base/status.h"
 #include "core/net/endpoint.h"
 #include "proto/mirrorcast.pb.h"
@@ -33,10 +44,13 @@
 namespace mirrorcast {
 
 struct ContentServerOptions {
-  HostPort bind;                      // port 0 = any free port
-  std::filesystem::path tree_root;    // repo R is served from tree_root/R
-  std::filesystem::path objects_dir;  // the ManifestStore's directory
-  std::filesystem::path scratch_dir;  // deltas in progress
+  HostPort bind;                         // port 0 = any free port
+  std::filesystem::path tree_root;       // repo R is served from tree_root/R
+  std::filesystem::path state_dir;       // broker.db (read-only here)
+  std::filesystem::path objects_dir;     // the ManifestStore's directory
+  std::filesystem::path scratch_dir;     // deltas in progress
+  const ObjectStore* objects = nullptr;  // retained versions (PathOf only); outlives the server
+  uint64_t keep_versions = 4;            // as BrokerOptions::keep_versions
   int workers = 4;
   std::chrono::seconds delta_ttl{600};  // an abandoned delta is deleted after this
 };
@@ -75,13 +89,31 @@ class ContentServer {
     std::chrono::steady_clock::time_point created;
   };
 
+  // A published version opened for serving.
+  struct OpenVersion {
+    OpenedFile file;
+    FileIdentity identity;         // as recorded; the file must keep it while read
+    std::filesystem::path source;  // where it was opened (for ComputeDelta)
+    std::string tree_path;         // empty when served from the retained object
+  };
+
   void IoLoop();
-  void WorkerLoop(int index);
-  v1::ContentReply Handle(const v1::ContentRequest& request);
-  v1::ContentReply ServeRange(const v1::ContentRequest& request);
+  void WorkerLoop(ServableVersionReader* versions);
+  v1::ContentReply Handle(const v1::ContentRequest& request, ServableVersionReader& versions);
+  v1::ContentReply ServeRange(const v1::ContentRequest& request, ServableVersionReader& versions);
   v1::ContentReply ServeObject(const v1::ContentRequest& request);
-  v1::ContentReply StartDelta(const v1::ContentRequest& request);
+  v1::ContentReply StartDelta(const v1::ContentRequest& request, ServableVersionReader& versions);
   v1::ContentReply ServeDeltaRange(const v1::ContentRequest& request);
+  // The version `sha256` of `repo`, from its retained object or the tree.
+  // Refusals are kRejected with the reason for the client.
+  Result<OpenVersion> OpenPublished(ServableVersionReader& versions, const std::string& repo,
+                                    const std::string& sha256, const std::string& path);
+  // Whether `open` still names the bytes it was opened with.
+  bool StillPublished(const std::string& repo, const OpenVersion& open) const;
+  // Logs a refused request once per (repo, version, reason) a minute, so a
+  // client retrying a refused file does not flood the log.
+  void LogRefusal(const std::string& repo, const std::string& sha256, const std::string& path,
+                  const std::string& reason);
   void ExpireDeltas();
 
   zmq::context_t& context_;
@@ -91,6 +123,10 @@ class ContentServer {
   std::atomic<bool> stop_{false};
   std::thread io_thread_;
   std::vector<std::thread> workers_;
+  std::vector<std::unique_ptr<ServableVersionReader>> readers_;  // one per worker
+
+  std::mutex refusals_mu_;
+  std::map<std::string, std::chrono::steady_clock::time_point> refusals_logged_;
 
   std::mutex jobs_mu_;
   std::condition_variable jobs_cv_;

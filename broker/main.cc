@@ -18,7 +18,8 @@ int BrokerMain(int argc, char** argv) {
        "HOST:PORT of the control socket (port 0: any free port). Clients are configured with "
        "this one address and learn the events and content ports from it")
       ("state", po::value<std::string>()->required(),
-       "state directory: broker.db (event log, mirror table) and stored manifests")
+       "state directory: broker.db (event log, mirror table, servable versions), stored "
+       "manifests and retained file versions (best on the tree's filesystem)")
       ("tree-root", po::value<std::string>()->required(),
        "directory whose subdirectory R is the content of repo R")
       ("trust", po::value<std::vector<std::string>>()->required()->composing(),
@@ -33,6 +34,11 @@ int BrokerMain(int argc, char** argv) {
        "threads serving content and computing deltas")
       ("keep-events", po::value<uint64_t>()->default_value(10000),
        "events kept per repo for catch-up; a mirror further behind jumps to the latest manifest")
+      ("keep-versions", po::value<uint64_t>()->default_value(4),
+       "serials for which a file version replaced or deleted by a publish stays servable, so "
+       "mirrors still fetching it finish after the tree has moved on. Kept without copies as "
+       "hard links in STATE/objects (reflinks when the state directory is on another "
+       "filesystem; without either, only current versions are served). 0: keep none")
       ("broker-id", po::value<std::string>(), "name shown in status (default: hostname)")
       ("heartbeat-key", po::value<std::string>(),
        "secret key file (the origin's online key) used to sign heartbeats: the latest serial "
@@ -62,6 +68,7 @@ int BrokerMain(int argc, char** argv) {
   opts.content_port = (*vm)["content-port"].as<uint16_t>();
   opts.content_workers = (*vm)["content-workers"].as<int>();
   opts.keep_events = (*vm)["keep-events"].as<uint64_t>();
+  opts.keep_versions = (*vm)["keep-versions"].as<uint64_t>();
   if (vm->count("broker-id")) opts.broker_id = (*vm)["broker-id"].as<std::string>();
   if (vm->count("heartbeat-key")) opts.heartbeat_key = (*vm)["heartbeat-key"].as<std::string>();
   opts.heartbeat_interval =

@@ -45,10 +45,16 @@ int PublishMain(int argc, char** argv) {
       "timeout", po::value<double>()->default_value(60),
       "seconds to wait for each broker reply (hello, manifest, publish confirmation)")(
       "state", po::value<std::string>()->default_value(kDefaultPublishStateDir),
-      "state directory: last published manifest (<repo>.manifest) and hash cache "
+      "state directory: last published manifest (<repo>.manifest.db) and hash cache "
       "(<repo>.hashcache.db); created if missing")(
       "expiry-days", po::value<int>()->default_value(30),
-      "days after which mirrors refuse the event (1-3650)");
+      "days after which mirrors refuse the event (1-3650)")(
+      "max-inline-change-bytes", po::value<uint64_t>()->default_value(kMaxInlineChangeBytes),
+      "a change list larger than this (serialized) is left out of the broadcast event: the new "
+      "manifest chunks are uploaded instead and mirrors diff against them (1 to the default)")(
+      "max-upload-bytes", po::value<uint64_t>()->default_value(kMaxPutObjectsBytes),
+      "manifest objects sent per upload request when the change list is left out (1 MiB to "
+      "the default)");
 
   auto vm = ParseCommandLine(argc, argv, kInfo, options);
   if (!vm) return 0;
@@ -68,6 +74,16 @@ int PublishMain(int argc, char** argv) {
   publish.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000)));
   publish.state_dir = (*vm)["state"].as<std::string>();
   publish.expiry_days = (*vm)["expiry-days"].as<int>();
+  publish.max_inline_change_bytes = (*vm)["max-inline-change-bytes"].as<uint64_t>();
+  if (publish.max_inline_change_bytes < 1 || publish.max_inline_change_bytes > kMaxInlineChangeBytes) {
+    throw std::runtime_error("bad --max-inline-change-bytes: must be 1.." +
+                             std::to_string(kMaxInlineChangeBytes));
+  }
+  publish.max_upload_bytes = (*vm)["max-upload-bytes"].as<uint64_t>();
+  if (publish.max_upload_bytes < (1u << 20) || publish.max_upload_bytes > kMaxPutObjectsBytes) {
+    throw std::runtime_error("bad --max-upload-bytes: must be 1048576.." +
+                             std::to_string(kMaxPutObjectsBytes));
+  }
   publish.client_name = std::string(kProgram) + " repo=" + publish.repo;
 
   zmq::context_t context;

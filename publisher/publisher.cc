@@ -1,5 +1,7 @@
 #include "publisher/publisher.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <fstream>
 #include <iostream>
@@ -287,7 +289,7 @@ Status UploadManifest(const PublisherOptions& options, ControlClient& control,
     return Status::Ok();
   };
   auto add = [&](std::string object) -> Status {
-    if (bytes + object.size() > kMaxPutObjectsBytes) MC_RETURN_IF_ERROR(flush());
+    if (bytes + object.size() > options.max_upload_bytes) MC_RETURN_IF_ERROR(flush());
     bytes += object.size();
     request.mutable_put_objects()->add_objects(std::move(object));
     return Status::Ok();
@@ -306,6 +308,43 @@ Status UploadManifest(const PublisherOptions& options, ControlClient& control,
   MC_RETURN_IF_ERROR(flush());
   MC_LOG(info) << "uploaded manifest objects repo=" << options.repo << " objects=" << sent;
   return Status::Ok();
+}
+
+// The broker hard-links newly published files into its retained store,
+// which moves their ctime (a link changes the inode), and the hash cache keys
+// on ctime: without this the next scan would hash every one of them again.
+// An entry moves only when it is exactly what the broker saw before its
+// link, so a file changed meanwhile is still re-hashed.
+void FollowBrokerLinks(const PublisherOptions& options, const v1::PublishReply& reply) {
+  if (reply.linked_size() == 0) return;
+  Result<std::unique_ptr<HashCache>> cache = HashCache::Open(HashCachePath(options));
+  if (!cache.ok() || !(*cache)->Begin().ok()) {
+    MC_LOG(warning) << "cannot update the hash cache after the broker's links; the next scan "
+                       "re-hashes the published files";
+    return;
+  }
+  auto stat_of = [](const v1::LinkedFile& f, int64_t ctime_ns) {
+    struct stat st {};
+    st.st_ino = static_cast<ino_t>(f.inode());
+    st.st_size = static_cast<off_t>(f.size());
+    st.st_mtim.tv_sec = static_cast<time_t>(f.mtime_ns() / 1000000000);
+    st.st_mtim.tv_nsec = static_cast<long>(f.mtime_ns() % 1000000000);
+    st.st_ctim.tv_sec = static_cast<time_t>(ctime_ns / 1000000000);
+    st.st_ctim.tv_nsec = static_cast<long>(ctime_ns % 1000000000);
+    return st;
+  };
+  size_t moved = 0;
+  for (const v1::LinkedFile& f : reply.linked()) {
+    std::optional<std::string> sha = (*cache)->Lookup(f.path(), stat_of(f, f.ctime_before_ns()));
+    if (!sha) continue;
+    if ((*cache)->Store(f.path(), stat_of(f, f.ctime_after_ns()), *sha).ok()) ++moved;
+  }
+  if (!(*cache)->Commit().ok()) {
+    MC_LOG(warning) << "cannot update the hash cache after the broker's links";
+    return;
+  }
+  MC_LOG(debug) << "hash cache follows " << moved << " of " << reply.linked_size()
+                << " files the broker linked";
 }
 
 struct ScanResult {
@@ -489,6 +528,7 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   outcome.published = true;
   outcome.serial = serial;
   MC_LOG(info) << "published repo=" << options.repo << " serial=" << serial;
+  FollowBrokerLinks(options, reply->publish());
 
   if (Status s = state.Save(serial, next_index, fresh); !s.ok()) {
     // The broker has it; the next run fetches it back from there.

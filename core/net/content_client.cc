@@ -122,6 +122,13 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     uint64_t offset;
     uint32_t length;
   };
+  for (const FileFetch& file : files) {
+    if (file.sha256.size() != kSha256Size) {
+      return Status::InvalidArgument("fetch " + file.path +
+                                     ": no SHA-256 to ask the broker for (files are served by "
+                                     "content)");
+    }
+  }
   std::vector<FileState> state(files.size());
   std::map<uint64_t, Pending> pending;
   size_t next_file = 0;  // files before this have been opened
@@ -136,13 +143,10 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     st.done = true;
     --remaining;
     if (stats) ++stats->files_fetched;
-    if (!files[i].sha256.empty()) {
-      assert(st.hashed == files[i].size);
-      const std::string got = st.hash->Finish();
-      if (got != files[i].sha256) {
-        return Status::Corruption("fetched " + files[i].path +
-                                  " does not match its signed SHA-256");
-      }
+    assert(st.hashed == files[i].size);
+    const std::string got = st.hash->Finish();
+    if (got != files[i].sha256) {
+      return Status::Corruption("fetched " + files[i].path + " does not match its signed SHA-256");
     }
     return Status::Ok();
   };
@@ -215,6 +219,7 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
       request.set_repo(repo_);
       auto* range = request.mutable_range();
       range->set_path(files[i].path);
+      range->set_sha256(files[i].sha256);
       range->set_offset(st.next_offset);
       range->set_length(length);
       if (!SendRequest(socket_, request)) break;  // wait for replies to free the queue
@@ -367,6 +372,9 @@ Status ContentClient::FetchDelta(const std::string& path, const std::string& exp
                                  const std::string& signature,
                                  const std::filesystem::path& delta_dest, uint64_t max_delta_bytes,
                                  FetchStats* stats) {
+  if (expected_sha256.size() != kSha256Size) {
+    return Status::InvalidArgument("delta of " + path + ": no SHA-256 of the wanted version");
+  }
   v1::ContentRequest start;
   auto* delta = start.mutable_delta();
   delta->set_path(path);

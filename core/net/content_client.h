@@ -40,9 +40,12 @@ struct FetchStats {
 
 // One whole file to fetch into `dest` (created or truncated, mode 0600).
 struct FileFetch {
-  std::string path;    // repo-relative path on the broker
-  uint64_t size = 0;   // the signed size: exactly this many bytes
-  std::string sha256;  // when non-empty, verified after the last byte
+  std::string path;   // repo-relative path on the broker (a hint; logs)
+  uint64_t size = 0;  // the signed size: exactly this many bytes
+  // The signed SHA-256 (32 raw bytes): the version asked for (the broker
+  // serves files by content, only versions a published manifest names), and
+  // verified after the last byte. Required.
+  std::string sha256;
   std::filesystem::path dest;
   // Keep what `dest` already holds (a transfer cut short) and fetch only the
   // rest; the kept prefix is hashed with the rest, so a bad one still fails.
@@ -55,8 +58,9 @@ class ContentClient {
                 ContentClientOptions options = {});
 
   // Fetches all `files` (pipelined). Returns the first error; files fetched
-  // before it are complete and verified. `should_stop` is polled between
-  // replies (daemon shutdown).
+  // before it are complete and verified. A file without a 32-byte sha256 is
+  // InvalidArgument, before anything is sent. `should_stop` is polled
+  // between replies (daemon shutdown).
   Status FetchFiles(const std::vector<FileFetch>& files, FetchStats* stats,
                     const std::function<bool()>& should_stop = nullptr);
 
@@ -65,8 +69,9 @@ class ContentClient {
   Result<std::string> FetchManifestObject(const std::string& sha256, size_t max_bytes,
                                           FetchStats* stats);
 
-  // Asks for a delta of `path` against `signature` and writes it to
-  // `delta_dest`. Refuses deltas larger than `max_delta_bytes`.
+  // Asks for a delta of version `expected_sha256` (32 raw bytes; required)
+  // of `path` against `signature` and writes it to `delta_dest`. Refuses
+  // deltas larger than `max_delta_bytes`.
   Status FetchDelta(const std::string& path, const std::string& expected_sha256,
                     const std::string& signature, const std::filesystem::path& delta_dest,
                     uint64_t max_delta_bytes, FetchStats* stats);

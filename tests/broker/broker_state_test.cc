@@ -1,6 +1,8 @@
 // BrokerState: what survives a restart (events, heads, the mirror table), the
-// event log's order and limits, pruning of events and manifests, and the
-// migration of a broker.db written before MirrorStatus.bytes_signature.
+// event log's order and limits, pruning of events and manifests, the
+// migration of a broker.db written before MirrorStatus.bytes_signature, and
+// the servable-version table (keep window, pruning, pending objects) as the
+// content workers' ServableVersionReader sees it.
 #include "broker/broker_state.h"
 
 #include <gtest/gtest.h>
@@ -233,7 +235,7 @@ TEST_F(BrokerStateTest, PruneKeepsTheNewestEventsAndTheObjectsTheirManifestsName
   EXPECT_TRUE(state->objects().Has(*shared));  // main's window still names it
 }
 
-TEST_F(BrokerStateTest, OldDatabaseWithoutBytesSignatureIsMigrated) {
+TEST_F(BrokerStateTest, OldDatabaseWithHeadsIsRefusedAndOneWithoutIsMigrated) {
   {
     // The mirrors table as 0.1's first schema created it.
     auto db = Database::Open(dir_.path() / "broker.db");
@@ -261,10 +263,20 @@ TEST_F(BrokerStateTest, OldDatabaseWithoutBytesSignatureIsMigrated) {
     ins->BindBlob(1, HeadAt(4).manifest_sha256);
     ASSERT_TRUE(ins->Run().ok());
   }
+  // Its heads name format-v1 manifests: refused, with what to do.
+  auto refused = BrokerState::Open(dir_.path());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("mirrorcast 0.1"), std::string::npos)
+      << refused.status().ToString();
+  {
+    auto db = Database::Open(dir_.path() / "broker.db");
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("DELETE FROM repos").ok());
+  }
+  // Without heads, its mirror table is kept and migrated.
   auto state = Open();
   ASSERT_NE(state, nullptr);
-  EXPECT_EQ(state->Head("main").serial, 4u);
-  EXPECT_EQ(state->Head("main").manifest_sha256, HeadAt(4).manifest_sha256);
+  EXPECT_EQ(state->Head("main").serial, 0u);
 
   auto mirrors = state->Mirrors();
   ASSERT_TRUE(mirrors.ok()) << mirrors.status().ToString();
@@ -289,6 +301,110 @@ TEST_F(BrokerStateTest, OldDatabaseWithoutBytesSignatureIsMigrated) {
   mirrors = state->Mirrors();
   ASSERT_TRUE(mirrors.ok());
   EXPECT_EQ((*mirrors)[0].bytes_signature(), 305u);
+}
+
+// A version at `path` with a made-up identity.
+PublishedVersion VersionAt(const std::string& content, const std::string& path, uint64_t ino) {
+  return PublishedVersion{Sha256Of(content), path, FileIdentity{1, ino, content.size(), 5, 6}, 0};
+}
+
+TEST_F(BrokerStateTest, RetiredVersionsStayServableForKeepVersionsSerials) {
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  const std::string old_sha = Sha256Of("old");
+  VersionChanges first;
+
+  first.published = {VersionAt("old", "a.rpm", 10), VersionAt("kept", "b.rpm", 11)};
+  first.objects = {StoredObject{old_sha, RetainedObject{ObjectKind::kLink, {1, 10, 3, 5, 7}}}};
+  ASSERT_TRUE(state->CommitEvent("main", HeadAt(1), EnvelopeOf("main", 1), 1, first).ok());
+
+  VersionChanges second;  // a.rpm replaced by a new version
+  second.retired = {{"a.rpm", old_sha}};
+  second.published = {VersionAt("new", "a.rpm", 12)};
+  ASSERT_TRUE(state->CommitEvent("main", HeadAt(2), EnvelopeOf("main", 2), 2, second).ok());
+
+  // The content workers' view, through their own connection.
+  auto reader = ServableVersionReader::Open(dir_.path());
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+  auto found = (*reader)->Find("main", old_sha, "a.rpm", 2);
+  ASSERT_TRUE(found.ok()) << found.status().ToString();
+  ASSERT_EQ(found->paths.size(), 1u);
+  EXPECT_EQ(found->paths[0].path, "a.rpm");
+  EXPECT_EQ(found->paths[0].identity.ino, 10u);
+  EXPECT_EQ(found->paths[0].retired_serial, 2u);
+  ASSERT_TRUE(found->object.has_value());
+  EXPECT_EQ(found->object->identity.ctime_ns, 7);
+  EXPECT_TRUE((*reader)->Find("main", Sha256Of("never"), "a.rpm", 2)->paths.empty());
+  EXPECT_TRUE((*reader)->Find("other", old_sha, "a.rpm", 2)->paths.empty());
+  // With a window of 0 a retired version is not servable at all.
+  EXPECT_TRUE((*reader)->Find("main", old_sha, "a.rpm", 0)->paths.empty());
+
+  // Head 3 with a window of 2: still kept, nothing expired.
+  ASSERT_TRUE(state->CommitEvent("main", HeadAt(3), EnvelopeOf("main", 3), 3).ok());
+  EXPECT_FALSE((*reader)->Find("main", old_sha, "a.rpm", 2)->paths.empty());
+  EXPECT_TRUE(state->ExpiredObjects("main", 2)->empty());
+
+  // Head 4: expired; pruning forgets its rows and its object, not the others.
+  ASSERT_TRUE(state->CommitEvent("main", HeadAt(4), EnvelopeOf("main", 4), 4).ok());
+  EXPECT_TRUE((*reader)->Find("main", old_sha, "a.rpm", 2)->paths.empty());
+  auto expired = state->ExpiredObjects("main", 2);
+  ASSERT_TRUE(expired.ok()) << expired.status().ToString();
+  EXPECT_EQ(*expired, std::vector<std::string>{old_sha});
+  ASSERT_TRUE(state->PruneVersions("main", 2).ok());
+  EXPECT_FALSE(state->ObjectOf("main", old_sha)->has_value());
+  EXPECT_EQ((*reader)->Find("main", Sha256Of("kept"), "b.rpm", 2)->paths.size(), 1u);
+  EXPECT_EQ((*reader)->Find("main", Sha256Of("new"), "a.rpm", 2)->paths.size(), 1u);
+}
+
+TEST_F(BrokerStateTest, AVersionStillNamedAtAnotherPathKeepsItsObject) {
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  const std::string sha = Sha256Of("same bytes");
+  VersionChanges first;
+
+  first.published = {VersionAt("same bytes", "x/one", 10), VersionAt("same bytes", "y/two", 11)};
+  first.objects = {StoredObject{sha, RetainedObject{ObjectKind::kLink, {1, 10, 10, 5, 6}}}};
+  ASSERT_TRUE(state->CommitEvent("main", HeadAt(1), EnvelopeOf("main", 1), 1, first).ok());
+  VersionChanges second;
+  second.retired = {{"x/one", sha}};
+  ASSERT_TRUE(state->CommitEvent("main", HeadAt(2), EnvelopeOf("main", 2), 2, second).ok());
+  for (uint64_t s = 3; s <= 6; ++s) {
+    ASSERT_TRUE(state->CommitEvent("main", HeadAt(s), EnvelopeOf("main", s), s).ok());
+  }
+  EXPECT_TRUE(state->ExpiredObjects("main", 1)->empty());
+  ASSERT_TRUE(state->PruneVersions("main", 1).ok());
+  EXPECT_TRUE(state->ObjectOf("main", sha)->has_value());
+  auto reader = ServableVersionReader::Open(dir_.path());
+  ASSERT_TRUE(reader.ok());
+  auto found = (*reader)->Find("main", sha, "x/one", 1);
+  ASSERT_TRUE(found.ok());
+  ASSERT_EQ(found->paths.size(), 1u);  // x/one's row is gone; y/two still names it
+  EXPECT_EQ(found->paths[0].path, "y/two");
+  EXPECT_TRUE(found->object.has_value());
+}
+
+TEST_F(BrokerStateTest, PendingObjectsWithoutACommitAreReported) {
+  auto state = Open();
+  ASSERT_NE(state, nullptr);
+  const std::string committed = Sha256Of("committed");
+  const std::string lost = Sha256Of("lost in a crash");
+  ASSERT_TRUE(state->AddPendingObjects("main", {committed}).ok());
+  VersionChanges first;
+
+  first.published = {VersionAt("committed", "a", 1)};
+  first.objects = {StoredObject{committed, RetainedObject{}}};
+  ASSERT_TRUE(state->CommitEvent("main", HeadAt(1), EnvelopeOf("main", 1), 1, first).ok());
+  auto none = state->UncommittedObjects();
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());  // the commit cleared them
+
+  ASSERT_TRUE(state->AddPendingObjects("main", {committed, lost}).ok());
+  auto uncommitted = state->UncommittedObjects();
+  ASSERT_TRUE(uncommitted.ok());
+  ASSERT_EQ(uncommitted->size(), 1u);  // the committed one has its object row
+  EXPECT_EQ((*uncommitted)[0], std::make_pair(std::string("main"), lost));
+  ASSERT_TRUE(state->ClearPendingObjects("").ok());
+  EXPECT_TRUE(state->UncommittedObjects()->empty());
 }
 
 }  // namespace

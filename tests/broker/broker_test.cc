@@ -1,7 +1,11 @@
 // A real Broker in-process on 127.0.0.1 port 0, driven through the real
 // clients (ControlClient, ContentClient): publishes accepted and refused, the
 // event log, ACKs in the status reply, and the content socket's files,
-// manifests and deltas (with its path and signature defences).
+// manifests and deltas (with its path and signature defences). Files are
+// served by the SHA-256 of a published version only: never a file the tree
+// holds without a publish, never one changed since its publish, never
+// anything through a symlink; superseded versions come from the retained
+// store for --keep-versions serials.
 #include "broker/broker.h"
 
 #include "broker/manifest_store.h"
@@ -9,8 +13,13 @@
 #include <gtest/gtest.h>
 #include <librsync.h>
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <set>
 #include <string>
@@ -20,10 +29,13 @@
 #include "core/crypto/keys.h"
 #include "core/crypto/sha256.h"
 #include "core/delta/delta.h"
+#include "core/fs/atomic.h"
 #include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
+#include "core/net/messages.h"
+#include "core/store/sqlite.h"
 #include "core/wire/envelope.h"
 #include "tests/support/entries.h"
 #include "tests/support/temp_dir.h"
@@ -38,14 +50,9 @@ using std::chrono::milliseconds;
 constexpr milliseconds kTimeout{5000};
 constexpr const char* kRepo = "main";
 
-// The manifest of serial 1 used by most tests.
-Manifest FirstManifest() {
-  Manifest m(kRepo, 1);
-  m.Put(DirEntryOf("pool"));
-  m.Put(FileEntryOf("pool/a.rpm", "package a"));
-  m.Put(FileEntryOf("repomd.xml", "<repomd/>"));
-  return m;
-}
+// FileEntryOf's default mtime: files put into the tree get it, so the
+// entries tests build match the tree as a publisher's scan would.
+constexpr int64_t kMtime = 1700000000;
 
 // A RepoChanged taking `from` to `to`, as a publisher signs it.
 v1::RepoChanged EventFor(const Manifest& from, const Manifest& to) {
@@ -96,6 +103,75 @@ class BrokerTest : public ::testing::Test {
     if (broker_) broker_->Stop();
   }
 
+  // Starts a broker again with `options_` (after changing them).
+  void Restart() {
+    if (broker_) broker_->Stop();
+    broker_ = std::make_unique<Broker>(options_);
+    Status started = broker_->Start();
+    ASSERT_TRUE(started.ok()) << started.ToString();
+  }
+
+  // Puts `content` at `path` of the repo's tree as release tooling does
+  // (a new file renamed over the old one), with the mtime FileEntryOf
+  // records, and returns the entry a publisher would sign for it.
+  v1::FileEntry PutFile(const std::string& path, const std::string& content,
+                        const std::string& repo = kRepo) {
+    const fs::path file = dir_ / "tree" / repo / path;
+    const fs::path tmp = file.string() + ".new";
+    WriteFile(tmp, content);
+    EXPECT_TRUE(SetModeAndMtime(tmp, 0644, kMtime).ok());
+    fs::rename(tmp, file);
+    return FileEntryOf(path, content);
+  }
+
+  // Rewrites the bytes of `path` in place (same inode, same size).
+  void OverwriteInPlace(const std::string& path, const std::string& content) {
+    std::fstream f(dir_ / "tree" / kRepo / path, std::ios::in | std::ios::out | std::ios::binary);
+    ASSERT_TRUE(f);
+    f.write(content.data(), static_cast<std::streamsize>(content.size()));
+  }
+
+  // The manifest of serial 1 used by most tests, its files in the tree.
+  Manifest FirstManifest() {
+    Manifest m(kRepo, 1);
+    m.Put(DirEntryOf("pool"));
+    m.Put(PutFile("pool/a.rpm", "package a"));
+    m.Put(PutFile("repomd.xml", "<repomd/>"));
+    return m;
+  }
+
+  // Fetches version `content` of `path` whole; its bytes on success.
+  Result<std::string> Fetch(const std::string& path, const std::string& content,
+                            const std::string& repo = kRepo) {
+    ContentClient client(context_, Content(), repo, FastClient());
+    FetchStats stats;
+    const fs::path dest = dir_ / ("got-" + std::to_string(next_fetch_++));
+    Status s =
+        client.FetchFiles({FileFetch{path, content.size(), Sha256Of(content), dest}}, &stats);
+    if (!s.ok()) return s;
+    return ReadFile(dest);
+  }
+
+  // The fetched bytes, or the refusal (so a failed expectation shows why).
+  static std::string Got(const Result<std::string>& fetched) {
+    return fetched.ok() ? *fetched : "<refused: " + fetched.status().ToString() + ">";
+  }
+
+  static ContentClientOptions FastClient() {
+    ContentClientOptions o;
+    o.stall_timeout = kTimeout;
+    return o;
+  }
+
+  // Retained objects of kRepo on disk.
+  size_t ObjectFiles() {
+    size_t n = 0;
+    const fs::path dir = dir_ / "state/objects" / kRepo;
+    if (!fs::exists(dir)) return 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir)) n += e.is_regular_file() ? 1 : 0;
+    return n;
+  }
+
   HostPort Control() const { return HostPort{"127.0.0.1", broker_->control_port()}; }
   HostPort Content() const { return HostPort{"127.0.0.1", broker_->content_port()}; }
 
@@ -141,6 +217,7 @@ class BrokerTest : public ::testing::Test {
   }
 
   TempDir dir_{"mirrorcast-broker"};
+  int next_fetch_ = 0;
   zmq::context_t context_;
   std::optional<SigningKey> key_;
   BrokerOptions options_;
@@ -210,9 +287,10 @@ TEST_F(BrokerTest, SecondPublishWithTheRightChangeListIsAccepted) {
   ASSERT_TRUE(Publish(Manifest(kRepo, 0), first).ok());
   Manifest second = first;
   second.set_serial(2);
-  second.Put(FileEntryOf("pool/a.rpm", "package a, rebuilt"));
-  second.Put(FileEntryOf("pool/b.rpm", "package b"));
+  second.Put(PutFile("pool/a.rpm", "package a, rebuilt"));
+  second.Put(PutFile("pool/b.rpm", "package b"));
   second.Erase("repomd.xml");
+  fs::remove(dir_ / "tree/main/repomd.xml");
   auto reply = Publish(first, second);
   ASSERT_TRUE(reply.ok()) << reply.status().ToString();
   EXPECT_EQ(reply->publish().serial(), 2u);
@@ -280,7 +358,7 @@ TEST_F(BrokerTest, OmittedChangeListNeedsTheUploadedManifestAndItsCount) {
   ASSERT_TRUE(Publish(Manifest(kRepo, 0), first).ok());
   Manifest second = first;
   second.set_serial(2);
-  second.Put(FileEntryOf("pool/b.rpm", "package b"));
+  second.Put(PutFile("pool/b.rpm", "package b"));
   second.Erase("pool/a.rpm");
   v1::RepoChanged event = EventFor(first, second);
   event.clear_changes();
@@ -415,9 +493,12 @@ TEST_F(BrokerTest, AckIsRecordedAndShownInStatus) {
   EXPECT_EQ(status->mirrors_size(), 1);
 }
 
-TEST_F(BrokerTest, ContentServesFilesOfTheTree) {
+TEST_F(BrokerTest, ContentServesPublishedFilesByTheirSha256) {
   const std::string data = RandomBytes(300000, 1);  // more than one 256 KiB chunk
-  WriteFile(dir_ / "tree/main/pool/a.rpm", data);
+  Manifest manifest(kRepo, 1);
+  manifest.Put(DirEntryOf("pool"));
+  manifest.Put(PutFile("pool/a.rpm", data));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), manifest).ok());
   ContentClient content(context_, Content(), kRepo);
   FetchStats stats;
   Status fetched = content.FetchFiles(
@@ -426,30 +507,399 @@ TEST_F(BrokerTest, ContentServesFilesOfTheTree) {
   EXPECT_EQ(ReadFile(dir_ / "got"), data);
   EXPECT_EQ(stats.bytes_fetched, data.size());
   EXPECT_EQ(stats.files_fetched, 1u);
+
+  // A fetch that names no version is not even sent.
+  Status unnamed =
+      content.FetchFiles({FileFetch{"pool/a.rpm", data.size(), "", dir_ / "x"}}, &stats);
+  EXPECT_EQ(unnamed.code(), Status::Code::kInvalidArgument) << unnamed.ToString();
 }
 
-TEST_F(BrokerTest, ContentRefusesPathsLeavingTheRepo) {
-  // Both targets exist, so only the path checks stand between them and the client.
-  WriteFile(dir_ / "tree/secret", "outside the repo");
-  WriteFile(dir_ / "outside/file.txt", "outside the tree");
-  fs::create_directory_symlink(dir_ / "outside", dir_ / "tree/main/link");
-  ContentClient content(context_, Content(), kRepo);
+TEST_F(BrokerTest, FileAddedToTheTreeWithoutAPublishIsNeverServed) {
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
+  // Written after the last publish: the client even knows its SHA-256.
+  PutFile("pool/unpublished.rpm", "written after the last publish");
+  auto added = Fetch("pool/unpublished.rpm", "written after the last publish");
+  ASSERT_FALSE(added.ok()) << "served a file no manifest names";
+  EXPECT_EQ(added.status().code(), Status::Code::kRejected) << added.status().ToString();
+  EXPECT_NE(added.status().message().find("not a version any published manifest of main names"),
+            std::string::npos)
+      << added.status().message();
+
+  // A published path replaced by a version not yet published: the new bytes
+  // are refused, the published version is still served (retained store).
+  PutFile("pool/a.rpm", "package a, not published yet");
+  auto unpublished = Fetch("pool/a.rpm", "package a, not published yet");
+  ASSERT_FALSE(unpublished.ok());
+  EXPECT_NE(unpublished.status().message().find("not a version any published manifest"),
+            std::string::npos)
+      << unpublished.status().message();
+  auto published = Fetch("pool/a.rpm", "package a");
+  ASSERT_TRUE(published.ok()) << published.status().ToString();
+  EXPECT_EQ(*published, "package a");
+}
+
+TEST_F(BrokerTest, FileChangedInPlaceAfterItsPublishIsNeverServed) {
+  const std::string original = RandomBytes(200000, 5);
+  Manifest manifest(kRepo, 1);
+  manifest.Put(PutFile("big.bin", original));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), manifest).ok());
+  ASSERT_TRUE(Fetch("big.bin", original).ok());
+
+  // Same size, other bytes, same inode: a careless rewrite in place. The
+  // retained object is that inode too, so it holds the new bytes as well.
+  std::string edited = original;
+  edited.replace(1000, 10, "0123456789");
+  OverwriteInPlace("big.bin", edited);
+  auto whole = Fetch("big.bin", original);
+  ASSERT_FALSE(whole.ok()) << "served bytes that are not the published version";
+  EXPECT_EQ(whole.status().code(), Status::Code::kRejected) << whole.status().ToString();
+  EXPECT_NE(whole.status().message().find("changed since it was published"), std::string::npos)
+      << whole.status().message();
+
+  // Nor as a delta.
+  WriteFile(dir_ / "basis", original.substr(0, 150000));
+  auto signature = ComputeSignature(dir_ / "basis");
+  ASSERT_TRUE(signature.ok()) << signature.status().ToString();
+  ContentClient content(context_, Content(), kRepo, FastClient());
   FetchStats stats;
+  Status delta = content.FetchDelta("big.bin", Sha256Of(original), *signature, dir_ / "delta",
+                                    original.size(), &stats);
+  EXPECT_EQ(delta.code(), Status::Code::kRejected) << delta.ToString();
+  EXPECT_NE(delta.message().find("changed since it was published"), std::string::npos)
+      << delta.message();
 
-  // The sizes are right: served, either fetch would succeed.
-  Status dotdot = content.FetchFiles({FileFetch{"../secret", 16, "", dir_ / "got1"}}, &stats);
-  EXPECT_EQ(dotdot.code(), Status::Code::kRejected) << dotdot.ToString();
+  // The edited bytes were never published either.
+  auto as_edited = Fetch("big.bin", edited);
+  ASSERT_FALSE(as_edited.ok());
+  EXPECT_NE(as_edited.status().message().find("not a version any published manifest"),
+            std::string::npos);
+}
 
-  Status via_link = content.FetchFiles({FileFetch{"link/file.txt", 16, "", dir_ / "got2"}}, &stats);
-  EXPECT_EQ(via_link.code(), Status::Code::kRejected) << via_link.ToString();
-  EXPECT_EQ(stats.bytes_fetched, 0u);
-  EXPECT_EQ(stats.files_fetched, 0u);
+TEST_F(BrokerTest, FileChangedInPlaceIsRefusedWithoutARetainedStoreToo) {
+  options_.keep_versions = 0;  // every byte comes from the tree
+  Restart();
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
+  EXPECT_EQ(ObjectFiles(), 0u);
+  ASSERT_TRUE(Fetch("pool/a.rpm", "package a").ok());
+  OverwriteInPlace("pool/a.rpm", "PACKAGE A");
+  auto got = Fetch("pool/a.rpm", "package a");
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.status().message().find("changed since it was published"), std::string::npos)
+      << got.status().message();
+}
 
-  // The same client still gets a legitimate file.
-  WriteFile(dir_ / "tree/main/ok.txt", "fine");
-  Status ok = content.FetchFiles({FileFetch{"ok.txt", 4, Sha256Of("fine"), dir_ / "got3"}}, &stats);
-  ASSERT_TRUE(ok.ok()) << ok.ToString();
-  EXPECT_EQ(ReadFile(dir_ / "got3"), "fine");
+TEST_F(BrokerTest, SymlinkOutOfTheTreeIsNeverServed) {
+  // Outside the tree, files a client would like to read.
+  WriteFile(dir_ / "outside/repo/secret.txt", "outside the tree");
+  ASSERT_TRUE(SetModeAndMtime(dir_ / "outside/repo/secret.txt", 0644, kMtime).ok());
+  WriteFile(dir_ / "outside/dir/file.txt", "outside the repo");
+  ASSERT_TRUE(SetModeAndMtime(dir_ / "outside/dir/file.txt", 0644, kMtime).ok());
+  fs::create_directory_symlink(dir_ / "outside/repo", dir_ / "tree/evil");  // named like a repo
+  fs::create_directory_symlink(dir_ / "outside/dir", dir_ / "tree/main/link");
+
+  // Publishing what lies behind either symlink is refused...
+  Manifest evil("evil", 1);
+  evil.Put(FileEntryOf("secret.txt", "outside the tree"));
+  auto refused_repo = SendPublish(Seal(EventFor(Manifest("evil", 0), evil), *key_));
+  ASSERT_FALSE(refused_repo.ok());
+  EXPECT_NE(refused_repo.status().message().find("repo directory evil is a symlink"),
+            std::string::npos)
+      << refused_repo.status().message();
+  Manifest linked = FirstManifest();
+  linked.Put(DirEntryOf("link"));
+  linked.Put(FileEntryOf("link/file.txt", "outside the repo"));
+  ExpectRefused(Publish(Manifest(kRepo, 0), linked), "main/link is a symlink", 0);
+
+  // ...so nothing behind them is a published version: asked for by their
+  // SHA-256, they are refused, and so is a path leaving the repo.
+  EXPECT_EQ(Fetch("secret.txt", "outside the tree", "evil").status().code(),
+            Status::Code::kRejected);
+  EXPECT_EQ(Fetch("link/file.txt", "outside the repo").status().code(), Status::Code::kRejected);
+  EXPECT_EQ(Fetch("../secret/file.txt", "outside the repo").status().code(),
+            Status::Code::kRejected);
+  EXPECT_FALSE(fs::exists(dir_ / "state/objects/evil"));
+}
+
+TEST_F(BrokerTest, RepoOrDirectorySwappedForASymlinkIsNeverFollowed) {
+  options_.keep_versions = 0;  // no retained copies: every byte comes from the tree
+  Restart();
+  Manifest manifest(kRepo, 1);
+  manifest.Put(DirEntryOf("pool"));
+  manifest.Put(PutFile("pool/a.rpm", "package a"));
+  manifest.Put(PutFile("top.rpm", "top"));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), manifest).ok());
+  ASSERT_TRUE(Fetch("pool/a.rpm", "package a").ok());
+
+  // The very same inodes, now reached through a symlink: only the refusal to
+  // follow symlinks stands between the request and them.
+  fs::create_directories(dir_ / "outside");
+  fs::rename(dir_ / "tree/main/pool", dir_ / "outside/pool");
+  fs::create_directory_symlink(dir_ / "outside/pool", dir_ / "tree/main/pool");
+  auto via_dir = Fetch("pool/a.rpm", "package a");
+  ASSERT_FALSE(via_dir.ok());
+  EXPECT_NE(via_dir.status().message().find("main/pool is a symlink"), std::string::npos)
+      << via_dir.status().message();
+
+  fs::rename(dir_ / "tree/main", dir_ / "outside/main");
+  fs::create_directory_symlink(dir_ / "outside/main", dir_ / "tree/main");
+  auto via_repo = Fetch("top.rpm", "top");
+  ASSERT_FALSE(via_repo.ok());
+  EXPECT_NE(via_repo.status().message().find("repo directory main is a symlink"), std::string::npos)
+      << via_repo.status().message();
+}
+
+TEST_F(BrokerTest, SupersededVersionsComeFromTheRetainedStoreForKeepVersionsSerials) {
+  options_.keep_versions = 2;
+  Restart();
+  Manifest s1(kRepo, 1);
+  s1.Put(PutFile("a.rpm", "version 1"));
+  s1.Put(PutFile("gone.rpm", "deleted at serial 2"));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), s1).ok());
+  EXPECT_EQ(ObjectFiles(), 2u);
+
+  Manifest s2 = s1;
+  s2.set_serial(2);
+  s2.Put(PutFile("a.rpm", "version 2"));  // renamed over version 1
+  s2.Erase("gone.rpm");
+  fs::remove(dir_ / "tree/main/gone.rpm");
+  auto reply = Publish(s1, s2);
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+
+  // The tree holds neither old version any more; the retained store does.
+  auto v1 = Fetch("a.rpm", "version 1");
+  ASSERT_TRUE(v1.ok()) << v1.status().ToString();
+  EXPECT_EQ(*v1, "version 1");
+  auto gone = Fetch("gone.rpm", "deleted at serial 2");
+  ASSERT_TRUE(gone.ok()) << gone.status().ToString();
+  EXPECT_EQ(*gone, "deleted at serial 2");
+  EXPECT_EQ(Got(Fetch("a.rpm", "version 2")), "version 2");
+
+  // Retired at serial 2 with a window of 2: still served at head 3...
+  Manifest s3 = s2;
+  s3.set_serial(3);
+  s3.Put(PutFile("b.rpm", "b"));
+  ASSERT_TRUE(Publish(s2, s3).ok());
+  EXPECT_TRUE(Fetch("a.rpm", "version 1").ok());
+
+  // ...and gone at head 4, object and all.
+  Manifest s4 = s3;
+  s4.set_serial(4);
+  s4.Put(PutFile("c.rpm", "c"));
+  ASSERT_TRUE(Publish(s3, s4).ok());
+  auto expired = Fetch("a.rpm", "version 1");
+  ASSERT_FALSE(expired.ok());
+  EXPECT_NE(expired.status().message().find("no longer kept"), std::string::npos)
+      << expired.status().message();
+  EXPECT_FALSE(Fetch("gone.rpm", "deleted at serial 2").ok());
+  EXPECT_EQ(ObjectFiles(), 3u);  // version 2, b, c
+  EXPECT_EQ(Got(Fetch("a.rpm", "version 2")), "version 2");
+}
+
+TEST_F(BrokerTest, VersionStillNamedByTheHeadIsNeverPruned) {
+  options_.keep_versions = 1;
+  Restart();
+  Manifest s1(kRepo, 1);
+  s1.Put(DirEntryOf("x"));
+  s1.Put(DirEntryOf("y"));
+  s1.Put(PutFile("x/one.rpm", "shared bytes"));
+  s1.Put(PutFile("y/two.rpm", "shared bytes"));
+  s1.Put(PutFile("unchanged.rpm", "never touched"));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), s1).ok());
+
+  // One of the two paths goes; then the tree moves on for a few serials.
+  Manifest previous = s1;
+  Manifest next = s1;
+  next.set_serial(2);
+  next.Erase("x/one.rpm");
+  fs::remove(dir_ / "tree/main/x/one.rpm");
+  ASSERT_TRUE(Publish(previous, next).ok());
+  for (uint64_t serial = 3; serial <= 5; ++serial) {
+    previous = next;
+    next.set_serial(serial);
+    next.Put(PutFile("n" + std::to_string(serial) + ".rpm", std::to_string(serial)));
+    ASSERT_TRUE(Publish(previous, next).ok());
+  }
+  // The tree no longer holds the shared version at y/two.rpm either (a new
+  // inode with the same bytes): it comes from its object, never pruned.
+  PutFile("y/two.rpm", "shared bytes");
+  EXPECT_EQ(Got(Fetch("y/two.rpm", "shared bytes")), "shared bytes");
+  EXPECT_EQ(Got(Fetch("x/one.rpm", "shared bytes")), "shared bytes");  // same version
+  EXPECT_EQ(Got(Fetch("unchanged.rpm", "never touched")), "never touched");
+}
+
+TEST_F(BrokerTest, PublishIsRefusedUnlessEveryNewFileIsInTheTreeAsSigned) {
+  // Missing from the tree.
+  Manifest missing(kRepo, 1);
+  missing.Put(PutFile("a-ok.rpm", "fine"));
+  missing.Put(FileEntryOf("missing.rpm", "never written"));
+  ExpectRefused(Publish(Manifest(kRepo, 0), missing), "missing.rpm is not in the tree as signed",
+                0);
+
+  // Another size than signed.
+  PutFile("short.rpm", "abc");
+  Manifest short_file(kRepo, 1);
+  short_file.Put(FileEntryOf("a-ok.rpm", "fine"));
+  short_file.Put(FileEntryOf("short.rpm", "abcdef"));
+  ExpectRefused(Publish(Manifest(kRepo, 0), short_file),
+                "short.rpm has 3 bytes in the tree, the signed size is 6", 0);
+
+  // Rewritten after the publisher's scan (same size, newer mtime).
+  PutFile("late.rpm", "12345");
+  ASSERT_TRUE(SetModeAndMtime(dir_ / "tree/main/late.rpm", 0644, kMtime + 60).ok());
+  Manifest late(kRepo, 1);
+  late.Put(FileEntryOf("a-ok.rpm", "fine"));
+  late.Put(FileEntryOf("late.rpm", "12345"));
+  ExpectRefused(Publish(Manifest(kRepo, 0), late),
+                "late.rpm changed after the publisher scanned it", 0);
+
+  // A refused publish keeps nothing it linked for a file checked before the bad one.
+  EXPECT_EQ(ObjectFiles(), 0u);
+  EXPECT_FALSE(Fetch("a-ok.rpm", "fine").ok());
+
+  Manifest good(kRepo, 1);
+  good.Put(FileEntryOf("a-ok.rpm", "fine"));
+  good.Put(PutFile("late.rpm", "12345"));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), good).ok());
+  EXPECT_EQ(Got(Fetch("a-ok.rpm", "fine")), "fine");
+}
+
+TEST_F(BrokerTest, HostileContentRequestsGetAClearEscapedRefusal) {
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
+  zmq::socket_t dealer(context_, zmq::socket_type::dealer);
+  dealer.set(zmq::sockopt::linger, 0);
+  dealer.connect(Content().Endpoint());
+  auto ask = [&](const std::string& path, const std::string& sha256) -> v1::ContentReply {
+    v1::ContentRequest request;
+    request.set_protocol_version(kProtocolVersion);
+    request.set_request_id(7);
+    request.set_repo(kRepo);
+    request.mutable_range()->set_path(path);
+    request.mutable_range()->set_sha256(sha256);
+    request.mutable_range()->set_length(1024);
+    zmq::message_t frame = ToFrame(request);
+    EXPECT_TRUE(dealer.send(frame, zmq::send_flags::none));
+    zmq::pollitem_t item{static_cast<void*>(dealer), 0, ZMQ_POLLIN, 0};
+    EXPECT_EQ(zmq::poll(&item, 1, kTimeout), 1);
+    v1::ContentReply reply;
+    zmq::message_t got;
+    if (dealer.recv(got, zmq::recv_flags::dontwait)) {
+      EXPECT_TRUE(reply.ParseFromArray(got.data(), static_cast<int>(got.size())));
+    }
+    return reply;
+  };
+  auto printable = [](const std::string& text) {
+    return std::all_of(text.begin(), text.end(),
+                       [](char c) { return static_cast<unsigned char>(c) >= 0x20; });
+  };
+
+  // No version named, and a control character in the path.
+  v1::ContentReply unnamed = ask("pool/a\x01.rpm", "");
+  EXPECT_FALSE(unnamed.ok());
+  EXPECT_NE(unnamed.error().find("requested by the SHA-256"), std::string::npos) << unnamed.error();
+  EXPECT_NE(unnamed.error().find("pool/a\\x01.rpm"), std::string::npos) << unnamed.error();
+  EXPECT_TRUE(printable(unnamed.error())) << unnamed.error();
+
+  // A digest of the wrong length, and one nobody published.
+  EXPECT_NE(ask("pool/a.rpm", "short").error().find("requested by the SHA-256"), std::string::npos);
+  v1::ContentReply unknown = ask("pool/a.rpm", Sha256Of("never published"));
+  EXPECT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.error().find("not a version any published manifest"), std::string::npos)
+      << unknown.error();
+  EXPECT_TRUE(unknown.data().empty());
+
+  // The same socket still gets the published version.
+  v1::ContentReply good = ask("pool/a.rpm", Sha256Of("package a"));
+  EXPECT_TRUE(good.ok()) << good.error();
+  EXPECT_EQ(good.data(), "package a");
+}
+
+TEST_F(BrokerTest, ObjectsOfAPublishThatNeverCommittedAreRemovedAtStart) {
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
+  broker_->Stop();
+  broker_.reset();
+  // As a crash between linking and committing leaves it.
+  const std::string sha = Sha256Of("linked, never committed");
+  {
+    auto state = BrokerState::Open(dir_ / "state");
+    ASSERT_TRUE(state.ok()) << state.status().ToString();
+    ASSERT_TRUE((*state)->AddPendingObjects(kRepo, {sha}).ok());
+  }
+  const fs::path orphan = ObjectStore(dir_ / "state/objects").PathOf(kRepo, sha);
+  WriteFile(orphan, "linked, never committed");
+  const size_t before = ObjectFiles();
+
+  Restart();
+  EXPECT_FALSE(fs::exists(orphan));
+  EXPECT_EQ(ObjectFiles(), before - 1);  // the committed objects stay
+  EXPECT_EQ(Got(Fetch("pool/a.rpm", "package a")), "package a");
+}
+
+// A state that 0.1 wrote names its heads by format-v1 digests: the broker
+// refuses to start on it rather than publish on top of what it cannot read.
+TEST_F(BrokerTest, StateWrittenByFormatOneIsRefusedWithAClearMessage) {
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
+  broker_->Stop();
+  broker_.reset();
+  {
+    auto db = Database::Open(dir_ / "state/broker.db");
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("PRAGMA user_version = 0").ok());
+  }
+  Broker old(options_);
+  Status started = old.Start();
+  ASSERT_FALSE(started.ok());
+  EXPECT_NE(started.message().find("written by mirrorcast 0.1"), std::string::npos)
+      << started.ToString();
+  EXPECT_NE(started.message().find("move it aside"), std::string::npos) << started.ToString();
+  old.Stop();
+
+  // An empty state of any age is fine.
+  fs::remove_all(dir_ / "state");
+  Restart();
+  EXPECT_EQ(HelloSerial(), 0u);
+}
+
+// The state directory on another filesystem than the tree: no hard links,
+// and tmpfs has no reflinks either, so only current versions are served.
+TEST_F(BrokerTest, StateOnAnotherFilesystemServesOnlyCurrentVersions) {
+  struct stat tree_st {
+  }, shm_st{};
+  if (::stat("/dev/shm", &shm_st) != 0 || ::stat(dir_.path().c_str(), &tree_st) != 0 ||
+      shm_st.st_dev == tree_st.st_dev) {
+    GTEST_SKIP() << "needs /dev/shm on a filesystem other than " << dir_.path();
+  }
+  char pattern[] = "/dev/shm/mirrorcast-state-XXXXXX";
+  ASSERT_NE(::mkdtemp(pattern), nullptr);
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } cleanup{pattern};
+  options_.state_dir = cleanup.dir;
+  Restart();
+
+  Manifest s1(kRepo, 1);
+  s1.Put(PutFile("a.rpm", "version 1"));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), s1).ok());
+  EXPECT_EQ(Got(Fetch("a.rpm", "version 1")), "version 1");  // from the tree
+
+  Manifest s2 = s1;
+  s2.set_serial(2);
+  s2.Put(PutFile("a.rpm", "version 2"));
+  ASSERT_TRUE(Publish(s1, s2).ok());
+  auto old = Fetch("a.rpm", "version 1");
+  ASSERT_FALSE(old.ok());
+  EXPECT_NE(old.status().message().find("superseded in the tree and no retained copy"),
+            std::string::npos)
+      << old.status().message();
+  EXPECT_EQ(Got(Fetch("a.rpm", "version 2")), "version 2");
+  size_t objects = 0;
+  for (const auto& e : fs::recursive_directory_iterator(cleanup.dir / "objects")) {
+    objects += e.is_regular_file() ? 1 : 0;
+  }
+  EXPECT_EQ(objects, 0u);
 }
 
 // The broker derives the new chunks from the change list itself and serves
@@ -488,7 +938,10 @@ class BrokerDeltaTest : public BrokerTest {
     target_ = RandomBytes(400000, 2);
     std::string basis = target_;
     basis.replace(100000, 5000, RandomBytes(5000, 3));  // the mirror's older version
-    WriteFile(dir_ / "tree/main/big.bin", target_);
+    first_ = Manifest(kRepo, 1);
+    first_.Put(PutFile("big.bin", target_));
+    auto published = Publish(Manifest(kRepo, 0), first_);
+    ASSERT_TRUE(published.ok()) << published.status().ToString();
     WriteFile(dir_ / "basis", basis);
     auto sig = ComputeSignature(dir_ / "basis");
     ASSERT_TRUE(sig.ok()) << sig.status().ToString();
@@ -503,6 +956,7 @@ class BrokerDeltaTest : public BrokerTest {
     return names;
   }
 
+  Manifest first_;
   std::string target_;
   std::string signature_;
 };
@@ -555,6 +1009,23 @@ TEST_F(BrokerDeltaTest, Md4SignatureIsRefused) {
   Status ok = content.FetchDelta("big.bin", Sha256Of(target_), signature_, dir_ / "delta",
                                  target_.size(), &stats);
   EXPECT_TRUE(ok.ok()) << ok.ToString();
+}
+
+TEST_F(BrokerDeltaTest, DeltaOfASupersededVersionComesFromTheRetainedStore) {
+  Manifest second = first_;
+  second.set_serial(2);
+  second.Put(PutFile("big.bin", RandomBytes(400000, 4)));  // renamed over the first
+  ASSERT_TRUE(Publish(first_, second).ok());
+  ContentClient content(context_, Content(), kRepo, FastClient());
+  FetchStats stats;
+  Status s = content.FetchDelta("big.bin", Sha256Of(target_), signature_, dir_ / "delta",
+                                target_.size(), &stats);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  std::string rebuilt_sha;
+  ASSERT_TRUE(
+      ApplyDelta(dir_ / "basis", dir_ / "delta", dir_ / "rebuilt", target_.size(), &rebuilt_sha)
+          .ok());
+  EXPECT_EQ(rebuilt_sha, Sha256Of(target_));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -98,8 +99,7 @@ TEST(PublishExitCode, MapsStatusCodes) {
 class PublishTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    fs::create_directories(dir_ / "served");
-    fs::create_directories(dir_ / "tree");
+    fs::create_directories(dir_ / "served/main");
     auto key = SigningKey::Generate();
     ASSERT_TRUE(key.ok()) << key.status().ToString();
     ASSERT_TRUE(key->SaveFiles((dir_ / "publisher").string()).ok());
@@ -107,6 +107,8 @@ class PublishTest : public ::testing::Test {
     BrokerOptions broker;
     broker.listen = HostPort{"127.0.0.1", 0};
     broker.state_dir = dir_ / "broker-state";
+    // The broker fronts the tree the publisher scans, as in production: it
+    // checks every newly published file there before it commits.
     broker.tree_root = dir_ / "served";
     broker.trust = {dir_ / "publisher.pub"};
     broker.broker_id = "test-broker";
@@ -115,9 +117,9 @@ class PublishTest : public ::testing::Test {
     Status started = broker_->Start();
     ASSERT_TRUE(started.ok()) << started.ToString();
 
-    WriteFile(dir_ / "tree/pool/a.rpm", RandomBytes(3000, 1));
-    WriteFile(dir_ / "tree/pool/b.rpm", RandomBytes(5000, 2));
-    WriteFile(dir_ / "tree/repodata/repomd.xml", "<repomd/>");
+    WriteFile(dir_ / "served/main/pool/a.rpm", RandomBytes(3000, 1));
+    WriteFile(dir_ / "served/main/pool/b.rpm", RandomBytes(5000, 2));
+    WriteFile(dir_ / "served/main/repodata/repomd.xml", "<repomd/>");
   }
 
   void TearDown() override {
@@ -129,7 +131,7 @@ class PublishTest : public ::testing::Test {
     options.broker = HostPort{"127.0.0.1", broker_->control_port()};
     options.key_file = dir_ / "publisher.key";
     options.repo = "main";
-    options.tree = dir_ / "tree";
+    options.tree = dir_ / "served/main";
     options.state_dir = dir_ / "publish-state";
     options.timeout = kTimeout;
     options.client_name = "publisher-test";
@@ -234,10 +236,31 @@ TEST_F(PublishTest, FirstPublishIsSerialOneAndARerunSendsNothing) {
   EXPECT_EQ(BrokerHead().serial(), 1u);
 }
 
+TEST_F(PublishTest, HashCacheFollowsTheFilesTheBrokerLinked) {
+  ASSERT_NO_FATAL_FAILURE(PublishFirst());
+  // The broker hard-linked every published file into its retained store,
+  // which moved their ctime (the hash cache's key)...
+  struct stat st {};
+  ASSERT_EQ(::stat((dir_ / "served/main/pool/a.rpm").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 2u);
+  // ...and told the publisher, so a rerun still reads no file.
+  auto rerun = Run();
+  ASSERT_TRUE(rerun.ok()) << rerun.status().ToString();
+  EXPECT_FALSE(rerun->published);
+  EXPECT_EQ(rerun->scan.files_hashed, 0u);
+  EXPECT_EQ(rerun->scan.cache_hits, 3u);
+
+  // A file touched after the broker's link is hashed again.
+  ASSERT_EQ(::chmod((dir_ / "served/main/pool/b.rpm").c_str(), 0600), 0);
+  auto after_chmod = Run();
+  ASSERT_TRUE(after_chmod.ok()) << after_chmod.status().ToString();
+  EXPECT_EQ(after_chmod->scan.files_hashed, 1u);
+}
+
 TEST_F(PublishTest, ModificationPublishesTheNextSerial) {
   ASSERT_NO_FATAL_FAILURE(PublishFirst());
   const std::string updated = RandomBytes(4000, 3);
-  WriteFile(dir_ / "tree/pool/a.rpm", updated);
+  WriteFile(dir_ / "served/main/pool/a.rpm", updated);
 
   auto run = Run();
   ASSERT_TRUE(run.ok()) << run.status().ToString();
@@ -260,9 +283,9 @@ TEST_F(PublishTest, ModificationPublishesTheNextSerial) {
 
 TEST_F(PublishTest, PathsFromRescansOnlyTheListedPaths) {
   ASSERT_NO_FATAL_FAILURE(PublishFirst());
-  fs::remove(dir_ / "tree/pool/b.rpm");
+  fs::remove(dir_ / "served/main/pool/b.rpm");
   // Changed but not listed: a paths-from run must not see it.
-  WriteFile(dir_ / "tree/repodata/repomd.xml", "<repomd serial='2'/>");
+  WriteFile(dir_ / "served/main/repodata/repomd.xml", "<repomd serial='2'/>");
   WriteFile(dir_ / "paths.txt", "# removed by the repo tool\n./pool/b.rpm\n");
 
   PublisherOptions options = Options();
@@ -303,7 +326,7 @@ TEST_F(PublishTest, MissingStateManifestIsFetchedFromTheBroker) {
   EXPECT_TRUE(fs::exists(StateManifest()));  // kept for next time
 
   ASSERT_NO_FATAL_FAILURE(RemoveStateManifest());
-  WriteFile(dir_ / "tree/pool/b.rpm", RandomBytes(6000, 4));
+  WriteFile(dir_ / "served/main/pool/b.rpm", RandomBytes(6000, 4));
   auto run = Run();
   ASSERT_TRUE(run.ok()) << run.status().ToString();
   EXPECT_FALSE(run->previous_from_state);
@@ -320,7 +343,7 @@ TEST_F(PublishTest, StaleStateManifestIsReplacedByTheBrokers) {
   ASSERT_NO_FATAL_FAILURE(PublishFirst());
   // The state dir keeps serial 1 while another publisher host moves the repo on.
   const std::string kept = ReadFile(StateManifest());
-  WriteFile(dir_ / "tree/pool/a.rpm", RandomBytes(100, 5));
+  WriteFile(dir_ / "served/main/pool/a.rpm", RandomBytes(100, 5));
   ASSERT_TRUE(Run().ok());
   WriteFile(StateManifest(), kept);
 
