@@ -75,7 +75,8 @@ int PublishMain(int argc, char** argv) {
   publish.state_dir = (*vm)["state"].as<std::string>();
   publish.expiry_days = (*vm)["expiry-days"].as<int>();
   publish.max_inline_change_bytes = (*vm)["max-inline-change-bytes"].as<uint64_t>();
-  if (publish.max_inline_change_bytes < 1 || publish.max_inline_change_bytes > kMaxInlineChangeBytes) {
+  if (publish.max_inline_change_bytes < 1 ||
+      publish.max_inline_change_bytes > kMaxInlineChangeBytes) {
     throw std::runtime_error("bad --max-inline-change-bytes: must be 1.." +
                              std::to_string(kMaxInlineChangeBytes));
   }

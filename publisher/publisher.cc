@@ -18,6 +18,7 @@
 #include "core/manifest/chunks.h"
 #include "core/manifest/hash_cache.h"
 #include "core/manifest/manifest.h"
+#include "core/manifest/tree_diff.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
 #include "core/store/sqlite.h"
@@ -223,10 +224,10 @@ class BrokerChunks : public ChunkSource {
 };
 
 // The manifest the broker holds at its latest serial, fetched chunk by chunk
-// and verified against the root it announced; recorded in `state`.
-Result<Manifest> FetchBrokerManifest(const PublisherOptions& options, zmq::context_t& context,
-                                     uint32_t content_port, const BrokerRepoState& latest,
-                                     ManifestState& state) {
+// and verified against the root it announced, recorded in `state`.
+Status FetchBrokerManifest(const PublisherOptions& options, zmq::context_t& context,
+                           uint32_t content_port, const BrokerRepoState& latest,
+                           ManifestState& state) {
   if (content_port == 0 || content_port > 65535) {
     return Status::Unavailable("broker " + options.broker.ToString() +
                                " announced no usable content port");
@@ -243,29 +244,16 @@ Result<Manifest> FetchBrokerManifest(const PublisherOptions& options, zmq::conte
   }
   MC_ASSIGN_OR_RETURN(ManifestIndex index, ManifestIndex::Decode(*bytes));
   BrokerChunks chunks(content);
-  Manifest manifest(options.repo, latest.serial);
+  // Every chunk is read (and checked against the index) before it is kept.
   MC_RETURN_IF_ERROR(
-      ForEachEntry(index, chunks, [&](v1::FileEntry e) {
-        manifest.Put(std::move(e));
+      ForEachEntry(index, chunks, [](v1::FileEntry) {
         return Status::Ok();
       }).WithContext("the broker's manifest of serial " + std::to_string(latest.serial)));
-  if (Status s = state.Save(latest.serial, index, chunks); !s.ok()) {
-    MC_LOG(warning) << "cannot keep the broker's manifest in the state directory: " << s.ToString();
-  }
+  MC_RETURN_IF_ERROR(state.Save(latest.serial, index, chunks)
+                         .WithContext("keeping the broker's manifest in the state directory"));
   MC_LOG(info) << "fetched manifest repo=" << options.repo << " serial=" << latest.serial
-               << " entries=" << manifest.size() << " chunks=" << index.refs.size();
-  return manifest;
-}
-
-// The previous manifest as a whole, from the state's chunks.
-Result<Manifest> LoadStateManifest(const PublisherOptions& options, uint64_t serial,
-                                   ManifestState& state) {
-  Manifest manifest(options.repo, serial);
-  MC_RETURN_IF_ERROR(ForEachEntry(state.index(), state, [&](v1::FileEntry e) {
-    manifest.Put(std::move(e));
-    return Status::Ok();
-  }));
-  return manifest;
+               << " entries=" << index.entries() << " chunks=" << index.refs.size();
+  return Status::Ok();
 }
 
 // Stores the manifest objects a publish without its change list refers to:
@@ -348,12 +336,16 @@ void FollowBrokerLinks(const PublisherOptions& options, const v1::PublishReply& 
 }
 
 struct ScanResult {
-  Manifest manifest;
+  std::vector<v1::Change> changes;
   ScanStats stats;
   double seconds = 0;
 };
 
-Result<ScanResult> ScanForChanges(const PublisherOptions& options, const Manifest& previous,
+// The changes since `previous` (its chunks in `chunks`): a stat-only walk of
+// the whole tree merged with the previous manifest and the hash cache, or a
+// rescan of just the listed paths. Neither holds a whole manifest.
+Result<ScanResult> ScanForChanges(const PublisherOptions& options, const ManifestIndex& previous,
+                                  ChunkSource& chunks,
                                   const std::optional<std::vector<std::string>>& paths) {
   Result<std::unique_ptr<HashCache>> cache = HashCache::Open(HashCachePath(options));
   if (!cache.ok()) {
@@ -361,22 +353,26 @@ Result<ScanResult> ScanForChanges(const PublisherOptions& options, const Manifes
                                    ": " + cache.status().message());
   }
   ScanResult result;
+  TreeDiffOptions diff;
+  diff.scan = options.scan;
+  diff.hash_threads = options.hash_threads;
+  auto collect = [&](v1::Change c) {
+    result.changes.push_back(std::move(c));
+    return Status::Ok();
+  };
   const auto start = options.clock->Steady();
   if (paths) {
-    result.manifest = previous;
-    MC_RETURN_IF_ERROR(RescanPaths(options.tree, *paths, cache->get(), &result.manifest,
-                                   &result.stats, options.scan)
+    MC_RETURN_IF_ERROR(DiffPaths(options.tree, *paths, previous, chunks, cache->get(),
+                                 &result.stats, diff, collect)
                            .WithContext("rescanning listed paths of " + options.tree.string()));
   } else {
-    Result<Manifest> scanned = ScanTree(options.tree, cache->get(), &result.stats, options.scan);
-    if (!scanned.ok()) return scanned.status().WithContext("scanning " + options.tree.string());
-    result.manifest = std::move(scanned).value();
+    MC_RETURN_IF_ERROR(
+        DiffTree(options.tree, previous, chunks, cache->get(), &result.stats, diff, collect)
+            .WithContext("scanning " + options.tree.string()));
   }
   result.seconds = std::chrono::duration<double>(options.clock->Steady() - start).count();
-  result.stats.entries = result.manifest.size();
-  result.manifest.set_repo(options.repo);
   MC_LOG(info) << "scanned repo=" << options.repo << " mode=" << (paths ? "paths" : "full")
-               << " entries=" << result.stats.entries
+               << " entries=" << result.stats.entries << " changes=" << result.changes.size()
                << " files_hashed=" << result.stats.files_hashed
                << " bytes_hashed=" << result.stats.bytes_hashed
                << " cache_hits=" << result.stats.cache_hits << " skipped=" << result.stats.skipped
@@ -417,30 +413,25 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
                                    opened_state.status().message());
   }
   ManifestState& state = **opened_state;
-  Manifest previous(options.repo, latest.serial);
   ManifestIndex previous_index;
   if (latest.serial > 0) {
     if (state.Matches(latest.serial, latest.digest)) {
-      MC_ASSIGN_OR_RETURN(previous, LoadStateManifest(options, latest.serial, state));
       outcome.previous_from_state = true;
     } else {
       MC_LOG(info) << "the state directory does not hold the broker's latest manifest (serial "
                    << latest.serial << "); fetching it from the broker";
-      MC_ASSIGN_OR_RETURN(
-          previous, FetchBrokerManifest(options, context, hello->content_port(), latest, state));
+      MC_RETURN_IF_ERROR(
+          FetchBrokerManifest(options, context, hello->content_port(), latest, state));
     }
     previous_index = state.index();
   }
 
-  MC_ASSIGN_OR_RETURN(ScanResult scan, ScanForChanges(options, previous, paths));
+  MC_ASSIGN_OR_RETURN(ScanResult scan, ScanForChanges(options, previous_index, state, paths));
   outcome.scan = scan.stats;
   outcome.scan_seconds = scan.seconds;
-  Manifest& next = scan.manifest;
-  next.set_serial(latest.serial + 1);
-  outcome.manifest_entries = next.size();
-
-  std::vector<v1::Change> changes = DiffManifests(previous, next);
+  std::vector<v1::Change>& changes = scan.changes;
   if (changes.empty()) {
+    outcome.manifest_entries = previous_index.entries();
     MC_LOG(info) << "nothing changed repo=" << options.repo << " serial=" << latest.serial;
     return outcome;
   }
@@ -453,6 +444,8 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
                                             fresh.Put(ref.id, std::move(bytes));
                                             return Status::Ok();
                                           }));
+  outcome.manifest_entries = next_index.entries();
+  outcome.scan.entries = next_index.entries();
 
   const int64_t now = options.clock->NowUnix();
   v1::SignedPayload payload;
@@ -510,7 +503,8 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   const uint64_t serial = latest.serial + 1;
   MC_LOG(info) << "publishing repo=" << options.repo << " serial=" << serial
                << " changes=" << outcome.changes() << (omit ? " (change list left out)" : "")
-               << " entries=" << next.size() << " manifest_chunks=" << next_index.refs.size();
+               << " entries=" << next_index.entries()
+               << " manifest_chunks=" << next_index.refs.size();
   Result<v1::ControlReply> reply = control.Call(std::move(request), options.timeout);
   if (!reply.ok()) {
     Status failure =

@@ -62,6 +62,8 @@ struct PublisherOptions {
   // A change list larger than this (serialized) is left out of the event:
   // the manifest chunks are uploaded and mirrors diff against them.
   size_t max_inline_change_bytes = kMaxInlineChangeBytes;
+  // Threads that hash files (a first publish reads every file).
+  int hash_threads = 2;
   // Manifest objects per PutObjects request (each chunk is at most 1 MiB).
   size_t max_upload_bytes = kMaxPutObjectsBytes;
 };

@@ -27,7 +27,7 @@ constexpr std::string_view kSchema =
 Result<std::unique_ptr<HashCache>> HashCache::Open(const std::filesystem::path& db_path) {
   MC_ASSIGN_OR_RETURN(std::unique_ptr<Database> db, Database::Open(db_path));
   MC_RETURN_IF_ERROR(db->Exec(kSchema));
-  std::unique_ptr<HashCache> cache(new HashCache(std::move(db)));
+  std::unique_ptr<HashCache> cache(new HashCache(std::move(db), db_path));
   MC_ASSIGN_OR_RETURN(Statement lookup,
                       cache->db_->Prepare("SELECT size, mtime_ns, ctime_ns, ino, sha256 "
                                           "FROM hashes WHERE path = ?"));
@@ -76,6 +76,46 @@ Status HashCache::Store(std::string_view path, const struct stat& st, std::strin
   Status status = q.Run();
   q.Reset();
   return status;
+}
+
+Result<std::unique_ptr<HashCache::OrderedReader>> HashCache::OpenOrderedReader() const {
+  MC_ASSIGN_OR_RETURN(std::unique_ptr<Database> db, Database::Open(path_));
+  std::unique_ptr<OrderedReader> reader(new OrderedReader(std::move(db)));
+  MC_ASSIGN_OR_RETURN(Statement scan,
+                      reader->db_->Prepare("SELECT path, size, mtime_ns, ctime_ns, ino, sha256 "
+                                           "FROM hashes ORDER BY path"));
+  reader->scan_.emplace(std::move(scan));
+  return reader;
+}
+
+std::optional<std::string> HashCache::OrderedReader::Lookup(std::string_view path,
+                                                            const struct stat& st) {
+  Statement& q = *scan_;
+  for (;;) {
+    if (!has_row_) {
+      if (done_) return std::nullopt;
+      Result<bool> row = q.Step();
+      if (!row.ok() || !*row) {
+        if (!row.ok()) MC_LOG(warning) << "hash cache scan failed: " << row.status().ToString();
+        done_ = true;
+        return std::nullopt;
+      }
+      has_row_ = true;
+    }
+    const std::string at = q.ColumnText(0);
+    if (at < path) {
+      has_row_ = false;  // a path no longer in the tree
+      continue;
+    }
+    if (at > path) return std::nullopt;  // not cached; the row waits for its path
+    has_row_ = false;
+    if (q.ColumnInt(1) == static_cast<int64_t>(st.st_size) && q.ColumnInt(2) == Nanos(st.st_mtim) &&
+        q.ColumnInt(3) == Nanos(st.st_ctim) && q.ColumnInt(4) == static_cast<int64_t>(st.st_ino)) {
+      std::string sha = q.ColumnBlob(5);
+      if (sha.size() == kSha256Size) return sha;
+    }
+    return std::nullopt;
+  }
 }
 
 Status HashCache::Begin() { return db_->Begin(); }

@@ -29,9 +29,29 @@ class HashCache {
   Status Begin();
   Status Commit();
 
+  // Lookups in increasing path order over a connection of its own, reading
+  // the cache as one forward scan (a full tree scan asks about every path
+  // in order: one cursor step each instead of an index search each). Writes
+  // through Store() on the cache are not seen by an open reader.
+  class OrderedReader {
+   public:
+    std::optional<std::string> Lookup(std::string_view path, const struct stat& st);
+
+   private:
+    friend class HashCache;
+    explicit OrderedReader(std::unique_ptr<Database> db) : db_(std::move(db)) {}
+    std::unique_ptr<Database> db_;
+    std::optional<Statement> scan_;
+    bool has_row_ = false;
+    bool done_ = false;
+  };
+  Result<std::unique_ptr<OrderedReader>> OpenOrderedReader() const;
+
  private:
-  explicit HashCache(std::unique_ptr<Database> db) : db_(std::move(db)) {}
+  HashCache(std::unique_ptr<Database> db, std::filesystem::path path)
+      : db_(std::move(db)), path_(std::move(path)) {}
   std::unique_ptr<Database> db_;
+  std::filesystem::path path_;
   std::optional<Statement> lookup_;
   std::optional<Statement> store_;
 };

@@ -191,23 +191,7 @@ class TreeWalker {
  private:
   Result<std::string> ReadLink(int dir_fd, const std::string& name, const std::string& rel,
                                const struct stat& st) {
-    // st_size is the target length, but the link may be replaced meanwhile:
-    // read into a buffer one byte larger and retry if it filled up.
-    size_t size = static_cast<size_t>(st.st_size) + 1;
-    if (size < 64) size = 64;
-    for (;;) {
-      std::string buf(size, '\0');
-      ssize_t n = ::readlinkat(dir_fd, name.c_str(), buf.data(), buf.size());
-      if (n < 0) return Status::FromErrno("readlink " + (root_ / rel).string(), errno);
-      if (static_cast<size_t>(n) < buf.size()) {
-        buf.resize(static_cast<size_t>(n));
-        return buf;
-      }
-      if (size > kMaxPathBytes * 2) {
-        return Status::Rejected("symlink target of " + rel + " is too long");
-      }
-      size *= 2;
-    }
+    return ReadSymlinkAt(dir_fd, name, rel, st);
   }
 
   // Fills entry's size and sha256: from the cache when the stat identity is
@@ -224,32 +208,13 @@ class TreeWalker {
         return Status::Ok();
       }
     }
-    const std::filesystem::path full = root_ / rel;
-    for (int attempt = 1;; ++attempt) {
-      uint64_t bytes = 0;
-      Result<std::string> digest = Sha256File(full, &bytes);
-      ++stats_->files_hashed;
-      stats_->bytes_hashed += bytes;
-      if (!digest.ok()) return digest.status();
-      struct stat after;
-      if (::fstatat(dir_fd, name.c_str(), &after, AT_SYMLINK_NOFOLLOW) != 0) {
-        return Status::FromErrno("lstat " + full.string(), errno);
-      }
-      // The path was opened by name (and followed if it had turned into a
-      // symlink): only an identity unchanged from before to after proves the
-      // bytes read are this regular file's content.
-      if (SameIdentity(*st, after) && bytes == static_cast<uint64_t>(after.st_size)) {
-        entry->set_size(bytes);
-        entry->set_sha256(std::move(digest).value());
-        break;
-      }
-      if (attempt >= kHashAttempts || !S_ISREG(after.st_mode)) {
-        return Status::Unavailable(full.string() + " kept changing while it was hashed");
-      }
-      *st = after;
-      entry->set_mode(after.st_mode & 07777);
-      entry->set_mtime(static_cast<int64_t>(after.st_mtim.tv_sec));
-    }
+    (void)dir_fd;
+    (void)name;
+    MC_ASSIGN_OR_RETURN(std::string digest, HashStableFile(root_ / rel, st, stats_));
+    entry->set_size(static_cast<uint64_t>(st->st_size));
+    entry->set_sha256(std::move(digest));
+    entry->set_mode(st->st_mode & 07777);
+    entry->set_mtime(static_cast<int64_t>(st->st_mtim.tv_sec));
     if (cache_ != nullptr) {
       if (Status s = cache_->Store(rel, *st, entry->sha256()); !s.ok()) {
         MC_LOG(warning) << "hash cache: cannot store " << rel << ": " << s.ToString();
@@ -266,6 +231,57 @@ class TreeWalker {
 };
 
 }  // namespace
+
+Result<std::string> ReadSymlinkAt(int dir_fd, const std::string& name, const std::string& rel,
+                                  const struct stat& st) {
+  // st_size is the target length, but the link may be replaced meanwhile:
+  // read into a buffer one byte larger and retry if it filled up.
+  size_t size = static_cast<size_t>(st.st_size) + 1;
+  if (size < 64) size = 64;
+  for (;;) {
+    std::string buf(size, '\0');
+    ssize_t n = ::readlinkat(dir_fd, name.c_str(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == ENOENT) return Status::NotFound("symlink " + rel + " vanished");
+      return Status::FromErrno("readlink " + rel, errno);
+    }
+    if (static_cast<size_t>(n) < buf.size()) {
+      buf.resize(static_cast<size_t>(n));
+      return buf;
+    }
+    if (size > kMaxPathBytes * 2)
+      return Status::Rejected("symlink target of " + rel + " is too long");
+    size *= 2;
+  }
+}
+
+Result<std::string> HashStableFile(const std::filesystem::path& full, struct stat* st,
+                                   ScanStats* stats) {
+  for (int attempt = 1;; ++attempt) {
+    uint64_t bytes = 0;
+    Result<std::string> digest = Sha256File(full, &bytes);
+    if (stats != nullptr) {
+      ++stats->files_hashed;
+      stats->bytes_hashed += bytes;
+    }
+    if (!digest.ok()) return digest.status();
+    struct stat after;
+    if (::lstat(full.c_str(), &after) != 0) {
+      if (errno == ENOENT) return Status::NotFound(full.string() + " vanished while it was hashed");
+      return Status::FromErrno("lstat " + full.string(), errno);
+    }
+    // The path was opened by name (and followed if it had turned into a
+    // symlink): only an identity unchanged from before to after proves the
+    // bytes read are this regular file's content.
+    if (SameIdentity(*st, after) && bytes == static_cast<uint64_t>(after.st_size)) {
+      return digest;
+    }
+    if (attempt >= kHashAttempts || !S_ISREG(after.st_mode)) {
+      return Status::Unavailable(full.string() + " kept changing while it was hashed");
+    }
+    *st = after;
+  }
+}
 
 Result<Manifest> ScanTree(const std::filesystem::path& root, HashCache* cache, ScanStats* stats,
                           const ScanOptions& options) {

@@ -4,6 +4,8 @@
 // stat-only walk that reads no file contents.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -16,11 +18,11 @@
 namespace mirrorcast {
 
 struct ScanStats {
-  uint64_t entries = 0;        // entries in the resulting manifest
-  uint64_t files_hashed = 0;   // files whose contents were read
-  uint64_t bytes_hashed = 0;   // bytes read from file contents
-  uint64_t cache_hits = 0;     // files whose digest came from the cache
-  uint64_t skipped = 0;        // sockets, fifos, devices, excluded names
+  uint64_t entries = 0;       // entries in the resulting manifest
+  uint64_t files_hashed = 0;  // files whose contents were read
+  uint64_t bytes_hashed = 0;  // bytes read from file contents
+  uint64_t cache_hits = 0;    // files whose digest came from the cache
+  uint64_t skipped = 0;       // sockets, fifos, devices, excluded names
 };
 
 struct ScanOptions {
@@ -39,5 +41,19 @@ Result<Manifest> ScanTree(const std::filesystem::path& root, HashCache* cache, S
 Status RescanPaths(const std::filesystem::path& root, const std::vector<std::string>& paths,
                    HashCache* cache, Manifest* manifest, ScanStats* stats,
                    const ScanOptions& options = {});
+
+// Building blocks shared with tree_diff.h.
+
+// The target of the symlink `name` in `dir_fd` (whose lstat is `st`); `rel`
+// names it in errors. NotFound when it vanished.
+Result<std::string> ReadSymlinkAt(int dir_fd, const std::string& name, const std::string& rel,
+                                  const struct stat& st);
+
+// SHA-256 of the regular file `full` whose lstat was *st, read again until
+// its identity is the same before and after (a file that keeps changing is
+// Unavailable after a few tries; *st is updated to what was hashed). Counts
+// into `stats` (may be null).
+Result<std::string> HashStableFile(const std::filesystem::path& full, struct stat* st,
+                                   ScanStats* stats);
 
 }  // namespace mirrorcast

@@ -1,0 +1,181 @@
+#include "core/manifest/tree_diff.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "tests/support/temp_dir.h"
+#include "tests/support/tree.h"
+
+namespace mirrorcast {
+namespace {
+
+using testing::RandomBytes;
+using testing::TempDir;
+using testing::WriteFile;
+namespace fs = std::filesystem;
+
+// Names that sort around '/' ('-' and '.' come before it, '0' after), so a
+// walk that visited "a/" before "a.txt" would emit changes out of order.
+const std::vector<std::string> kNames = {"a", "a-b", "a.txt", "a0", "b", "pkg.rpm", "z"};
+
+class TreeDiffTest : public ::testing::Test {
+ protected:
+  // A random tree of depth <= 3 with files, directories and symlinks.
+  void Grow(std::mt19937& rng, const fs::path& dir, int depth) {
+    for (const std::string& name : kNames) {
+      const int pick = static_cast<int>(rng() % 6);
+      const fs::path p = dir / name;
+      if (fs::exists(fs::symlink_status(p))) continue;
+      if (pick <= 2) {
+        WriteFile(p, RandomBytes(rng() % 300, rng()), (rng() % 2) ? 0644 : 0600);
+      } else if (pick == 3 && depth < 3) {
+        fs::create_directories(p);
+        Grow(rng, p, depth + 1);
+      } else if (pick == 4) {
+        ASSERT_EQ(::symlink("a", p.c_str()), 0);
+      }
+    }
+  }
+
+  // Random edits: rewrite, delete, replace a directory by a file and back,
+  // chmod, add.
+  void Mutate(std::mt19937& rng) {
+    std::vector<fs::path> all;
+    for (auto it = fs::recursive_directory_iterator(tree_.path());
+         it != fs::recursive_directory_iterator(); ++it) {
+      all.push_back(it->path());
+    }
+    for (int i = 0; i < 6 && !all.empty(); ++i) {
+      const fs::path p = all[rng() % all.size()];
+      if (!fs::exists(fs::symlink_status(p))) continue;
+      switch (rng() % 5) {
+        case 0:
+          if (fs::is_regular_file(fs::symlink_status(p))) WriteFile(p, RandomBytes(50, rng()));
+          break;
+        case 1:
+          fs::remove_all(p);
+          break;
+        case 2:
+          fs::remove_all(p);
+          WriteFile(p, "now a file");
+          break;
+        case 3:
+          ::chmod(p.c_str(), 0700);
+          break;
+        default:
+          if (fs::is_directory(fs::symlink_status(p))) Grow(rng, p, 2);
+          break;
+      }
+    }
+  }
+
+  Manifest Scan() {
+    auto m = ScanTree(tree_.path(), nullptr, nullptr);
+    EXPECT_TRUE(m.ok()) << m.status().ToString();
+    return m.ok() ? std::move(m).value() : Manifest();
+  }
+
+  TempDir tree_{"mirrorcast-tree-diff"};
+  TempDir state_{"mirrorcast-tree-diff-state"};
+};
+
+std::vector<std::string> Encoded(const std::vector<v1::Change>& changes) {
+  std::vector<std::string> out;
+  for (const auto& c : changes) out.push_back(c.SerializeAsString());
+  return out;
+}
+
+TEST_F(TreeDiffTest, AStreamingScanGivesTheChangesOfAFullScanAndDiff) {
+  for (uint32_t seed = 1; seed <= 12; ++seed) {
+    fs::remove_all(tree_.path());
+    fs::create_directories(tree_.path());
+    std::mt19937 rng(seed);
+    Grow(rng, tree_.path(), 0);
+    const Manifest before = Scan();
+    MemoryChunks chunks;
+    auto index = BuildIndex(before, [&](const ChunkRef& r, std::string b) {
+      chunks.Put(r.id, std::move(b));
+      return Status::Ok();
+    });
+    ASSERT_TRUE(index.ok());
+    auto cache = HashCache::Open(state_.path() / ("cache" + std::to_string(seed) + ".db"));
+    ASSERT_TRUE(cache.ok());
+
+    // Nothing changed: nothing, and (cache warm) no file read twice.
+    std::vector<v1::Change> none;
+    ScanStats stats;
+    TreeDiffOptions options;
+    options.hash_batch_files = 3;  // many small batches across both threads
+    auto collect = [](std::vector<v1::Change>* out) {
+      return [out](v1::Change c) {
+        out->push_back(std::move(c));
+        return Status::Ok();
+      };
+    };
+    ASSERT_TRUE(
+        DiffTree(tree_.path(), *index, chunks, cache->get(), &stats, options, collect(&none)).ok());
+    EXPECT_TRUE(none.empty()) << "seed " << seed << ": " << none.size();
+    EXPECT_EQ(stats.entries, before.size());
+    ScanStats again;
+    ASSERT_TRUE(
+        DiffTree(tree_.path(), *index, chunks, cache->get(), &again, options, collect(&none)).ok());
+    EXPECT_EQ(again.files_hashed, 0u) << "seed " << seed;
+
+    Mutate(rng);
+    const Manifest after = Scan();
+    std::vector<v1::Change> streamed;
+    ASSERT_TRUE(
+        DiffTree(tree_.path(), *index, chunks, cache->get(), &stats, options, collect(&streamed))
+            .ok());
+    EXPECT_EQ(Encoded(streamed), Encoded(DiffManifests(before, after))) << "seed " << seed;
+
+    // The streamed list applies to the chunks and gives the scanned root.
+    auto applied = ApplyChangesToIndex(*index, chunks, streamed, nullptr);
+    ASSERT_TRUE(applied.ok()) << applied.status().ToString();
+    EXPECT_EQ(applied->Root(), after.Digest()) << "seed " << seed;
+  }
+}
+
+TEST_F(TreeDiffTest, ListedPathsGiveTheSameChangesAsAFullScanOfThem) {
+  std::mt19937 rng(7);
+  Grow(rng, tree_.path(), 0);
+  fs::create_directories(tree_.path() / "pool/a");
+  WriteFile(tree_.path() / "pool/a/old.rpm", "old");
+  WriteFile(tree_.path() / "pool/a.txt", "sorts between pool/a and pool/a/");
+  WriteFile(tree_.path() / "repodata/repomd.xml", "<v1/>");
+  const Manifest before = Scan();
+  MemoryChunks chunks;
+  auto index = BuildIndex(before, [&](const ChunkRef& r, std::string b) {
+    chunks.Put(r.id, std::move(b));
+    return Status::Ok();
+  });
+  ASSERT_TRUE(index.ok());
+
+  // Changed: a new file in a new directory, a rewritten file, a deleted
+  // directory, a deleted file, and a listed path that is a directory.
+  WriteFile(tree_.path() / "pool/new/dir/n.rpm", "new");
+  WriteFile(tree_.path() / "repodata/repomd.xml", "<v2/>");
+  WriteFile(tree_.path() / "pool/a.txt", "rewritten");
+  fs::remove_all(tree_.path() / "pool/a");
+  const Manifest after = Scan();
+  std::vector<v1::Change> listed;
+  ScanStats stats;
+  ASSERT_TRUE(DiffPaths(tree_.path(),
+                        {"repodata/repomd.xml", "pool/new/dir/n.rpm", "pool/a", "pool/a.txt"},
+                        *index, chunks, nullptr, &stats, TreeDiffOptions{},
+                        [&](v1::Change c) {
+                          listed.push_back(std::move(c));
+                          return Status::Ok();
+                        })
+                  .ok());
+  EXPECT_EQ(Encoded(listed), Encoded(DiffManifests(before, after)));
+}
+
+}  // namespace
+}  // namespace mirrorcast
