@@ -2,31 +2,48 @@
 // bench/run.sh measures, fast enough for 100k files (a bash loop is not).
 //
 //   tree DIR --small N [--min B] [--max B] [--large K] [--large-bytes B] [--seed S]
+//            [--per-dir P]
 //       A yum-style tree: N packages under Packages/<a..z>/ with log-uniform
 //       sizes in [min, max], K large images under isos/, and repodata/
 //       (content-addressed primary/filelists blobs sized like real ones, plus
-//       repomd.xml naming them).
+//       repomd.xml naming them). With --per-dir P the packages are spread
+//       over directories of P files each, Packages/<a..z>/<letter><NNNN>/,
+//       as in a large distribution tree (bench/scale.sh).
 //   update DIR [--modify M] [--add A] [--delete D] [--seed S] [--no-repodata]
+//              [--beside] [--list FILE]
 //       Rewrites M existing packages with new content, adds A packages,
 //       deletes D, then regenerates repodata/ (unless --no-repodata). Every
 //       write goes to a temporary file renamed over the target, never in
 //       place, so trees seeded with hard links (cp -al) keep the old bytes.
-//       Prints the number of package files written and deleted.
+//       Prints the number of package files written and deleted. --beside
+//       puts each added package in the directory of an existing one (for
+//       --per-dir trees); --list writes every path it wrote or deleted, one
+//       repo-relative path per line (what mirrorcast-publish --paths-from
+//       takes).
 //   mutate FILE --regions R --region-bytes B [--seed S]
 //       Writes a copy of FILE with R regions of B random bytes spread over it,
 //       renamed over FILE (again never in place). Prints the bytes changed.
 //   sigsize FILE
 //       Prints the size of the librsync signature a mirror computes for FILE
 //       and uploads to ask for a delta (the same ComputeSignature call).
+//   measure OUTFILE -- COMMAND [ARGS...]
+//       Runs COMMAND, waits for it and writes its wall time, user and system
+//       CPU seconds and peak RSS (ru_maxrss: its VmHWM, or that of its
+//       largest waited-for descendant) to OUTFILE as
+//       "wall=S user=S sys=S maxrss_kb=K status=N". Exits with COMMAND's
+//       status (128+signal if it was killed).
 //
 // Content is pseudo-random (incompressible, like packed packages) and fully
 // determined by the seed, so two runs generate the same trees.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -34,6 +51,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -162,7 +180,8 @@ std::vector<std::string> ListPackages(const fs::path& root) {
   const fs::path packages = root / "Packages";
   if (!fs::exists(packages)) return out;
   for (const auto& entry : fs::recursive_directory_iterator(packages)) {
-    if (entry.is_regular_file()) out.push_back(fs::relative(entry.path(), root).string());
+    // lexically_relative: fs::relative canonicalizes, a few syscalls per file.
+    if (entry.is_regular_file()) out.push_back(entry.path().lexically_relative(root).string());
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -171,7 +190,9 @@ std::vector<std::string> ListPackages(const fs::path& root) {
 // repodata/ as createrepo lays it out: blobs named by content, sized like
 // compressed primary (~100 B per package) and filelists (~250 B per
 // package), and repomd.xml (renamed in last) naming them. Old blobs go.
-void WriteRepodata(const fs::path& root, uint64_t seed) {
+// Returns the repo-relative paths it wrote or removed.
+std::vector<std::string> WriteRepodata(const fs::path& root, uint64_t seed) {
+  std::vector<std::string> touched;
   const fs::path dir = root / "repodata";
   fs::create_directories(dir);
   std::vector<fs::path> old;
@@ -189,15 +210,21 @@ void WriteRepodata(const fs::path& root, uint64_t seed) {
     const uint64_t size = 4096 + packages * per_package;
     WriteRandomFile(dir / name, size, blob_seed, Write::kReplace);
     keep.push_back(dir / name);
+    touched.push_back("repodata/" + name);
     repomd += "  <data type=\"" + std::string(kind) + "\">\n    <location href=\"repodata/" + name +
               "\"/>\n    <size>" + std::to_string(size) + "</size>\n  </data>\n";
   }
   repomd += "</repomd>\n";
   WriteTextFile(dir / "repomd.xml", repomd);
   keep.push_back(dir / "repomd.xml");
+  touched.push_back("repodata/repomd.xml");
   for (const auto& path : old) {
-    if (std::find(keep.begin(), keep.end(), path) == keep.end()) fs::remove(path);
+    if (std::find(keep.begin(), keep.end(), path) == keep.end()) {
+      fs::remove(path);
+      touched.push_back("repodata/" + path.filename().string());
+    }
   }
+  return touched;
 }
 
 using Flags = std::map<std::string, std::string>;
@@ -207,7 +234,7 @@ Flags ParseFlags(int argc, char** argv, int first, std::vector<std::string>* pos
   for (int i = first; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.starts_with("--")) {
-      if (arg == "--no-repodata") {
+      if (arg == "--no-repodata" || arg == "--beside") {
         flags[arg.substr(2)] = "1";
       } else if (i + 1 < argc) {
         flags[arg.substr(2)] = argv[++i];
@@ -237,12 +264,23 @@ int Tree(const fs::path& root, const Flags& flags) {
   const uint64_t large = Number(flags, "large", 0);
   const uint64_t large_bytes = Number(flags, "large-bytes", 64ULL << 20);
   const uint64_t seed = Number(flags, "seed", 1);
+  const uint64_t per_dir = Number(flags, "per-dir", 0);
   Random random(seed);
   uint64_t bytes = 0;
   for (uint64_t i = 0; i < small; ++i) {
-    const char letter = static_cast<char>('a' + i % 26);
-    const std::string rel = std::string("Packages/") + letter + "/" + letter + "pkg" +
-                            std::to_string(i) + "-1.0-1.x86_64.rpm";
+    std::string rel;
+    if (per_dir == 0) {
+      const char letter = static_cast<char>('a' + i % 26);
+      rel = std::string("Packages/") + letter + "/" + letter + "pkg" + std::to_string(i) +
+            "-1.0-1.x86_64.rpm";
+    } else {
+      const uint64_t dir = i / per_dir;
+      const char letter = static_cast<char>('a' + dir % 26);
+      char sub[32];
+      std::snprintf(sub, sizeof sub, "%c%04llu", letter, static_cast<unsigned long long>(dir));
+      rel = std::string("Packages/") + letter + "/" + sub + "/" + letter + "pkg" +
+            std::to_string(i) + "-1.0-1.x86_64.rpm";
+    }
     const uint64_t size = PackageSize(random, lo, hi);
     WriteRandomFile(root / rel, size, random.Next(), Write::kFresh);
     bytes += size;
@@ -270,22 +308,46 @@ int Update(const fs::path& root, const Flags& flags) {
   // A deterministic shuffle picks distinct packages to rewrite and delete.
   for (size_t i = packages.size(); i > 1; --i)
     std::swap(packages[i - 1], packages[random.Below(i)]);
-  if (modify + remove > packages.size()) throw std::runtime_error("tree has too few packages");
+  const bool beside = flags.count("beside") > 0;
+  if (modify + remove + (beside ? add : 0) > packages.size())
+    throw std::runtime_error("tree has too few packages");
+  std::vector<std::string> touched;
   uint64_t written = 0;
   for (uint64_t i = 0; i < modify; ++i) {
     WriteRandomFile(root / packages[i], PackageSize(random, lo, hi), random.Next(),
                     Write::kReplace);
+    touched.push_back(packages[i]);
     ++written;
   }
-  for (uint64_t i = 0; i < remove; ++i) fs::remove(root / packages[modify + i]);
+  for (uint64_t i = 0; i < remove; ++i) {
+    fs::remove(root / packages[modify + i]);
+    touched.push_back(packages[modify + i]);
+  }
   for (uint64_t i = 0; i < add; ++i) {
-    const char letter = static_cast<char>('a' + i % 26);
-    const std::string rel = std::string("Packages/") + letter + "/" + letter + "new" +
-                            std::to_string(seed) + "-" + std::to_string(i) + "-1.0-1.x86_64.rpm";
+    std::string rel;
+    if (beside) {
+      // Next to an existing package (not one rewritten or deleted above).
+      const fs::path dir = fs::path(packages[modify + remove + i]).parent_path();
+      rel = (dir / ("xnew" + std::to_string(seed) + "-" + std::to_string(i) + "-1.0-1.x86_64.rpm"))
+                .string();
+    } else {
+      const char letter = static_cast<char>('a' + i % 26);
+      rel = std::string("Packages/") + letter + "/" + letter + "new" + std::to_string(seed) + "-" +
+            std::to_string(i) + "-1.0-1.x86_64.rpm";
+    }
     WriteRandomFile(root / rel, PackageSize(random, lo, hi), random.Next(), Write::kReplace);
+    touched.push_back(rel);
     ++written;
   }
-  if (!flags.count("no-repodata")) WriteRepodata(root, seed);
+  if (!flags.count("no-repodata")) {
+    for (std::string& rel : WriteRepodata(root, seed)) touched.push_back(std::move(rel));
+  }
+  if (auto it = flags.find("list"); it != flags.end()) {
+    std::ofstream list(it->second, std::ios::trunc);
+    for (const std::string& rel : touched) list << rel << "\n";
+    list.close();
+    if (!list) Fail("write " + it->second);
+  }
   std::printf("written=%llu deleted=%llu repodata=%s\n", static_cast<unsigned long long>(written),
               static_cast<unsigned long long>(remove), flags.count("no-repodata") ? "no" : "yes");
   return 0;
@@ -346,17 +408,52 @@ int SignatureSize(const fs::path& file) {
   return 0;
 }
 
+// measure OUTFILE -- COMMAND...: see the top of the file.
+int Measure(int argc, char** argv) {
+  if (argc < 5 || std::string(argv[3]) != "--") {
+    throw std::runtime_error("usage: measure OUTFILE -- COMMAND [ARGS...]");
+  }
+  const std::string out = argv[2];
+  const auto start = std::chrono::steady_clock::now();
+  const pid_t pid = ::fork();
+  if (pid < 0) Fail("fork");
+  if (pid == 0) {
+    ::execvp(argv[4], argv + 4);
+    std::fprintf(stderr, "mirrorcast-bench-gen measure: cannot run %s: %s\n", argv[4],
+                 std::strerror(errno));
+    ::_exit(127);
+  }
+  int wstatus = 0;
+  rusage usage{};
+  while (::wait4(pid, &wstatus, 0, &usage) < 0) {
+    if (errno != EINTR) Fail("wait4");
+  }
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const int status = WIFEXITED(wstatus)     ? WEXITSTATUS(wstatus)
+                     : WIFSIGNALED(wstatus) ? 128 + WTERMSIG(wstatus)
+                                            : 255;
+  auto seconds = [](const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; };
+  FILE* f = std::fopen(out.c_str(), "w");
+  if (f == nullptr) Fail("create " + out);
+  std::fprintf(f, "wall=%.6f user=%.6f sys=%.6f maxrss_kb=%ld status=%d\n", wall,
+               seconds(usage.ru_utime), seconds(usage.ru_stime), usage.ru_maxrss, status);
+  if (std::fclose(f) != 0) Fail("write " + out);
+  return status;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(stderr,
                  "usage: mirrorcast-bench-gen tree|update DIR [flags] | mutate FILE [flags] | "
-                 "sigsize FILE\n");
+                 "sigsize FILE | measure OUTFILE -- COMMAND...\n");
     return 2;
   }
   try {
     const std::string command = argv[1];
+    if (command == "measure") return Measure(argc, argv);
     std::vector<std::string> positional;
     const Flags flags = ParseFlags(argc, argv, 2, &positional);
     if (positional.size() != 1) throw std::runtime_error("expected exactly one path");

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # mirrorcast benchmarks against rsync, side by side in one run (make bench):
 #
-#   bash bench/run.sh BUILD_DIR [delta] [idle] [fanout] [publish] [acks]
+#   bash bench/run.sh BUILD_DIR [delta] [idle] [fanout] [publish] [acks] [scale]
 #
-# With no names, all five run, in that order:
+# With no names, all six run, in that order:
 #   delta    bytes on the wire for a changed large file (1% changed in 8 places)
 #   idle     work when nothing changed: bytes read and time (rsync -c, rsync)
 #   fanout   propagation of one update to N mirrors vs N parallel rsync pulls
 #   publish  publish time on a large tree with 10 changed files vs `find` (floor)
 #   acks     broker fan-out and ACK throughput with hundreds of subscribers
+#   scale    the same scenario at 100k and 1M files (small: 10k, 50k), each vs
+#            rsync: bench/scale.sh, which prints its own table (also written to
+#            BUILD_DIR/bench-scale-results.txt); 10-30 min at full scale
 #
 # Environment:
 #   BENCH_SCALE=small    quick run with small trees (default: full)
@@ -26,7 +29,7 @@ set -euo pipefail
 
 BUILD_DIR=${1:-build}
 shift || true
-ALL_BENCHES=(delta idle fanout publish acks)
+ALL_BENCHES=(delta idle fanout publish acks scale)
 if (($# > 0)); then SELECTED=("$@"); else SELECTED=("${ALL_BENCHES[@]}"); fi
 for name in "${SELECTED[@]}"; do
   [[ " ${ALL_BENCHES[*]} " == *" $name "* ]] || {
@@ -700,6 +703,24 @@ bench_acks() {
 }
 
 # ---------------------------------------------------------------------------
+# 6. scale: bench/scale.sh (its own table; a FAILED step there fails this run
+# after the summary). Started like a daemon, so stop_all stops it (its trap
+# stops its own processes and removes its trees, which live under $D).
+# ---------------------------------------------------------------------------
+SCALE_RC=0
+bench_scale() {
+  local rc=0
+  BENCH_DIR=$D bash "$(dirname "${BASH_SOURCE[0]}")/scale.sh" "$BUILD_DIR" &
+  PIDS+=("$!")
+  NAMES+=(scale)
+  wait "$!" || rc=$?
+  unset 'PIDS[-1]' 'NAMES[-1]'
+  SCALE_RC=$rc
+  result scale "see the scale table above ($(basename "$BUILD_DIR")/bench-scale-results.txt)" \
+    "$( ((rc == 0)) && echo ok || echo "FAILED steps (exit $rc)")" - -
+}
+
+# ---------------------------------------------------------------------------
 # Run and report
 # ---------------------------------------------------------------------------
 machine() {
@@ -748,3 +769,4 @@ echo
 cat "$RESULTS_FILE"
 echo
 echo "(written to $RESULTS_FILE)"
+((SCALE_RC == 0)) || exit 1
