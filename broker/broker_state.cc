@@ -323,22 +323,43 @@ Result<ServableVersion> ServableVersionReader::Find(const std::string& repo,
                                                     const std::string& path,
                                                     uint64_t keep_versions) {
   ServableVersion out;
-  // One read snapshot for both queries: a publish committing in between
-  // cannot pair one serial's paths with another's object.
-  MC_RETURN_IF_ERROR(db_->Exec("BEGIN"));
-  struct End {
-    Database& db;
-    ~End() { (void)db.Exec("COMMIT"); }
-  } end{*db_};
-  {
+  if (!paths_) {
+    MC_ASSIGN_OR_RETURN(Statement begin, db_->Prepare("BEGIN"));
+    MC_ASSIGN_OR_RETURN(Statement commit, db_->Prepare("COMMIT"));
     // Rows still servable at the current head: current, or retired within the window.
     MC_ASSIGN_OR_RETURN(
-        Statement st,
+        Statement paths,
         db_->Prepare("SELECT path, dev, ino, size, mtime_ns, ctime_ns, "
                      "IFNULL(retired_serial, 0) FROM versions WHERE "
                      "repo = ?1 AND sha256 = ?2 AND (retired_serial IS NULL OR retired_serial + "
                      "?3 > (SELECT serial FROM repos WHERE repo = ?1)) ORDER BY path = ?4 DESC, "
                      "retired_serial IS NOT NULL, path LIMIT 16"));
+    MC_ASSIGN_OR_RETURN(Statement object,
+                        db_->Prepare("SELECT kind, dev, ino, size, mtime_ns, ctime_ns FROM objects "
+                                     "WHERE repo = ? AND sha256 = ?"));
+    begin_.emplace(std::move(begin));
+    commit_.emplace(std::move(commit));
+    paths_.emplace(std::move(paths));
+    object_.emplace(std::move(object));
+  }
+  // One read snapshot for both queries: a publish committing in between
+  // cannot pair one serial's paths with another's object.
+  begin_->Reset();
+  MC_RETURN_IF_ERROR(begin_->Run());
+  struct End {
+    Statement& paths;
+    Statement& object;
+    Statement& commit;
+    ~End() {
+      paths.Reset();
+      object.Reset();
+      commit.Reset();
+      (void)commit.Run();
+    }
+  } end{*paths_, *object_, *commit_};
+  {
+    Statement& st = *paths_;
+    st.Reset();
     st.Bind(1, repo).BindBlob(2, sha256).Bind(3, static_cast<int64_t>(keep_versions)).Bind(4, path);
     for (;;) {
       MC_ASSIGN_OR_RETURN(bool row, st.Step());
@@ -356,9 +377,8 @@ Result<ServableVersion> ServableVersionReader::Find(const std::string& repo,
     }
   }
   if (out.paths.empty()) return out;
-  MC_ASSIGN_OR_RETURN(Statement st,
-                      db_->Prepare("SELECT kind, dev, ino, size, mtime_ns, ctime_ns FROM objects "
-                                   "WHERE repo = ? AND sha256 = ?"));
+  Statement& st = *object_;
+  st.Reset();
   st.Bind(1, repo).BindBlob(2, sha256);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
   if (row) out.object = ObjectFromRow(st, 0);

@@ -155,6 +155,9 @@ class ServableVersionReader {
  private:
   explicit ServableVersionReader(std::unique_ptr<Database> db) : db_(std::move(db)) {}
   std::unique_ptr<Database> db_;
+  // Prepared once: every content request asks (parsing SQL per request was
+  // a measurable share of a bootstrap's broker CPU).
+  std::optional<Statement> begin_, commit_, paths_, object_;
 };
 
 }  // namespace mirrorcast

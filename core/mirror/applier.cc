@@ -309,7 +309,7 @@ Status Applier::PlaceFile(const v1::Change& change, size_t index) {
   struct stat st {};
   if (::lstat(staged.c_str(), &st) == 0) {
     MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_FILE));
-    MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, ParentOf(entry.path())));
+    MC_RETURN_IF_ERROR(EnsureParent(entry.path()));
     if (::rename(staged.c_str(), target.c_str()) != 0) {
       return Status::FromErrno("rename into " + target.string(), errno);
     }
@@ -327,7 +327,7 @@ Status Applier::PlaceFile(const v1::Change& change, size_t index) {
 Status Applier::PlaceSymlink(const v1::FileEntry& entry) {
   MC_RETURN_IF_ERROR(ValidateSymlinkTarget(entry.path(), entry.symlink_target()));
   MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_SYMLINK));
-  MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, ParentOf(entry.path())));
+  MC_RETURN_IF_ERROR(EnsureParent(entry.path()));
   const fs::path target = options_.tree / entry.path();
   const fs::path tmp = target.parent_path() / (".mirrorcast-link." + target.filename().string());
   ::unlink(tmp.c_str());
@@ -359,13 +359,25 @@ Status Applier::Remove(const std::string& path, v1::EntryKind kind) {
   return Status::Ok();
 }
 
+Status Applier::EnsureParent(const std::string& path) {
+  const std::string parent(ParentOf(path));
+  if (parent.empty() || made_dirs_.count(parent)) return Status::Ok();
+  MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, parent));
+  made_dirs_.insert(parent);
+  return Status::Ok();
+}
+
 Status Applier::Commit(const std::vector<v1::Change>& changes) {
+  // Directories this Commit made or found (MakeDirsUnder refuses symlinks on
+  // the way); placing each file still checks its own parents.
+  made_dirs_.clear();
   PhaseSync sync(options_.tree);
   // 1. New directories (parents first: changes are in path order).
   for (const auto& c : changes) {
     if (c.kind() == v1::CHANGE_DELETED || c.entry().kind() != v1::ENTRY_DIRECTORY) continue;
     MC_RETURN_IF_ERROR(PrepareSlot(c.entry().path(), v1::ENTRY_DIRECTORY));
     MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, c.entry().path()));
+    made_dirs_.insert(c.entry().path());
     sync.Changed();
   }
   MC_RETURN_IF_ERROR(sync.Flush());

@@ -26,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -118,8 +119,11 @@ class Applier {
   Status PlaceFile(const v1::Change& change, size_t index);
   Status PlaceSymlink(const v1::FileEntry& entry);
   Status PrepareSlot(const std::string& path, v1::EntryKind new_kind);
+  // MakeDirsUnder of path's parent, once per Commit.
+  Status EnsureParent(const std::string& path);
 
   ApplierOptions options_;
+  std::set<std::string> made_dirs_;
 };
 
 }  // namespace mirrorcast

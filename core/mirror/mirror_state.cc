@@ -47,7 +47,7 @@ Status CreateSchema(Database& db) {
     CREATE TABLE IF NOT EXISTS entries(
       repo TEXT NOT NULL, path TEXT NOT NULL, entry BLOB NOT NULL, sha256 BLOB,
       PRIMARY KEY(repo, path));
-    CREATE INDEX IF NOT EXISTS entries_by_sha256 ON entries(repo, sha256) WHERE sha256 IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS entries_by_sha256 ON entries(repo, sha256, path);
     CREATE TABLE IF NOT EXISTS chunks(
       repo TEXT NOT NULL, id BLOB NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY(repo, id));
     CREATE TABLE IF NOT EXISTS journal(
@@ -142,7 +142,8 @@ Result<std::optional<v1::FileEntry>> MirrorState::Find(std::string_view path) {
 Result<std::optional<std::string>> MirrorState::PathWithContent(std::string_view sha256) {
   MC_ASSIGN_OR_RETURN(
       Statement st,
-      db_->Prepare("SELECT path FROM entries WHERE repo = ? AND sha256 = ? ORDER BY path LIMIT 1"));
+      db_->Prepare("SELECT path FROM entries INDEXED BY entries_by_sha256 WHERE repo = ? AND "
+                   "sha256 = ? LIMIT 1"));
   st.Bind(1, repo_).BindBlob(2, sha256);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
   if (!row) return std::optional<std::string>();
