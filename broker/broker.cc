@@ -458,12 +458,13 @@ Status Broker::RecordFiles(const std::string& repo, const std::vector<const v1::
     return s;
   };
   std::set<std::string> retained;  // versions already seen in this publish
+  TreeDirCache dirs;               // files come in path order: siblings share a walk
   size_t refused_links = 0;
   std::string first_refusal;
   for (const v1::FileEntry* entry : files) {
     const std::string shown = EscapeForLog(entry->path());
     // The same open and stat serve the check, the identity and the link.
-    auto file = OpenInTree(options_.tree_root, repo, entry->path());
+    auto file = OpenInTree(options_.tree_root, repo, entry->path(), &dirs);
     if (!file.ok()) {
       return fail(
           Status::Rejected(shown + " is not in the tree as signed: " + file.status().message()));

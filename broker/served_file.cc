@@ -72,10 +72,26 @@ bool SameContent(const FileIdentity& published, const FileIdentity& now) {
 }
 
 Result<OpenedFile> OpenInTree(const std::filesystem::path& tree_root, std::string_view repo,
-                              std::string_view rel) {
+                              std::string_view rel, TreeDirCache* cache) {
   MC_RETURN_IF_ERROR(ValidateRepoName(repo));
   MC_RETURN_IF_ERROR(ValidateRelativePath(rel));
   const std::string repo_name(repo);
+  const size_t last_slash = rel.rfind('/');
+  const std::string_view parent_rel =
+      last_slash == std::string_view::npos ? std::string_view() : rel.substr(0, last_slash);
+  if (cache != nullptr && cache->fd.valid() && cache->repo == repo && cache->parent == parent_rel) {
+    const std::string component(
+        rel.substr(last_slash == std::string_view::npos ? 0 : last_slash + 1));
+    const std::string shown = EscapeForLog(repo) + "/" + EscapeForLog(rel);
+    OpenedFile file;
+    file.fd.reset(::openat(cache->fd.get(), component.c_str(), kReadFlags));
+    if (!file.fd.valid()) return OpenError(errno, shown);
+    MC_RETURN_IF_ERROR(CheckRegular(file, shown));
+    file.parent.reset(::fcntl(cache->fd.get(), F_DUPFD_CLOEXEC, 0));
+    if (!file.parent.valid()) return Status::FromErrno("dup", errno);
+    file.name = component;
+    return file;
+  }
   // The configured root may itself be a symlink (configuration, not input).
   UniqueFd dir(::open(tree_root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir.valid()) return Status::FromErrno("open tree root " + tree_root.string(), errno);
@@ -98,6 +114,11 @@ Result<OpenedFile> OpenInTree(const std::filesystem::path& tree_root, std::strin
       file.fd.reset(::openat(dir.get(), component.c_str(), kReadFlags));
       if (!file.fd.valid()) return OpenError(errno, shown);
       MC_RETURN_IF_ERROR(CheckRegular(file, shown));
+      if (cache != nullptr) {
+        cache->repo = repo_name;
+        cache->parent = std::string(parent_rel);
+        cache->fd.reset(::fcntl(dir.get(), F_DUPFD_CLOEXEC, 0));
+      }
       file.parent = std::move(dir);
       file.name = component;
       return file;

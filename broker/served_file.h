@@ -56,8 +56,18 @@ struct OpenedFile {
 // be a valid relative path; `repo` a valid repo name. Refusals (a symlink or
 // a non-directory on the way, not a regular file) are kRejected; a missing
 // component is kNotFound. Never blocks on a FIFO.
+// The last directory OpenInTree walked to, kept so that the next file in the
+// same directory (a publish records files in path order) opens with one
+// openat instead of a walk from the root. The descriptor names the directory
+// the O_NOFOLLOW walk reached, whatever is renamed meanwhile. One thread.
+struct TreeDirCache {
+  std::string repo;
+  std::string parent;  // repo-relative
+  UniqueFd fd;
+};
+
 Result<OpenedFile> OpenInTree(const std::filesystem::path& tree_root, std::string_view repo,
-                              std::string_view rel);
+                              std::string_view rel, TreeDirCache* cache = nullptr);
 
 // Opens a file of the broker's own state (a retained object) read-only,
 // without following a symlink at its last component; regular files only.

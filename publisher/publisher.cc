@@ -336,7 +336,7 @@ void FollowBrokerLinks(const PublisherOptions& options, const v1::PublishReply& 
 }
 
 struct ScanResult {
-  std::vector<v1::Change> changes;
+  uint64_t changes = 0;
   ScanStats stats;
   double seconds = 0;
 };
@@ -346,7 +346,8 @@ struct ScanResult {
 // rescan of just the listed paths. Neither holds a whole manifest.
 Result<ScanResult> ScanForChanges(const PublisherOptions& options, const ManifestIndex& previous,
                                   ChunkSource& chunks,
-                                  const std::optional<std::vector<std::string>>& paths) {
+                                  const std::optional<std::vector<std::string>>& paths,
+                                  const ChangeSink& take) {
   Result<std::unique_ptr<HashCache>> cache = HashCache::Open(HashCachePath(options));
   if (!cache.ok()) {
     return Status::InvalidArgument("cannot open hash cache " + HashCachePath(options).string() +
@@ -357,8 +358,8 @@ Result<ScanResult> ScanForChanges(const PublisherOptions& options, const Manifes
   diff.scan = options.scan;
   diff.hash_threads = options.hash_threads;
   auto collect = [&](v1::Change c) {
-    result.changes.push_back(std::move(c));
-    return Status::Ok();
+    ++result.changes;
+    return take(std::move(c));
   };
   const auto start = options.clock->Steady();
   if (paths) {
@@ -372,7 +373,7 @@ Result<ScanResult> ScanForChanges(const PublisherOptions& options, const Manifes
   }
   result.seconds = std::chrono::duration<double>(options.clock->Steady() - start).count();
   MC_LOG(info) << "scanned repo=" << options.repo << " mode=" << (paths ? "paths" : "full")
-               << " entries=" << result.stats.entries << " changes=" << result.changes.size()
+               << " entries=" << result.stats.entries << " changes=" << result.changes
                << " files_hashed=" << result.stats.files_hashed
                << " bytes_hashed=" << result.stats.bytes_hashed
                << " cache_hits=" << result.stats.cache_hits << " skipped=" << result.stats.skipped
@@ -426,24 +427,65 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
     previous_index = state.index();
   }
 
-  MC_ASSIGN_OR_RETURN(ScanResult scan, ScanForChanges(options, previous_index, state, paths));
+  // The changes, as the scan finds them. A first publish (nothing before)
+  // is chunked as it streams by, and only as many changes are kept as could
+  // travel in the event: a tree of millions of files is never held in
+  // memory. Otherwise the change list is kept to derive the new chunks from
+  // the old ones.
+  MemoryChunks fresh(&state);
+  auto keep_chunk = [&](const ChunkRef& ref, std::string bytes) {
+    fresh.Put(ref.id, std::move(bytes));
+    return Status::Ok();
+  };
+  std::optional<Chunker> direct;
+  if (previous_index.refs.empty()) direct.emplace(keep_chunk);
+  std::vector<v1::Change> changes;
+  uint64_t change_count = 0;
+  size_t change_bytes = 0;
+  auto take = [&](v1::Change change) -> Status {
+    switch (change.kind()) {
+      case v1::CHANGE_ADDED:
+        ++outcome.added;
+        break;
+      case v1::CHANGE_MODIFIED:
+        ++outcome.modified;
+        break;
+      case v1::CHANGE_DELETED:
+        ++outcome.deleted;
+        break;
+      default:
+        return Status::Internal("the scan produced a change without a kind");
+    }
+    ++change_count;
+    change_bytes += change.ByteSizeLong() + 4;
+    if (direct) {
+      MC_RETURN_IF_ERROR(direct->Add(change.entry()));
+      if (change_bytes > options.max_inline_change_bytes) {
+        if (!changes.empty()) std::vector<v1::Change>().swap(changes);
+        return Status::Ok();
+      }
+    }
+    changes.push_back(std::move(change));
+    return Status::Ok();
+  };
+  MC_ASSIGN_OR_RETURN(ScanResult scan, ScanForChanges(options, previous_index, state, paths, take));
   outcome.scan = scan.stats;
   outcome.scan_seconds = scan.seconds;
-  std::vector<v1::Change>& changes = scan.changes;
-  if (changes.empty()) {
+  if (change_count == 0) {
     outcome.manifest_entries = previous_index.entries();
     MC_LOG(info) << "nothing changed repo=" << options.repo << " serial=" << latest.serial;
     return outcome;
   }
 
   // The new root from the chunks the changes fall in.
-  MemoryChunks fresh(&state);
-  MC_ASSIGN_OR_RETURN(ManifestIndex next_index,
-                      ApplyChangesToIndex(previous_index, fresh, changes,
-                                          [&](const ChunkRef& ref, std::string bytes) {
-                                            fresh.Put(ref.id, std::move(bytes));
-                                            return Status::Ok();
-                                          }));
+  ManifestIndex next_index;
+  if (direct) {
+    MC_RETURN_IF_ERROR(direct->Finish());
+    next_index.refs = direct->refs();
+  } else {
+    MC_ASSIGN_OR_RETURN(next_index,
+                        ApplyChangesToIndex(previous_index, fresh, changes, keep_chunk));
+  }
   outcome.manifest_entries = next_index.entries();
   outcome.scan.entries = next_index.entries();
 
@@ -457,24 +499,7 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   event.set_expires_unix(now + options.expiry_days * kSecondsPerDay);
   event.set_manifest_sha256(next_index.Root());
   event.set_manifest_entries(next_index.entries());
-  event.set_change_count(changes.size());
-  size_t change_bytes = 0;
-  for (const v1::Change& change : changes) {
-    switch (change.kind()) {
-      case v1::CHANGE_ADDED:
-        ++outcome.added;
-        break;
-      case v1::CHANGE_MODIFIED:
-        ++outcome.modified;
-        break;
-      case v1::CHANGE_DELETED:
-        ++outcome.deleted;
-        break;
-      default:
-        return Status::Internal("DiffManifests produced a change without a kind");
-    }
-    change_bytes += change.ByteSizeLong() + 4;
-  }
+  event.set_change_count(change_count);
   // A change list too large to broadcast is left out: mirrors and the
   // broker read it from the manifest chunks instead.
   const bool omit = change_bytes > options.max_inline_change_bytes;
@@ -505,7 +530,11 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
                << " changes=" << outcome.changes() << (omit ? " (change list left out)" : "")
                << " entries=" << next_index.entries()
                << " manifest_chunks=" << next_index.refs.size();
-  Result<v1::ControlReply> reply = control.Call(std::move(request), options.timeout);
+  // The broker checks and records every new file before it confirms: a
+  // first publish of millions of files takes it minutes, not seconds.
+  const auto confirm_timeout =
+      options.timeout + std::chrono::milliseconds(change_count / 5);  // 200 us per change
+  Result<v1::ControlReply> reply = control.Call(std::move(request), confirm_timeout);
   if (!reply.ok()) {
     Status failure =
         BrokerFailure(reply.status(), options, "publish of serial " + std::to_string(serial));

@@ -230,7 +230,29 @@ Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
 
   if (!whole.empty()) {
     FetchStats fetch;
-    Status s = content->FetchFiles(whole, &fetch, should_stop);
+    FetchProgress progress;
+    progress.files_total = whole.size();
+    for (const FileFetch& f : whole) progress.bytes_total += f.size;
+    const auto started = std::chrono::steady_clock::now();
+    auto next_report = started + options_.progress_interval;
+    auto report = [&](bool finished) {
+      progress.files_done = fetch.files_fetched;
+      progress.bytes_done = fetch.bytes_fetched;
+      progress.seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      progress.finished = finished;
+      options_.progress(progress);
+    };
+    // Polled between replies: reports progress, and passes the stop on.
+    auto poll = [&]() {
+      if (options_.progress && std::chrono::steady_clock::now() >= next_report) {
+        report(false);
+        next_report = std::chrono::steady_clock::now() + options_.progress_interval;
+      }
+      return should_stop && should_stop();
+    };
+    Status s = content->FetchFiles(whole, &fetch, poll);
+    if (options_.progress && progress.seconds > 0) report(true);
     const bool resumed = std::any_of(whole.begin(), whole.end(), [](auto& f) { return f.resume; });
     if (s.code() == Status::Code::kCorruption && resumed) {
       // A kept prefix was bad (the SHA-256 over it and the rest failed): that

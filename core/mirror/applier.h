@@ -21,6 +21,7 @@
 // makes Commit() replayable. Not thread-safe.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -73,6 +74,16 @@ struct ApplyStats {
   uint64_t files_changed = 0;
 };
 
+// How far the whole-file fetch of a Stage() has come.
+struct FetchProgress {
+  uint64_t files_done = 0;
+  uint64_t files_total = 0;
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  double seconds = 0;  // since the fetch started
+  bool finished = false;
+};
+
 struct ApplierOptions {
   std::filesystem::path tree;
   std::filesystem::path staging;  // same filesystem as `tree`; emptied by Stage()
@@ -84,6 +95,10 @@ struct ApplierOptions {
   // Test hook: runs after the signature of a delta basis is computed and
   // before the delta is fetched (lets a test change the basis underneath).
   std::function<void(const std::string& path)> after_signature;
+  // Called every `progress_interval` while whole files are fetched (a
+  // bootstrap, a large apply), and once at the end of the fetch.
+  std::function<void(const FetchProgress&)> progress;
+  std::chrono::milliseconds progress_interval{5000};
 };
 
 class Applier {

@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <map>
 #include <system_error>
 
@@ -94,6 +96,7 @@ Status Follower::Init() {
   apply.delta_min_bytes = options_.delta_min_bytes;
   apply.defer_deletions = options_.delete_delay.count() > 0;
   apply.after_signature = options_.after_signature;
+  apply.progress = [this](const FetchProgress& p) { ReportProgress(p); };
   applier_ = std::make_unique<Applier>(std::move(apply));
 
   // An apply interrupted after staging: finish it before anything else. If
@@ -328,6 +331,7 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
                               const AppliedManifest& target, const std::vector<v1::Change>& changes,
                               const std::function<bool()>& should_stop) {
   const auto started = SteadyClock::now();
+  applying_serial_ = serial;
   ApplyStats stats;
   auto seconds = [&] {
     return std::chrono::duration<double>(SteadyClock::now() - started).count();
@@ -368,6 +372,54 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
   if (on_applied) on_applied(serial);
   if (on_ack_queued) on_ack_queued();  // the queued ACK goes out right away
   return Status::Ok();
+}
+
+namespace {
+
+std::string Bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char out[32];
+  std::snprintf(out, sizeof out, u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
+  return out;
+}
+
+}  // namespace
+
+void Follower::ReportProgress(const FetchProgress& p) {
+  const double rate = p.seconds > 0 ? static_cast<double>(p.bytes_done) / p.seconds : 0;
+  const double files_rate = p.seconds > 0 ? static_cast<double>(p.files_done) / p.seconds : 0;
+  const double left_files =
+      static_cast<double>(p.files_total - std::min(p.files_done, p.files_total));
+  const double left_bytes =
+      static_cast<double>(p.bytes_total - std::min(p.bytes_done, p.bytes_total));
+  // Small files are bound by their count, large ones by their bytes.
+  const double eta =
+      std::max(files_rate > 0 ? left_files / files_rate : 0, rate > 0 ? left_bytes / rate : 0);
+  const double pct = p.bytes_total > 0 ? 100.0 * static_cast<double>(p.bytes_done) /
+                                             static_cast<double>(p.bytes_total)
+                                       : 100.0;
+  char line[256];
+  std::snprintf(
+      line, sizeof line,
+      "%s serial %llu: %llu of %llu files, %s of %s (%.0f%%), %s/s, %.0f files/s%s",
+      p.finished ? "fetched for" : "fetching for",
+      static_cast<unsigned long long>(applying_serial_),
+      static_cast<unsigned long long>(p.files_done), static_cast<unsigned long long>(p.files_total),
+      Bytes(static_cast<double>(p.bytes_done)).c_str(),
+      Bytes(static_cast<double>(p.bytes_total)).c_str(), pct, Bytes(rate).c_str(), files_rate,
+      p.finished ? "" : (", ETA " + std::to_string(static_cast<long long>(eta)) + " s").c_str());
+  MC_LOG(info) << line;
+  if (p.finished) return;
+  // The broker's status shows the apply in progress, with what it fetched so far.
+  ApplyStats so_far;
+  so_far.bytes_fetched = p.bytes_done;
+  so_far.files_changed = p.files_done;
+  Ack(v1::ACK_IN_PROGRESS, applying_serial_, so_far, p.seconds, line);
 }
 
 void Follower::Ack(v1::AckState state, uint64_t target, const ApplyStats& stats, double seconds,

@@ -133,12 +133,16 @@ class Follower {
                       const std::function<bool()>& should_stop);
   v1::Ack MakeAck(v1::AckState state, uint64_t serial, uint64_t target, const ApplyStats& stats,
                   double seconds, const std::string& error) const;
+  // A log line (files and bytes done of the total, rate, ETA) and an
+  // ACK_IN_PROGRESS, every few seconds of a long fetch.
+  void ReportProgress(const FetchProgress& progress);
 
   FollowerOptions options_;
   TrustStore trust_;
   std::unique_ptr<MirrorState> state_;
   std::unique_ptr<Applier> applier_;
   uint64_t last_rejected_ = 0;
+  uint64_t applying_serial_ = 0;
 };
 
 }  // namespace mirrorcast
