@@ -285,6 +285,10 @@ v1::ControlReply Broker::HandleHello(const v1::HelloRequest& request) {
 
 v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   const int64_t now = Clock::Real().NowUnix();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto since = [&t0] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
   auto opened = OpenEnvelope(request.envelope(), trust_);
   if (!opened.ok()) {
     MC_LOG(warning) << "refused publish: " << opened.status().ToString();
@@ -365,6 +369,7 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   // retain), and which (path, version) pairs it stops naming: the diff of
   // the two manifests, read from the chunks that differ only (every file of
   // the manifest for a repo's first publish).
+  const double t_manifest = since();
   VersionChanges versions;
   std::vector<v1::FileEntry> new_files;
   uint64_t counted = 0;
@@ -391,6 +396,7 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
 
   v1::ControlReply reply = Ok();
   std::vector<std::string> created;  // objects made for this publish, removed if it fails
+  const double t_diff = since();
   if (Status s = RecordFiles(repo, fresh_files, &versions,
                              reply.mutable_publish()->mutable_linked(), &created);
       !s.ok()) {
@@ -403,6 +409,7 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     (void)state_->ClearPendingObjects(repo);
   };
 
+  const double t_files = since();
   // The derived chunks and index, then one syncfs for all of them.
   std::vector<std::string> manifest_objects;
   Status stored = Status::Ok();
@@ -410,7 +417,8 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     if (stored.ok()) stored = objects.Put(bytes).status();
   }
   if (stored.ok() && !event.changes_omitted()) stored = objects.Put(next_index.Encode()).status();
-  if (stored.ok()) stored = objects.Sync();
+  // Uploaded objects (an omitted change list) may predate a restart.
+  if (stored.ok()) stored = objects.Sync(/*everything=*/event.changes_omitted());
   for (const auto& r : next_index.refs) manifest_objects.push_back(r.id);
   manifest_objects.push_back(event.manifest_sha256());
   if (stored.ok()) stored = state_->TouchObjects(repo, event.serial(), manifest_objects);
@@ -419,6 +427,7 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     undo();
     return Fail("broker could not store the manifest: " + stored.message());
   }
+  const double t_store = since();
   RepoHead next{event.serial(), event.manifest_sha256(), event.manifest_entries()};
   if (Status s = state_->CommitEvent(repo, next, request.envelope(), now, versions); !s.ok()) {
     MC_LOG(error) << "cannot commit event: " << s.ToString();
@@ -430,7 +439,10 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
                << (event.changes_omitted() ? " (list left out)" : "")
                << " entries=" << event.manifest_entries()
                << " new_versions=" << versions.published.size()
-               << " retained=" << versions.objects.size() << " key=" << opened->key_id;
+               << " retained=" << versions.objects.size() << " key=" << opened->key_id
+               << " seconds=" << since() << " (manifest " << t_manifest << ", diff "
+               << t_diff - t_manifest << ", files " << t_files - t_diff << ", store "
+               << t_store - t_files << ", commit " << since() - t_store << ")";
   FanOut(repo, request.envelope());
   if (Status s = state_->Prune(repo, options_.keep_events, options_.keep_manifests); !s.ok()) {
     MC_LOG(warning) << "prune " << repo << ": " << s.ToString();

@@ -138,6 +138,7 @@ class BrokerState {
 
   std::filesystem::path dir_;
   std::unique_ptr<Database> db_;
+  std::optional<Statement> object_of_;  // prepared once: asked for every new file
   ManifestStore objects_;
   std::map<std::string, RepoHead> repos_;
 };

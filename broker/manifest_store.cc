@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <set>
 #include <system_error>
 
 #include "core/crypto/sha256.h"
@@ -47,6 +48,7 @@ Result<std::string> ManifestStore::Put(std::string_view bytes, bool* added) {
     return Status::FromErrno("rename " + path.string(), err);
   }
   if (added) *added = true;
+  unsynced_.push_back(path);
   return id;
 }
 
@@ -78,10 +80,21 @@ Status ManifestStore::Remove(std::string_view sha256) {
   return Status::Ok();
 }
 
-Status ManifestStore::Sync() {
-  std::error_code ec;
-  fs::create_directories(dir_, ec);
-  return SyncFilesystem(dir_);
+Status ManifestStore::Sync(bool everything) {
+  // syncfs flushes everything dirty on the filesystem (a tree being written
+  // next to the store, say); a few fsyncs are cheaper for a few objects.
+  constexpr size_t kFsyncEachUpTo = 64;
+  std::vector<fs::path> files;
+  files.swap(unsynced_);
+  if (everything || files.size() > kFsyncEachUpTo) return SyncFilesystem(dir_);
+  if (files.empty()) return Status::Ok();
+  std::set<fs::path> dirs;
+  for (const auto& f : files) {
+    MC_RETURN_IF_ERROR(FsyncPath(f));
+    dirs.insert(f.parent_path());
+  }
+  for (const auto& d : dirs) MC_RETURN_IF_ERROR(FsyncDir(d));
+  return FsyncDir(dir_);  // the xx/ directories themselves
 }
 
 }  // namespace mirrorcast

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/base/status.h"
 #include "core/manifest/chunks.h"
@@ -35,11 +36,16 @@ class ManifestStore : public ChunkSource {
   Result<std::string> Load(std::string_view sha256, size_t max_bytes);
   Result<std::string> LoadChunk(std::string_view id) override { return Load(id, kMaxChunkBytes); }
   Status Remove(std::string_view sha256);
-  // Makes every object written so far durable.
-  Status Sync();
+  // Makes every object written since the last Sync() durable: an fsync of
+  // each (and of its directory) when they are few, as after an ordinary
+  // update; one syncfs for many (a first publish), or with `everything`
+  // (objects another process run may have written, such as uploads made
+  // before a restart).
+  Status Sync(bool everything = false);
 
  private:
   std::filesystem::path dir_;
+  std::vector<std::filesystem::path> unsynced_;
 };
 
 }  // namespace mirrorcast

@@ -32,11 +32,20 @@ Result<std::optional<RetainedObject>> ObjectStore::Retain(std::string_view repo,
   if (mode == Mode::kNone) return std::optional<RetainedObject>();
 
   const fs::path path = PathOf(repo, sha256);
-  std::error_code ec;
-  fs::create_directories(path.parent_path(), ec);
-  if (ec) return Status::IoError("create " + path.parent_path().string() + ": " + ec.message());
-  UniqueFd dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!dir.valid()) return Status::FromErrno("open " + path.parent_path().string(), errno);
+  // The store's directories, opened once each (a first publish retains
+  // every file); the descriptor stays valid whatever happens to the name.
+  auto cached = dir_fds_.find(path.parent_path().string());
+  if (cached == dir_fds_.end()) {
+    std::error_code ec;
+    fs::create_directories(path.parent_path(), ec);
+    if (ec) return Status::IoError("create " + path.parent_path().string() + ": " + ec.message());
+    UniqueFd opened(
+        ::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!opened.valid()) return Status::FromErrno("open " + path.parent_path().string(), errno);
+    if (dir_fds_.size() >= kMaxCachedDirs) dir_fds_.clear();
+    cached = dir_fds_.emplace(path.parent_path().string(), std::move(opened)).first;
+  }
+  const UniqueFd& dir = cached->second;
   const std::string name = path.filename().string();
   const std::string tmp = "." + name + ".tmp";
   if (::unlinkat(dir.get(), tmp.c_str(), 0) != 0 && errno != ENOENT) {

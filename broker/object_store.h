@@ -28,6 +28,7 @@
 
 #include "broker/served_file.h"
 #include "core/base/status.h"
+#include "core/fs/atomic.h"
 
 namespace mirrorcast {
 
@@ -68,6 +69,8 @@ class ObjectStore {
 
   std::filesystem::path dir_;
   std::map<uint64_t, Mode> mode_by_device_;  // learnt from the first EXDEV per device
+  static constexpr size_t kMaxCachedDirs = 1024;
+  std::map<std::string, UniqueFd> dir_fds_;  // <repo>/<xx> directories, control thread only
 };
 
 }  // namespace mirrorcast
