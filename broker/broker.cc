@@ -22,6 +22,9 @@ namespace mirrorcast {
 namespace fs = std::filesystem;
 using Millis = std::chrono::milliseconds;
 
+// LinkedFile entries a PublishReply carries at most (about 60 bytes each).
+constexpr int kMaxLinkedInReply = 250000;
+
 namespace {
 
 constexpr uint32_t kMaxEventsPerReply = 1000;
@@ -511,6 +514,10 @@ Status Broker::RecordFiles(const std::string& repo, const std::vector<const v1::
           versions->objects.push_back(StoredObject{entry->sha256(), **made});
           if ((*made)->kind == ObjectKind::kLink) {
             version.identity = (*made)->identity;  // the link moved the tree file's ctime
+          }
+          // The reply must fit one control message: past the cap the
+          // publisher re-hashes the rest once on its next full scan.
+          if ((*made)->kind == ObjectKind::kLink && linked->size() < kMaxLinkedInReply) {
             v1::LinkedFile* l = linked->Add();
             l->set_path(entry->path());
             l->set_inode(identity.ino);
