@@ -116,19 +116,6 @@ bool ReadRecord(Reader& r, v1::FileEntry* e) {
   return true;
 }
 
-const char* ChangeKindName(v1::ChangeKind kind) {
-  switch (kind) {
-    case v1::CHANGE_ADDED:
-      return "added";
-    case v1::CHANGE_MODIFIED:
-      return "modified";
-    case v1::CHANGE_DELETED:
-      return "deleted";
-    default:
-      return "unknown";
-  }
-}
-
 // The entry that `change` leaves at its path (nullopt: none), given what is
 // there now (`existing`, may be null). `i` names the change in errors.
 Result<std::optional<v1::FileEntry>> ApplyOne(const v1::Change& change,
@@ -188,36 +175,6 @@ Status CheckChangeOrder(const v1::Change* begin, const v1::Change* end) {
   }
   return Status::Ok();
 }
-
-// The entries of the chunks of `index` whose ids are not in `skip`, in
-// path order, one chunk in memory at a time.
-class ChunkStream {
- public:
-  ChunkStream(const ManifestIndex& index, ChunkSource& source, const std::set<std::string>& skip)
-      : index_(index), source_(source), skip_(skip) {}
-
-  // The current entry, or null at the end; status() says why it ended.
-  Result<const v1::FileEntry*> Peek() {
-    while (pos_ >= buffer_.size()) {
-      while (next_ref_ < index_.refs.size() && skip_.count(index_.refs[next_ref_].id)) ++next_ref_;
-      if (next_ref_ >= index_.refs.size()) return static_cast<const v1::FileEntry*>(nullptr);
-      const std::string after = next_ref_ == 0 ? "" : index_.refs[next_ref_ - 1].last_path;
-      MC_ASSIGN_OR_RETURN(buffer_, LoadChunkEntries(source_, index_.refs[next_ref_], after));
-      ++next_ref_;
-      pos_ = 0;
-    }
-    return &buffer_[pos_];
-  }
-  void Next() { ++pos_; }
-
- private:
-  const ManifestIndex& index_;
-  ChunkSource& source_;
-  const std::set<std::string>& skip_;
-  size_t next_ref_ = 0;
-  std::vector<v1::FileEntry> buffer_;
-  size_t pos_ = 0;
-};
 
 Result<ManifestIndex> ApplyChangesImpl(const ManifestIndex& old, ChunkSource& source,
                                        const v1::Change* changes, size_t count,
@@ -494,8 +451,8 @@ Status DiffIndexEntries(const ManifestIndex& from, ChunkSource& from_source,
   for (const auto& r : from.refs) from_ids.insert(r.id);
   for (const auto& r : to.refs) to_ids.insert(r.id);
   // A chunk in both holds the same entries in both: only the rest can differ.
-  ChunkStream a(from, from_source, to_ids);
-  ChunkStream b(to, to_source, from_ids);
+  ManifestEntryStream a(from, from_source, &to_ids);
+  ManifestEntryStream b(to, to_source, &from_ids);
   for (;;) {
     MC_ASSIGN_OR_RETURN(const v1::FileEntry* x, a.Peek());
     MC_ASSIGN_OR_RETURN(const v1::FileEntry* y, b.Peek());
@@ -534,6 +491,21 @@ Status DiffIndexes(const ManifestIndex& from, ChunkSource& from_source, const Ma
                             }
                             return sink(std::move(change));
                           });
+}
+
+Result<const v1::FileEntry*> ManifestEntryStream::Peek() {
+  while (pos_ >= buffer_.size()) {
+    while (next_ref_ < index_.refs.size() && skip_ != nullptr &&
+           skip_->count(index_.refs[next_ref_].id)) {
+      ++next_ref_;
+    }
+    if (next_ref_ >= index_.refs.size()) return static_cast<const v1::FileEntry*>(nullptr);
+    const std::string after = next_ref_ == 0 ? "" : index_.refs[next_ref_ - 1].last_path;
+    MC_ASSIGN_OR_RETURN(buffer_, LoadChunkEntries(source_, index_.refs[next_ref_], after));
+    ++next_ref_;
+    pos_ = 0;
+  }
+  return &buffer_[pos_];
 }
 
 Status ForEachEntry(const ManifestIndex& index, ChunkSource& source, const EntrySink& sink) {

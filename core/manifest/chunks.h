@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -159,6 +160,27 @@ using EntryPairSink =
     std::function<Status(const v1::FileEntry* before, const v1::FileEntry* after)>;
 Status DiffIndexEntries(const ManifestIndex& from, ChunkSource& from_source,
                         const ManifestIndex& to, ChunkSource& to_source, const EntryPairSink& sink);
+
+// The entries of a manifest in path order, one chunk in memory at a time,
+// leaving out the chunks whose ids are in `skip` (may be null). Each chunk
+// is checked as LoadChunkEntries does. One thread.
+class ManifestEntryStream {
+ public:
+  ManifestEntryStream(const ManifestIndex& index, ChunkSource& source,
+                      const std::set<std::string>* skip = nullptr)
+      : index_(index), source_(source), skip_(skip) {}
+  // The current entry, or null at the end.
+  Result<const v1::FileEntry*> Peek();
+  void Next() { ++pos_; }
+
+ private:
+  const ManifestIndex& index_;
+  ChunkSource& source_;
+  const std::set<std::string>* skip_;
+  size_t next_ref_ = 0;
+  std::vector<v1::FileEntry> buffer_;
+  size_t pos_ = 0;
+};
 
 // Every entry of a manifest in path order, chunk by chunk.
 using EntrySink = std::function<Status(v1::FileEntry entry)>;

@@ -15,19 +15,6 @@ namespace {
 // core/wire so the manifest library does not depend on the envelope code.
 constexpr uint32_t kManifestProtocolVersion = 1;
 
-const char* ChangeKindName(v1::ChangeKind kind) {
-  switch (kind) {
-    case v1::CHANGE_ADDED:
-      return "added";
-    case v1::CHANGE_MODIFIED:
-      return "modified";
-    case v1::CHANGE_DELETED:
-      return "deleted";
-    default:
-      return "unknown";
-  }
-}
-
 }  // namespace
 
 const v1::FileEntry* Manifest::Find(std::string_view path) const {
@@ -212,6 +199,19 @@ Status CheckEntry(const v1::FileEntry& entry) {
     default:
       return Status::InvalidArgument(path + ": unknown entry kind " +
                                      std::to_string(static_cast<int>(entry.kind())));
+  }
+}
+
+const char* ChangeKindName(v1::ChangeKind kind) {
+  switch (kind) {
+    case v1::CHANGE_ADDED:
+      return "added";
+    case v1::CHANGE_MODIFIED:
+      return "modified";
+    case v1::CHANGE_DELETED:
+      return "deleted";
+    default:
+      return "unknown";
   }
 }
 

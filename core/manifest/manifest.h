@@ -65,6 +65,9 @@ class Manifest {
 // none otherwise, mode <= 07777, safe symlink target for symlinks.
 Status CheckEntry(const v1::FileEntry& entry);
 
+// "added", "modified", "deleted" (or "unknown"), for messages.
+const char* ChangeKindName(v1::ChangeKind kind);
+
 // Whether two entries describe the same thing (all fields equal).
 bool SameEntry(const v1::FileEntry& a, const v1::FileEntry& b);
 

@@ -154,32 +154,7 @@ class TreeWalker {
   // ("" for the root). Names are sorted bytewise so logs, errors and the
   // hashing order are the same on every run.
   Status WalkDir(UniqueFd dir, const std::string& rel, Manifest* out) {
-    std::vector<std::string> names;
-    {
-      DIR* d = ::fdopendir(dir.get());
-      if (d == nullptr) return Status::FromErrno("opendir " + (root_ / rel).string(), errno);
-      // The DIR owns the fd now; `dir` keeps a duplicate for fstatat/openat.
-      int fd = dir.release();
-      dir.reset(::dup(fd));
-      if (!dir.valid()) {
-        int err = errno;
-        ::closedir(d);
-        return Status::FromErrno("dup", err);
-      }
-      for (;;) {
-        errno = 0;
-        struct dirent* de = ::readdir(d);
-        if (de == nullptr) {
-          int err = errno;
-          ::closedir(d);
-          if (err != 0) return Status::FromErrno("readdir " + (root_ / rel).string(), err);
-          break;
-        }
-        std::string_view n(de->d_name);
-        if (n == "." || n == "..") continue;
-        names.emplace_back(n);
-      }
-    }
+    MC_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(dir, (root_ / rel).string()));
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) {
       std::string child = rel.empty() ? name : rel + "/" + name;
@@ -231,6 +206,34 @@ class TreeWalker {
 };
 
 }  // namespace
+
+Result<std::vector<std::string>> ListDirectory(UniqueFd& dir, const std::string& shown) {
+  std::vector<std::string> names;
+  DIR* d = ::fdopendir(dir.get());
+  if (d == nullptr) return Status::FromErrno("opendir " + shown, errno);
+  // The DIR owns the fd now; `dir` keeps a duplicate for fstatat/openat.
+  int fd = dir.release();
+  dir.reset(::dup(fd));
+  if (!dir.valid()) {
+    int err = errno;
+    ::closedir(d);
+    return Status::FromErrno("dup", err);
+  }
+  for (;;) {
+    errno = 0;
+    struct dirent* de = ::readdir(d);
+    if (de == nullptr) {
+      int err = errno;
+      ::closedir(d);
+      if (err != 0) return Status::FromErrno("readdir " + shown, err);
+      break;
+    }
+    std::string_view n(de->d_name);
+    if (n == "." || n == "..") continue;
+    names.emplace_back(n);
+  }
+  return names;
+}
 
 Result<std::string> ReadSymlinkAt(int dir_fd, const std::string& name, const std::string& rel,
                                   const struct stat& st) {

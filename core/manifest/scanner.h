@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/base/status.h"
+#include "core/fs/atomic.h"
 #include "core/manifest/hash_cache.h"
 #include "core/manifest/manifest.h"
 
@@ -43,6 +44,11 @@ Status RescanPaths(const std::filesystem::path& root, const std::vector<std::str
                    const ScanOptions& options = {});
 
 // Building blocks shared with tree_diff.h.
+
+// The names in the directory `dir` (an open descriptor: it is handed to
+// fdopendir and replaced by a duplicate, so the caller keeps one for
+// fstatat/openat), without "." and "..", unsorted. `shown` names it in errors.
+Result<std::vector<std::string>> ListDirectory(UniqueFd& dir, const std::string& shown);
 
 // The target of the symlink `name` in `dir_fd` (whose lstat is `st`); `rel`
 // names it in errors. NotFound when it vanished.

@@ -21,30 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The entries of a manifest in path order, one chunk in memory at a time.
-class OldEntries {
- public:
-  OldEntries(const ManifestIndex& index, ChunkSource& chunks) : index_(index), chunks_(chunks) {}
-
-  Result<const v1::FileEntry*> Peek() {
-    while (pos_ >= buffer_.size()) {
-      if (next_ >= index_.refs.size()) return static_cast<const v1::FileEntry*>(nullptr);
-      const std::string after = next_ == 0 ? "" : index_.refs[next_ - 1].last_path;
-      MC_ASSIGN_OR_RETURN(buffer_, LoadChunkEntries(chunks_, index_.refs[next_], after));
-      ++next_;
-      pos_ = 0;
-    }
-    return &buffer_[pos_];
-  }
-  void Next() { ++pos_; }
-
- private:
-  const ManifestIndex& index_;
-  ChunkSource& chunks_;
-  size_t next_ = 0;
-  std::vector<v1::FileEntry> buffer_;
-  size_t pos_ = 0;
-};
+using OldEntries = ManifestEntryStream;
 
 v1::Change Deletion(const v1::FileEntry& old) {
   v1::Change c;
@@ -267,7 +244,7 @@ class OrderedWalk {
   // root). Each name is visited where it sorts; a subdirectory's contents
   // where "name/" sorts, so the whole walk is in bytewise path order.
   Status WalkDir(UniqueFd dir, const std::string& rel) {
-    MC_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDir(dir, rel));
+    MC_ASSIGN_OR_RETURN(std::vector<std::string> names, ListDirectory(dir, (root_ / rel).string()));
     struct Step {
       std::string key;  // name, or name + "/" for the descent
       bool descend;
@@ -316,34 +293,6 @@ class OrderedWalk {
   }
 
  private:
-  Result<std::vector<std::string>> ListDir(UniqueFd& dir, const std::string& rel) {
-    std::vector<std::string> names;
-    DIR* d = ::fdopendir(dir.get());
-    if (d == nullptr) return Status::FromErrno("opendir " + (root_ / rel).string(), errno);
-    // The DIR owns the fd now; `dir` keeps a duplicate for fstatat/openat.
-    int fd = dir.release();
-    dir.reset(::dup(fd));
-    if (!dir.valid()) {
-      int err = errno;
-      ::closedir(d);
-      return Status::FromErrno("dup", err);
-    }
-    for (;;) {
-      errno = 0;
-      struct dirent* de = ::readdir(d);
-      if (de == nullptr) {
-        int err = errno;
-        ::closedir(d);
-        if (err != 0) return Status::FromErrno("readdir " + (root_ / rel).string(), err);
-        break;
-      }
-      std::string_view n(de->d_name);
-      if (n == "." || n == "..") continue;
-      names.emplace_back(n);
-    }
-    return names;
-  }
-
   const fs::path& root_;
   HashCache::OrderedReader* cache_;
   ScanStats* stats_;
