@@ -21,6 +21,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::string_view kStagingName = ".mirrorcast-staging";
+// A directory inode larger than this once held many thousands of names.
+constexpr off_t kShrinkStagingAbove = 1 << 20;
 
 bool IsFileChange(const v1::Change& c) {
   return c.kind() != v1::CHANGE_DELETED && c.entry().kind() == v1::ENTRY_FILE;
@@ -100,6 +102,17 @@ Status Applier::ClearStaging(bool keep_content) {
     if (rm) return Status::IoError("clean " + entry.path().string() + ": " + rm.message());
   }
   if (ec) return Status::IoError("list " + options_.staging.string() + ": " + ec.message());
+  // A directory that once held a bootstrap's million files keeps its size
+  // on ext4 (directories never shrink), and every later listing reads all of
+  // it: an emptied staging directory that grew is made anew. If it cannot be
+  // removed (a mount point, say), it simply stays.
+  struct stat st {};
+  if (!keep_content && ::lstat(options_.staging.c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
+      st.st_size > kShrinkStagingAbove && ::rmdir(options_.staging.c_str()) == 0) {
+    fs::create_directories(options_.staging, ec);
+    if (ec) return Status::IoError("create " + options_.staging.string() + ": " + ec.message());
+    ::chmod(options_.staging.c_str(), st.st_mode & 07777);
+  }
   return Status::Ok();
 }
 
