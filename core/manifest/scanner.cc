@@ -72,12 +72,7 @@ class TreeWalker {
     return fd;
   }
 
-  // Whether `rel` names an excluded top-level entry (or something below it).
-  bool Excluded(std::string_view rel) const {
-    std::string_view top = rel.substr(0, rel.find('/'));
-    return std::find(options_.exclude_top_level.begin(), options_.exclude_top_level.end(), top) !=
-           options_.exclude_top_level.end();
-  }
+  bool Excluded(std::string_view rel) const { return IsExcludedPath(options_, rel); }
 
   // Adds `rel` (the entry `name` of the directory `dir_fd`) to `out`, and
   // everything below it when it is a directory. Sets *exists to whether
@@ -206,6 +201,12 @@ class TreeWalker {
 };
 
 }  // namespace
+
+bool IsExcludedPath(const ScanOptions& options, std::string_view rel) {
+  const std::string_view top = rel.substr(0, rel.find('/'));
+  return std::find(options.exclude_top_level.begin(), options.exclude_top_level.end(), top) !=
+         options.exclude_top_level.end();
+}
 
 Result<std::vector<std::string>> ListDirectory(UniqueFd& dir, const std::string& shown) {
   std::vector<std::string> names;

@@ -45,6 +45,9 @@ Status RescanPaths(const std::filesystem::path& root, const std::vector<std::str
 
 // Building blocks shared with tree_diff.h.
 
+// Whether `rel` names an excluded top-level entry (or something below it).
+bool IsExcludedPath(const ScanOptions& options, std::string_view rel);
+
 // The names in the directory `dir` (an open descriptor: it is handed to
 // fdopendir and replaced by a duplicate, so the caller keeps one for
 // fstatat/openat), without "." and "..", unsorted. `shown` names it in errors.

@@ -157,11 +157,7 @@ class OrderedWalk {
     return fd;
   }
 
-  bool Excluded(std::string_view rel) const {
-    std::string_view top = rel.substr(0, rel.find('/'));
-    return std::find(options_.scan.exclude_top_level.begin(), options_.scan.exclude_top_level.end(),
-                     top) != options_.scan.exclude_top_level.end();
-  }
+  bool Excluded(std::string_view rel) const { return IsExcludedPath(options_.scan, rel); }
 
   // Old entries before `rel` are gone from the tree.
   Status DeleteOldBefore(std::string_view rel) {
@@ -431,8 +427,7 @@ Status DiffPaths(const fs::path& root, const std::vector<std::string>& paths,
     OrderedWalk walk(root, nullptr, stats, options, queue, &old);
     struct stat st;
     if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
-      const std::string excluded_probe = rel;
-      if (!walk.Excluded(excluded_probe)) {
+      if (!walk.Excluded(rel)) {
         MC_RETURN_IF_ERROR(walk.Visit(dir_fd, name, rel, st));
         if (S_ISDIR(st.st_mode)) {
           UniqueFd sub(
@@ -457,9 +452,7 @@ Status DiffPaths(const fs::path& root, const std::vector<std::string>& paths,
   std::string covered;  // a listed directory already rescanned whole
   for (const std::string& path : sorted) {
     if (!covered.empty() && path.compare(0, covered.size() + 1, covered + "/") == 0) continue;
-    if (std::find(options.scan.exclude_top_level.begin(), options.scan.exclude_top_level.end(),
-                  std::string_view(path).substr(0, path.find('/'))) !=
-        options.scan.exclude_top_level.end()) {
+    if (IsExcludedPath(options.scan, path)) {
       MC_LOG(warning) << "rescan: ignoring excluded path " << path;
       ++stats->skipped;
       continue;
