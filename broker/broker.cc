@@ -93,6 +93,7 @@ Status Broker::Start() {
     if (Status s = objects_->Remove(repo, sha); !s.ok()) MC_LOG(warning) << s.ToString();
   }
   MC_RETURN_IF_ERROR(state_->ClearPendingObjects(""));
+  MC_RETURN_IF_ERROR(state_->ClearStagedVersions(""));
 
   ConfigureSocket(control_, options_.listen, static_cast<int64_t>(kMaxControlMessageBytes));
   control_.set(zmq::sockopt::router_mandatory, 0);  // replies to vanished peers are dropped
@@ -373,45 +374,81 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   // the two manifests, read from the chunks that differ only (every file of
   // the manifest for a repo's first publish).
   const double t_manifest = since();
-  VersionChanges versions;
-  std::vector<v1::FileEntry> new_files;
+  // A repo's first publish names every file of the tree: the new files are
+  // checked and retained in batches as the diff finds them, and the version
+  // rows of every full batch go to the state's staging tables, so memory
+  // stays bounded whatever the size of the change.
+  v1::ControlReply reply = Ok();
+  VersionChanges versions;  // not yet staged
+  uint64_t published_count = 0, retained_count = 0;
+  bool staged = false;
+  const size_t record_batch = std::max<size_t>(options_.record_batch_files, 1);
+  const size_t stage_rows = std::max<size_t>(options_.stage_version_rows, 1);
+  RecordTally tally;
+  std::vector<v1::FileEntry> new_files;  // the batch not yet recorded
+  Status recorded = Status::Ok();        // why recording stopped the diff
+  auto record = [&]() -> Status {
+    if (!new_files.empty()) {
+      const size_t objects_before = versions.objects.size();
+      recorded = RecordFiles(repo, new_files, &versions, reply.mutable_publish()->mutable_linked(),
+                             &tally);
+      if (!recorded.ok()) return recorded;
+      published_count += new_files.size();
+      retained_count += versions.objects.size() - objects_before;
+      new_files.clear();
+    }
+    if (versions.published.size() + versions.retired.size() >= stage_rows) {
+      recorded = state_->StageVersions(repo, versions).WithContext("broker state");
+      if (!recorded.ok()) return recorded;
+      staged = true;
+      versions = VersionChanges();
+    }
+    return Status::Ok();
+  };
+  auto undo = [&] {
+    // What this publish linked (recorded as pending first) and staged.
+    if (auto uncommitted = state_->UncommittedObjects(repo); uncommitted.ok()) {
+      for (const auto& [r, sha] : *uncommitted) (void)objects_->Remove(r, sha);
+    }
+    (void)state_->ClearPendingObjects(repo);
+    if (staged) (void)state_->ClearStagedVersions(repo);
+  };
   uint64_t counted = 0;
-  Status diffed =
-      DiffIndexEntries(previous, objects, next_index, fresh,
-                       [&](const v1::FileEntry* before, const v1::FileEntry* after) {
-                         ++counted;
-                         if (before != nullptr && before->kind() == v1::ENTRY_FILE) {
-                           versions.retired.emplace_back(before->path(), before->sha256());
-                         }
-                         if (after != nullptr && after->kind() == v1::ENTRY_FILE)
-                           new_files.push_back(*after);
-                         return Status::Ok();
-                       });
-  if (!diffed.ok()) return Fail("refused: the new manifest: " + diffed.message());
+  Status diffed = DiffIndexEntries(
+      previous, objects, next_index, fresh,
+      [&](const v1::FileEntry* before, const v1::FileEntry* after) {
+        ++counted;
+        if (before != nullptr && before->kind() == v1::ENTRY_FILE) {
+          versions.retired.emplace_back(before->path(), before->sha256());
+        }
+        if (after != nullptr && after->kind() == v1::ENTRY_FILE) new_files.push_back(*after);
+        if (new_files.size() >= record_batch || versions.retired.size() >= stage_rows) {
+          return record();
+        }
+        return Status::Ok();
+      });
+  if (diffed.ok()) diffed = record();
+  if (!recorded.ok()) {
+    undo();
+    MC_LOG(warning) << "refused publish of " << repo << " serial " << event.serial() << ": "
+                    << recorded.message();
+    return Fail("refused: " + recorded.message());
+  }
+  if (!diffed.ok()) {
+    undo();
+    return Fail("refused: the new manifest: " + diffed.message());
+  }
+  if (tally.refused_links > 0) {
+    MC_LOG(warning) << "repo=" << repo << ": " << tally.refused_links
+                    << " new versions could not be retained (first: " << tally.first_refusal
+                    << "); they are served from the tree only while it holds them";
+  }
   if (counted != event.change_count()) {
+    undo();
     return Fail("refused: the manifest differs from serial " + std::to_string(head.serial) +
                 " by " + std::to_string(counted) + " changes, the event counts " +
                 std::to_string(event.change_count()));
   }
-  std::vector<const v1::FileEntry*> fresh_files;
-  fresh_files.reserve(new_files.size());
-  for (const auto& f : new_files) fresh_files.push_back(&f);
-
-  v1::ControlReply reply = Ok();
-  std::vector<std::string> created;  // objects made for this publish, removed if it fails
-  const double t_diff = since();
-  if (Status s = RecordFiles(repo, fresh_files, &versions,
-                             reply.mutable_publish()->mutable_linked(), &created);
-      !s.ok()) {
-    MC_LOG(warning) << "refused publish of " << repo << " serial " << event.serial() << ": "
-                    << s.message();
-    return Fail("refused: " + s.message());
-  }
-  auto undo = [&] {
-    for (const std::string& sha : created) (void)objects_->Remove(repo, sha);
-    (void)state_->ClearPendingObjects(repo);
-  };
-
   const double t_files = since();
   // The derived chunks and index, then one syncfs for all of them.
   std::vector<std::string> manifest_objects;
@@ -440,12 +477,11 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   MC_LOG(info) << "published repo=" << repo << " serial=" << event.serial()
                << " changes=" << event.change_count()
                << (event.changes_omitted() ? " (list left out)" : "")
-               << " entries=" << event.manifest_entries()
-               << " new_versions=" << versions.published.size()
-               << " retained=" << versions.objects.size() << " key=" << opened->key_id
-               << " seconds=" << since() << " (manifest " << t_manifest << ", diff "
-               << t_diff - t_manifest << ", files " << t_files - t_diff << ", store "
-               << t_store - t_files << ", commit " << since() - t_store << ")";
+               << " entries=" << event.manifest_entries() << " new_versions=" << published_count
+               << " retained=" << retained_count << " key=" << opened->key_id
+               << " seconds=" << since() << " (manifest " << t_manifest << ", diff and files "
+               << t_files - t_manifest << ", store " << t_store - t_files << ", commit "
+               << since() - t_store << ")";
   FanOut(repo, request.envelope());
   if (Status s = state_->Prune(repo, options_.keep_events, options_.keep_manifests); !s.ok()) {
     MC_LOG(warning) << "prune " << repo << ": " << s.ToString();
@@ -455,46 +491,38 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   return reply;
 }
 
-Status Broker::RecordFiles(const std::string& repo, const std::vector<const v1::FileEntry*>& files,
+Status Broker::RecordFiles(const std::string& repo, const std::vector<v1::FileEntry>& files,
                            VersionChanges* versions,
                            google::protobuf::RepeatedPtrField<v1::LinkedFile>* linked,
-                           std::vector<std::string>* created) {
+                           RecordTally* tally) {
   const bool retain = options_.keep_versions > 0;
   if (retain) {
     std::vector<std::string> shas;
     shas.reserve(files.size());
-    for (const v1::FileEntry* e : files) shas.push_back(e->sha256());
+    for (const v1::FileEntry& e : files) shas.push_back(e.sha256());
     MC_RETURN_IF_ERROR(state_->AddPendingObjects(repo, shas).WithContext("broker state"));
   }
-  auto fail = [&](Status s) {
-    for (const std::string& sha : *created) (void)objects_->Remove(repo, sha);
-    created->clear();
-    (void)state_->ClearPendingObjects(repo);
-    return s;
-  };
   std::set<std::string> retained;  // versions already seen in this publish
   TreeDirCache dirs;               // files come in path order: siblings share a walk
-  size_t refused_links = 0;
-  std::string first_refusal;
-  for (const v1::FileEntry* entry : files) {
+  for (const v1::FileEntry& e : files) {
+    const v1::FileEntry* entry = &e;
     const std::string shown = EscapeForLog(entry->path());
     // The same open and stat serve the check, the identity and the link.
     auto file = OpenInTree(options_.tree_root, repo, entry->path(), &dirs);
     if (!file.ok()) {
-      return fail(
+      return (
           Status::Rejected(shown + " is not in the tree as signed: " + file.status().message()));
     }
     const FileIdentity identity = IdentityOf(file->st);
     if (identity.size != entry->size()) {
-      return fail(Status::Rejected(shown + " has " + std::to_string(identity.size) +
-                                   " bytes in the tree, the signed size is " +
-                                   std::to_string(entry->size())));
+      return (Status::Rejected(shown + " has " + std::to_string(identity.size) +
+                               " bytes in the tree, the signed size is " +
+                               std::to_string(entry->size())));
     }
     if (static_cast<int64_t>(file->st.st_mtim.tv_sec) != entry->mtime()) {
-      return fail(Status::Rejected(shown + " changed after the publisher scanned it (mtime " +
-                                   std::to_string(file->st.st_mtim.tv_sec) + " in the tree, " +
-                                   std::to_string(entry->mtime()) +
-                                   " signed); re-run the publisher"));
+      return (Status::Rejected(shown + " changed after the publisher scanned it (mtime " +
+                               std::to_string(file->st.st_mtim.tv_sec) + " in the tree, " +
+                               std::to_string(entry->mtime()) + " signed); re-run the publisher"));
     }
     PublishedVersion version{entry->sha256(), entry->path(), identity};
     if (retain && retained.insert(entry->sha256()).second) {
@@ -508,9 +536,8 @@ Status Broker::RecordFiles(const std::string& repo, const std::vector<const v1::
       if (!keep_existing) {
         std::string why_not;
         auto made = objects_->Retain(repo, entry->sha256(), *file, &why_not);
-        if (!made.ok()) return fail(made.status());
+        if (!made.ok()) return (made.status());
         if (*made) {
-          created->push_back(entry->sha256());
           versions->objects.push_back(StoredObject{entry->sha256(), **made});
           if ((*made)->kind == ObjectKind::kLink) {
             version.identity = (*made)->identity;  // the link moved the tree file's ctime
@@ -527,16 +554,11 @@ Status Broker::RecordFiles(const std::string& repo, const std::vector<const v1::
             l->set_ctime_after_ns((*made)->identity.ctime_ns);
           }
         } else if (!why_not.empty()) {
-          if (refused_links++ == 0) first_refusal = why_not;
+          if (tally->refused_links++ == 0) tally->first_refusal = why_not;
         }
       }
     }
     versions->published.push_back(std::move(version));
-  }
-  if (refused_links > 0) {
-    MC_LOG(warning) << "repo=" << repo << ": " << refused_links
-                    << " new versions could not be retained (first: " << first_refusal
-                    << "); they are served from the tree only while it holds them";
   }
   return Status::Ok();
 }

@@ -54,6 +54,11 @@ struct BrokerOptions {
   // without it. Subscribers trust it for heartbeats only.
   std::optional<std::filesystem::path> heartbeat_key;
   std::chrono::seconds heartbeat_interval{10};
+  // A publish checks and retains its new files this many at a time, and
+  // moves version rows to the state's staging tables once this many wait:
+  // memory stays bounded for a change of any size (tests set them small).
+  size_t record_batch_files = 8192;
+  size_t stage_version_rows = 32768;
 };
 
 class Broker {
@@ -75,12 +80,17 @@ class Broker {
   v1::ControlReply Dispatch(const v1::ControlRequest& request);
   v1::ControlReply HandlePublish(const v1::PublishRequest& request);
   // Checks that every file version the publish names anew is in the tree
-  // with its signed size and mtime, records its identity and retains it.
-  // Fills `versions` and `linked`; on failure removes the objects it made.
-  Status RecordFiles(const std::string& repo, const std::vector<const v1::FileEntry*>& files,
+  // with its signed size and mtime, records its identity and retains it
+  // (recorded as pending first). Appends to `versions` and `linked`; on
+  // failure the caller removes what the publish made.
+  struct RecordTally {
+    size_t refused_links = 0;  // versions that could not be retained
+    std::string first_refusal;
+  };
+  Status RecordFiles(const std::string& repo, const std::vector<v1::FileEntry>& files,
                      VersionChanges* versions,
                      google::protobuf::RepeatedPtrField<v1::LinkedFile>* linked,
-                     std::vector<std::string>* created);
+                     RecordTally* tally);
   void PruneVersions(const std::string& repo);
   v1::ControlReply HandleEvents(const v1::EventsRequest& request);
   v1::ControlReply HandleAck(const v1::AckRequest& request);

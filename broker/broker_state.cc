@@ -84,6 +84,16 @@ Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir
       PRIMARY KEY(repo, sha256)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS pending_objects(
       repo TEXT NOT NULL, sha256 BLOB NOT NULL, PRIMARY KEY(repo, sha256)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS staged_retired(
+      repo TEXT NOT NULL, sha256 BLOB NOT NULL, path TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS staged_versions(
+      repo TEXT NOT NULL, sha256 BLOB NOT NULL, path TEXT NOT NULL,
+      dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+      mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS staged_objects(
+      repo TEXT NOT NULL, sha256 BLOB NOT NULL, kind INTEGER NOT NULL,
+      dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
+      mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL);
   )sql"));
   MC_RETURN_IF_ERROR(db->Exec("PRAGMA user_version = " + std::to_string(kSchemaVersion)));
   std::unique_ptr<BrokerState> state(new BrokerState(state_dir, std::move(db)));
@@ -146,14 +156,107 @@ Status BrokerState::CommitEvent(const std::string& repo, const RepoHead& head,
   return Status::Ok();
 }
 
+Status BrokerState::StageVersions(const std::string& repo, const VersionChanges& batch) {
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  {
+    MC_ASSIGN_OR_RETURN(
+        Statement retired,
+        db_->Prepare("INSERT INTO staged_retired(repo, sha256, path) VALUES(?, ?, ?)"));
+    for (const auto& [path, sha256] : batch.retired) {
+      retired.Reset();
+      retired.Bind(1, repo).BindBlob(2, sha256).Bind(3, path);
+      MC_RETURN_IF_ERROR(retired.Run());
+    }
+    MC_ASSIGN_OR_RETURN(Statement published,
+                        db_->Prepare("INSERT INTO staged_versions(repo, sha256, path, dev, ino, "
+                                     "size, mtime_ns, ctime_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?)"));
+    for (const PublishedVersion& v : batch.published) {
+      published.Reset();
+      published.Bind(1, repo).BindBlob(2, v.sha256).Bind(3, v.path);
+      published.Bind(4, static_cast<int64_t>(v.identity.dev))
+          .Bind(5, static_cast<int64_t>(v.identity.ino));
+      published.Bind(6, static_cast<int64_t>(v.identity.size)).Bind(7, v.identity.mtime_ns);
+      published.Bind(8, v.identity.ctime_ns);
+      MC_RETURN_IF_ERROR(published.Run());
+    }
+    MC_ASSIGN_OR_RETURN(Statement objects,
+                        db_->Prepare("INSERT INTO staged_objects(repo, sha256, kind, dev, ino, "
+                                     "size, mtime_ns, ctime_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?)"));
+    for (const StoredObject& o : batch.objects) {
+      const FileIdentity& id = o.object.identity;
+      objects.Reset();
+      objects.Bind(1, repo).BindBlob(2, o.sha256).Bind(3, static_cast<int64_t>(o.object.kind));
+      objects.Bind(4, static_cast<int64_t>(id.dev)).Bind(5, static_cast<int64_t>(id.ino));
+      objects.Bind(6, static_cast<int64_t>(id.size)).Bind(7, id.mtime_ns).Bind(8, id.ctime_ns);
+      MC_RETURN_IF_ERROR(objects.Run());
+    }
+  }
+  return tx.Commit();
+}
+
+Status BrokerState::ClearStagedVersions(const std::string& repo) {
+  for (const char* table : {"staged_retired", "staged_versions", "staged_objects"}) {
+    if (repo.empty()) {
+      MC_RETURN_IF_ERROR(db_->Exec(std::string("DELETE FROM ") + table));
+      continue;
+    }
+    MC_ASSIGN_OR_RETURN(Statement st,
+                        db_->Prepare(std::string("DELETE FROM ") + table + " WHERE repo = ?"));
+    st.Bind(1, repo);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  return Status::Ok();
+}
+
+Status BrokerState::WriteStagedVersions(const std::string& repo, uint64_t serial) {
+  // In key order (SQLite sorts on disk): see WriteVersions.
+  MC_ASSIGN_OR_RETURN(
+      Statement published,
+      db_->Prepare("INSERT INTO versions(repo, sha256, path, dev, ino, size, mtime_ns, ctime_ns, "
+                   "published_serial, retired_serial) SELECT repo, sha256, path, dev, ino, size, "
+                   "mtime_ns, ctime_ns, ?2, NULL FROM staged_versions WHERE repo = ?1 "
+                   "ORDER BY sha256, path ON CONFLICT(repo, sha256, path) DO UPDATE SET "
+                   "dev=excluded.dev, ino=excluded.ino, size=excluded.size, "
+                   "mtime_ns=excluded.mtime_ns, ctime_ns=excluded.ctime_ns, "
+                   "published_serial=excluded.published_serial, retired_serial=NULL"));
+  published.Bind(1, repo).Bind(2, static_cast<int64_t>(serial));
+  MC_RETURN_IF_ERROR(published.Run());
+  // The same version staged twice (two paths, two batches): the later
+  // object is the one its file was last made from.
+  MC_ASSIGN_OR_RETURN(
+      Statement objects,
+      db_->Prepare("INSERT OR REPLACE INTO objects(repo, sha256, kind, dev, ino, size, mtime_ns, "
+                   "ctime_ns) SELECT repo, sha256, kind, dev, ino, size, mtime_ns, ctime_ns FROM "
+                   "staged_objects WHERE repo = ?1 ORDER BY sha256, rowid"));
+  objects.Bind(1, repo);
+  MC_RETURN_IF_ERROR(objects.Run());
+  return ClearStagedVersions(repo);
+}
+
 Status BrokerState::WriteVersions(const std::string& repo, uint64_t serial,
                                   const VersionChanges& versions) {
   // Retirements first: a version re-published at the same path in the same
-  // serial (a mode or mtime change) ends up current again below.
+  // serial (a mode or mtime change) ends up current again below. Staged
+  // rows (earlier in the publish) before the ones in memory.
+  MC_ASSIGN_OR_RETURN(Statement retire,
+                      db_->Prepare("UPDATE versions SET retired_serial = ? WHERE repo = ? AND "
+                                   "sha256 = ? AND path = ? AND retired_serial IS NULL"));
+  {
+    MC_ASSIGN_OR_RETURN(Statement staged,
+                        db_->Prepare("SELECT sha256, path FROM staged_retired WHERE repo = ? "
+                                     "ORDER BY sha256, path"));
+    staged.Bind(1, repo);
+    for (;;) {
+      MC_ASSIGN_OR_RETURN(bool row, staged.Step());
+      if (!row) break;
+      retire.Reset();
+      retire.Bind(1, static_cast<int64_t>(serial)).Bind(2, repo);
+      retire.BindBlob(3, staged.ColumnBlob(0)).Bind(4, staged.ColumnText(1));
+      MC_RETURN_IF_ERROR(retire.Run());
+    }
+  }
   if (!versions.retired.empty()) {
-    MC_ASSIGN_OR_RETURN(Statement retire,
-                        db_->Prepare("UPDATE versions SET retired_serial = ? WHERE repo = ? AND "
-                                     "sha256 = ? AND path = ? AND retired_serial IS NULL"));
     // In key order: a million rows written in random order thrash SQLite's
     // page cache (a 1 M-file first publish took minutes that way).
     std::vector<const std::pair<std::string, std::string>*> order;
@@ -169,6 +272,7 @@ Status BrokerState::WriteVersions(const std::string& repo, uint64_t serial,
       MC_RETURN_IF_ERROR(retire.Run());
     }
   }
+  MC_RETURN_IF_ERROR(WriteStagedVersions(repo, serial));
   if (!versions.published.empty()) {
     MC_ASSIGN_OR_RETURN(
         Statement put,
@@ -294,12 +398,14 @@ Status BrokerState::ClearPendingObjects(const std::string& repo) {
   return st.Run();
 }
 
-Result<std::vector<std::pair<std::string, std::string>>> BrokerState::UncommittedObjects() {
+Result<std::vector<std::pair<std::string, std::string>>> BrokerState::UncommittedObjects(
+    const std::string& repo) {
   std::vector<std::pair<std::string, std::string>> out;
   MC_ASSIGN_OR_RETURN(Statement st,
-                      db_->Prepare("SELECT p.repo, p.sha256 FROM pending_objects p WHERE NOT "
-                                   "EXISTS (SELECT 1 FROM objects o WHERE o.repo = p.repo AND "
-                                   "o.sha256 = p.sha256)"));
+                      db_->Prepare("SELECT p.repo, p.sha256 FROM pending_objects p WHERE "
+                                   "(?1 = '' OR p.repo = ?1) AND NOT EXISTS (SELECT 1 FROM "
+                                   "objects o WHERE o.repo = p.repo AND o.sha256 = p.sha256)"));
+  st.Bind(1, repo);
   for (;;) {
     MC_ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
@@ -491,6 +597,10 @@ Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
 
 Status BrokerState::TouchObjects(const std::string& repo, uint64_t serial,
                                  const std::vector<std::string>& ids) {
+  // One transaction: a publish names every chunk of its manifest (about one
+  // per thousand entries), and a commit per row is a disk sync per row.
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
   MC_ASSIGN_OR_RETURN(Statement st,
                       db_->Prepare("INSERT INTO manifest_objects(repo, id, last_serial) "
                                    "VALUES(?, ?, ?) ON CONFLICT(repo, id) DO UPDATE SET "
@@ -500,7 +610,7 @@ Status BrokerState::TouchObjects(const std::string& repo, uint64_t serial,
     st.Bind(1, repo).BindBlob(2, id).Bind(3, static_cast<int64_t>(serial));
     MC_RETURN_IF_ERROR(st.Run());
   }
-  return Status::Ok();
+  return tx.Commit();
 }
 
 Status BrokerState::Prune(const std::string& repo, uint64_t keep_events, uint64_t keep_manifests) {
@@ -530,19 +640,29 @@ Status BrokerState::Prune(const std::string& repo, uint64_t keep_events, uint64_
     }
   }
   if (stale.empty()) return Status::Ok();
-  MC_ASSIGN_OR_RETURN(Statement drop,
-                      db_->Prepare("DELETE FROM manifest_objects WHERE repo = ? AND id = ?"));
-  MC_ASSIGN_OR_RETURN(Statement other,
-                      db_->Prepare("SELECT 1 FROM manifest_objects WHERE id = ? LIMIT 1"));
-  for (const auto& id : stale) {
-    drop.Reset();
-    drop.Bind(1, repo).BindBlob(2, id);
-    MC_RETURN_IF_ERROR(drop.Run());
-    other.Reset();
-    other.BindBlob(1, id);
-    MC_ASSIGN_OR_RETURN(bool used, other.Step());
-    other.Reset();
-    if (used) continue;
+  // The rows go in one transaction; the files only after it commits, so a
+  // row never names a file that is gone.
+  std::vector<std::string> unused;
+  {
+    Transaction tx(*db_);
+    MC_RETURN_IF_ERROR(tx.status());
+    MC_ASSIGN_OR_RETURN(Statement drop,
+                        db_->Prepare("DELETE FROM manifest_objects WHERE repo = ? AND id = ?"));
+    MC_ASSIGN_OR_RETURN(Statement other,
+                        db_->Prepare("SELECT 1 FROM manifest_objects WHERE id = ? LIMIT 1"));
+    for (const auto& id : stale) {
+      drop.Reset();
+      drop.Bind(1, repo).BindBlob(2, id);
+      MC_RETURN_IF_ERROR(drop.Run());
+      other.Reset();
+      other.BindBlob(1, id);
+      MC_ASSIGN_OR_RETURN(bool used, other.Step());
+      other.Reset();
+      if (!used) unused.push_back(id);
+    }
+    MC_RETURN_IF_ERROR(tx.Commit());
+  }
+  for (const auto& id : unused) {
     if (Status s = objects_.Remove(id); !s.ok()) {
       MC_LOG(warning) << "cannot remove an old manifest object: " << s.ToString();
     }

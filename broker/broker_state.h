@@ -99,6 +99,15 @@ class BrokerState {
   Status CommitEvent(const std::string& repo, const RepoHead& head, const std::string& envelope,
                      int64_t now_unix, const VersionChanges& versions = {});
 
+  // A large publish hands its version changes over in batches as it goes,
+  // so that memory stays bounded: each batch is written to staging tables
+  // (one transaction), and CommitEvent moves every staged row of the repo
+  // into place together with its own `versions`, in key order, staged rows
+  // first. Staged rows of a publish that never committed are dropped with
+  // ClearStagedVersions (at start-up, and when a publish fails).
+  Status StageVersions(const std::string& repo, const VersionChanges& batch);
+  Status ClearStagedVersions(const std::string& repo);  // "": of every repo
+
   // The retained object of a version, when there is one.
   Result<std::optional<RetainedObject>> ObjectOf(const std::string& repo,
                                                  const std::string& sha256);
@@ -109,7 +118,9 @@ class BrokerState {
   Status ClearPendingObjects(const std::string& repo);  // "": of every repo
   // Pending objects of a publish that never committed: (repo, sha256) with no
   // row in the objects table. Their files are the caller's to remove.
-  Result<std::vector<std::pair<std::string, std::string>>> UncommittedObjects();
+  // With a repo, only that repo's.
+  Result<std::vector<std::pair<std::string, std::string>>> UncommittedObjects(
+      const std::string& repo = "");
 
   // Versions whose every row was retired `keep_versions` or more serials
   // before the head and that have an object: the objects PruneVersions will
@@ -135,6 +146,7 @@ class BrokerState {
   Status Load();
 
   Status WriteVersions(const std::string& repo, uint64_t serial, const VersionChanges& versions);
+  Status WriteStagedVersions(const std::string& repo, uint64_t serial);
 
   std::filesystem::path dir_;
   std::unique_ptr<Database> db_;

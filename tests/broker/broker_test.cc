@@ -763,6 +763,65 @@ TEST_F(BrokerTest, PublishIsRefusedUnlessEveryNewFileIsInTheTreeAsSigned) {
   EXPECT_EQ(Got(Fetch("a-ok.rpm", "fine")), "fine");
 }
 
+// A large publish records its files in batches and stages their version
+// rows as it goes; what lands must be what one batch would have written, and
+// a refusal after some batches were staged must leave nothing behind.
+TEST_F(BrokerTest, PublishRecordedInBatchesLandsWholeOrNotAtAll) {
+  options_.keep_versions = 2;
+  options_.record_batch_files = 3;
+  options_.stage_version_rows = 4;
+  Restart();
+  Manifest s1(kRepo, 1);
+  for (int i = 0; i < 20; ++i) {
+    // Every fifth file has the bytes of file 0: the same version in several batches.
+    const std::string bytes = i % 5 == 0 ? "shared" : "file " + std::to_string(i);
+    s1.Put(PutFile("f" + std::to_string(100 + i) + ".rpm", bytes));
+  }
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), s1).ok());
+  EXPECT_EQ(ObjectFiles(), 17u);  // 16 distinct contents + "shared" once
+  for (int i = 0; i < 20; ++i) {
+    const std::string bytes = i % 5 == 0 ? "shared" : "file " + std::to_string(i);
+    EXPECT_EQ(Got(Fetch("f" + std::to_string(100 + i) + ".rpm", bytes)), bytes) << i;
+  }
+
+  // Ten replaced and five deleted: retirements are staged too.
+  Manifest s2 = s1;
+  s2.set_serial(2);
+  for (int i = 1; i <= 10; ++i) {
+    if (i % 5 == 0) continue;
+    s2.Put(PutFile("f" + std::to_string(100 + i) + ".rpm", "new " + std::to_string(i)));
+  }
+  for (int i = 11; i <= 15; ++i) {
+    s2.Erase("f" + std::to_string(100 + i) + ".rpm");
+    fs::remove(dir_ / "tree/main" / ("f" + std::to_string(100 + i) + ".rpm"));
+  }
+  ASSERT_TRUE(Publish(s1, s2).ok());
+  EXPECT_EQ(Got(Fetch("f101.rpm", "file 1")), "file 1");  // superseded, retained
+  EXPECT_EQ(Got(Fetch("f101.rpm", "new 1")), "new 1");
+  EXPECT_EQ(Got(Fetch("f112.rpm", "file 12")), "file 12");  // deleted, retained
+  EXPECT_EQ(Got(Fetch("f115.rpm", "shared")), "shared");    // still named at f100.rpm
+
+  // A publish refused at its last file, after several batches were staged.
+  const size_t objects_before = ObjectFiles();
+  Manifest bad = s2;
+  bad.set_serial(3);
+  for (int i = 0; i < 12; ++i)
+    bad.Put(PutFile("g" + std::to_string(100 + i) + ".rpm", "g" + std::to_string(i)));
+  bad.Put(FileEntryOf("zz-missing.rpm", "never written"));
+  ExpectRefused(Publish(s2, bad), "zz-missing.rpm is not in the tree as signed", 2);
+  EXPECT_EQ(ObjectFiles(), objects_before);
+  EXPECT_FALSE(Fetch("g100.rpm", "g0").ok());
+
+  // Nothing staged by the refused publish leaks into the next one.
+  Manifest s3 = s2;
+  s3.set_serial(3);
+  s3.Put(FileEntryOf("g100.rpm", "g0"));
+  ASSERT_TRUE(Publish(s2, s3).ok());
+  EXPECT_EQ(Got(Fetch("g100.rpm", "g0")), "g0");
+  EXPECT_FALSE(Fetch("g101.rpm", "g1").ok());
+  EXPECT_EQ(ObjectFiles(), objects_before + 1);
+}
+
 TEST_F(BrokerTest, HostileContentRequestsGetAClearEscapedRefusal) {
   ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
   zmq::socket_t dealer(context_, zmq::socket_type::dealer);
