@@ -506,23 +506,23 @@ Status Broker::RecordFiles(const std::string& repo, const std::vector<v1::FileEn
   TreeDirCache dirs;               // files come in path order: siblings share a walk
   for (const v1::FileEntry& e : files) {
     const v1::FileEntry* entry = &e;
-    const std::string shown = EscapeForLog(entry->path());
+    auto shown = [entry] { return EscapeForLog(entry->path()); };  // for refusals only
     // The same open and stat serve the check, the identity and the link.
     auto file = OpenInTree(options_.tree_root, repo, entry->path(), &dirs);
     if (!file.ok()) {
-      return (
-          Status::Rejected(shown + " is not in the tree as signed: " + file.status().message()));
+      return Status::Rejected(shown() +
+                              " is not in the tree as signed: " + file.status().message());
     }
     const FileIdentity identity = IdentityOf(file->st);
     if (identity.size != entry->size()) {
-      return (Status::Rejected(shown + " has " + std::to_string(identity.size) +
-                               " bytes in the tree, the signed size is " +
-                               std::to_string(entry->size())));
+      return Status::Rejected(shown() + " has " + std::to_string(identity.size) +
+                              " bytes in the tree, the signed size is " +
+                              std::to_string(entry->size()));
     }
     if (static_cast<int64_t>(file->st.st_mtim.tv_sec) != entry->mtime()) {
-      return (Status::Rejected(shown + " changed after the publisher scanned it (mtime " +
-                               std::to_string(file->st.st_mtim.tv_sec) + " in the tree, " +
-                               std::to_string(entry->mtime()) + " signed); re-run the publisher"));
+      return Status::Rejected(shown() + " changed after the publisher scanned it (mtime " +
+                              std::to_string(file->st.st_mtim.tv_sec) + " in the tree, " +
+                              std::to_string(entry->mtime()) + " signed); re-run the publisher");
     }
     PublishedVersion version{entry->sha256(), entry->path(), identity};
     if (retain && retained.insert(entry->sha256()).second) {
@@ -536,7 +536,7 @@ Status Broker::RecordFiles(const std::string& repo, const std::vector<v1::FileEn
       if (!keep_existing) {
         std::string why_not;
         auto made = objects_->Retain(repo, entry->sha256(), *file, &why_not);
-        if (!made.ok()) return (made.status());
+        if (!made.ok()) return made.status();
         if (*made) {
           versions->objects.push_back(StoredObject{entry->sha256(), **made});
           if ((*made)->kind == ObjectKind::kLink) {

@@ -48,16 +48,32 @@ Result<std::optional<RetainedObject>> ObjectStore::Retain(std::string_view repo,
   const UniqueFd& dir = cached->second;
   const std::string name = path.filename().string();
   const std::string tmp = "." + name + ".tmp";
-  if (::unlinkat(dir.get(), tmp.c_str(), 0) != 0 && errno != ENOENT) {
-    return Status::FromErrno("remove " + tmp, errno);
+  auto clear_tmp = [&]() -> Status {
+    if (::unlinkat(dir.get(), tmp.c_str(), 0) != 0 && errno != ENOENT) {
+      return Status::FromErrno("remove " + tmp, errno);
+    }
+    return Status::Ok();
+  };
+  if (mode == Mode::kClone) {
+    MC_RETURN_IF_ERROR(clear_tmp());
+    return Clone(dir.get(), tmp, name, source, path);
   }
-  if (mode == Mode::kClone) return Clone(dir.get(), tmp, name, source, path);
 
   // By directory and name, never following a symlink (flags 0): the
-  // directory is the one OpenInTree walked to without following any.
-  if (::linkat(source.parent.get(), source.name.c_str(), dir.get(), tmp.c_str(), 0) != 0) {
+  // directory is the one OpenInTree walked to without following any. A new
+  // object is linked under its name at once (a first publish makes a
+  // million); one that exists is replaced through a temporary name.
+  const char* made = name.c_str();
+  int linked_ok = ::linkat(source.parent.get(), source.name.c_str(), dir.get(), made, 0);
+  if (linked_ok != 0 && errno == EEXIST) {
+    MC_RETURN_IF_ERROR(clear_tmp());
+    made = tmp.c_str();
+    linked_ok = ::linkat(source.parent.get(), source.name.c_str(), dir.get(), made, 0);
+  }
+  if (linked_ok != 0) {
     const int err = errno;
     if (err == EXDEV) {
+      MC_RETURN_IF_ERROR(clear_tmp());
       auto cloned = Clone(dir.get(), tmp, name, source, path);
       if (cloned.ok() && cloned->has_value()) {
         mode_by_device_[device] = Mode::kClone;
@@ -73,12 +89,12 @@ Result<std::optional<RetainedObject>> ObjectStore::Retain(std::string_view repo,
   // The name may have been replaced between OpenInTree and linkat: the link
   // must be the inode that was checked, or nothing.
   struct stat linked {};
-  if (::fstatat(dir.get(), tmp.c_str(), &linked, AT_SYMLINK_NOFOLLOW) != 0 ||
+  if (::fstatat(dir.get(), made, &linked, AT_SYMLINK_NOFOLLOW) != 0 ||
       linked.st_ino != source.st.st_ino || linked.st_dev != source.st.st_dev) {
-    ::unlinkat(dir.get(), tmp.c_str(), 0);
+    ::unlinkat(dir.get(), made, 0);
     return Status::Rejected(source.name + " was replaced while the broker was recording it");
   }
-  if (::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) {
+  if (made == tmp.c_str() && ::renameat(dir.get(), tmp.c_str(), dir.get(), name.c_str()) != 0) {
     const int err = errno;
     ::unlinkat(dir.get(), tmp.c_str(), 0);
     return Status::FromErrno("rename into " + path.string(), err);
