@@ -23,7 +23,6 @@ namespace fs = std::filesystem;
 using Millis = std::chrono::milliseconds;
 
 // LinkedFile entries a PublishReply carries at most (about 60 bytes each).
-constexpr int kMaxLinkedInReply = 250000;
 
 namespace {
 
@@ -57,6 +56,15 @@ bool PrintableId(const std::string& id) {
   return true;
 }
 
+}  // namespace
+
+namespace {
+// Linked files in one control reply: at most this many, and paths of at
+// most kLinkedPathBytesPerReply in all, well inside kMaxControlMessageBytes.
+size_t LinkedPerReply(const BrokerOptions& options) {
+  return std::clamp<size_t>(options.linked_per_reply, 1, 250000);
+}
+constexpr size_t kLinkedPathBytesPerReply = 16u << 20;
 }  // namespace
 
 Broker::Broker(BrokerOptions options)
@@ -264,6 +272,8 @@ v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request) {
       return HandleAck(request.ack());
     case v1::ControlRequest::kStatus:
       return HandleStatus();
+    case v1::ControlRequest::kLinked:
+      return HandleLinked(request.linked());
     case v1::ControlRequest::kPutObjects:
       return HandlePutObjects(request.put_objects());
     default:
@@ -397,8 +407,9 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
       retained_count += versions.objects.size() - objects_before;
       new_files.clear();
     }
-    if (versions.published.size() + versions.retired.size() >= stage_rows) {
-      recorded = state_->StageVersions(repo, versions).WithContext("broker state");
+    if (versions.published.size() + versions.retired.size() + versions.linked.size() >=
+        stage_rows) {
+      recorded = state_->StageVersions(repo, event.serial(), versions).WithContext("broker state");
       if (!recorded.ok()) return recorded;
       staged = true;
       versions = VersionChanges();
@@ -488,6 +499,24 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   }
   PruneVersions(repo);
   reply.mutable_publish()->set_serial(event.serial());
+  reply.mutable_publish()->set_linked_more(tally.linked_more);
+  return reply;
+}
+
+v1::ControlReply Broker::HandleLinked(const v1::LinkedRequest& request) {
+  if (Status s = ValidateRepoName(request.repo()); !s.ok()) return Fail(s.message());
+  if (request.after_path().size() > kMaxPathBytes) return Fail("refused: after_path is too long");
+  bool more = false;
+  auto page = state_->LinkedPage(request.repo(), request.serial(), request.after_path(),
+                                 LinkedPerReply(options_), kLinkedPathBytesPerReply, &more);
+  if (!page.ok()) {
+    MC_LOG(warning) << "linked files of " << request.repo() << ": " << page.status().ToString();
+    return Fail("broker could not read the linked files: " + page.status().message());
+  }
+  v1::ControlReply reply = Ok();
+  v1::LinkedReply* out = reply.mutable_linked();
+  for (v1::LinkedFile& f : *page) *out->add_linked() = std::move(f);
+  out->set_more(more);
   return reply;
 }
 
@@ -542,10 +571,19 @@ Status Broker::RecordFiles(const std::string& repo, const std::vector<v1::FileEn
           if ((*made)->kind == ObjectKind::kLink) {
             version.identity = (*made)->identity;  // the link moved the tree file's ctime
           }
-          // The reply must fit one control message: past the cap the
-          // publisher re-hashes the rest once on its next full scan.
-          if ((*made)->kind == ObjectKind::kLink && linked->size() < kMaxLinkedInReply) {
-            v1::LinkedFile* l = linked->Add();
+          // The reply must fit one control message: past the cap the links
+          // are kept for the publisher to page through.
+          if ((*made)->kind == ObjectKind::kLink) {
+            v1::LinkedFile* l = nullptr;
+            if (!tally->linked_more &&
+                static_cast<size_t>(linked->size()) < LinkedPerReply(options_) &&
+                tally->linked_path_bytes + entry->path().size() <= kLinkedPathBytesPerReply) {
+              tally->linked_path_bytes += entry->path().size();
+              l = linked->Add();
+            } else {
+              l = &versions->linked.emplace_back();
+              tally->linked_more = true;
+            }
             l->set_path(entry->path());
             l->set_inode(identity.ino);
             l->set_size(identity.size);

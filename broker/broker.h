@@ -59,6 +59,8 @@ struct BrokerOptions {
   // memory stays bounded for a change of any size (tests set them small).
   size_t record_batch_files = 8192;
   size_t stage_version_rows = 32768;
+  // Linked files per control reply (the publish reply, then each page).
+  size_t linked_per_reply = 250000;
 };
 
 class Broker {
@@ -86,11 +88,14 @@ class Broker {
   struct RecordTally {
     size_t refused_links = 0;  // versions that could not be retained
     std::string first_refusal;
+    bool linked_more = false;      // links past the reply's cap were kept for paging
+    size_t linked_path_bytes = 0;  // of the links in the reply
   };
   Status RecordFiles(const std::string& repo, const std::vector<v1::FileEntry>& files,
                      VersionChanges* versions,
                      google::protobuf::RepeatedPtrField<v1::LinkedFile>* linked,
                      RecordTally* tally);
+  v1::ControlReply HandleLinked(const v1::LinkedRequest& request);
   void PruneVersions(const std::string& repo);
   v1::ControlReply HandleEvents(const v1::EventsRequest& request);
   v1::ControlReply HandleAck(const v1::AckRequest& request);

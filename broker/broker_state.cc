@@ -90,6 +90,11 @@ Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir
       repo TEXT NOT NULL, sha256 BLOB NOT NULL, path TEXT NOT NULL,
       dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
       mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS linked_files(
+      repo TEXT NOT NULL, path TEXT NOT NULL, serial INTEGER NOT NULL,
+      inode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+      ctime_before_ns INTEGER NOT NULL, ctime_after_ns INTEGER NOT NULL,
+      PRIMARY KEY(repo, serial, path)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS staged_objects(
       repo TEXT NOT NULL, sha256 BLOB NOT NULL, kind INTEGER NOT NULL,
       dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,
@@ -146,6 +151,11 @@ Status BrokerState::CommitEvent(const std::string& repo, const RepoHead& head,
     up.Bind(4, static_cast<int64_t>(head.manifest_entries)).Bind(5, now_unix);
     MC_RETURN_IF_ERROR(up.Run());
     MC_RETURN_IF_ERROR(WriteVersions(repo, head.serial, versions));
+    MC_RETURN_IF_ERROR(WriteLinked(repo, head.serial, versions.linked));
+    MC_ASSIGN_OR_RETURN(Statement old_links,
+                        db_->Prepare("DELETE FROM linked_files WHERE repo = ? AND serial < ?"));
+    old_links.Bind(1, repo).Bind(2, static_cast<int64_t>(head.serial));
+    MC_RETURN_IF_ERROR(old_links.Run());
     MC_ASSIGN_OR_RETURN(Statement clear,
                         db_->Prepare("DELETE FROM pending_objects WHERE repo = ?"));
     clear.Bind(1, repo);
@@ -156,9 +166,64 @@ Status BrokerState::CommitEvent(const std::string& repo, const RepoHead& head,
   return Status::Ok();
 }
 
-Status BrokerState::StageVersions(const std::string& repo, const VersionChanges& batch) {
+Status BrokerState::WriteLinked(const std::string& repo, uint64_t serial,
+                                const std::vector<v1::LinkedFile>& linked) {
+  if (linked.empty()) return Status::Ok();
+  MC_ASSIGN_OR_RETURN(Statement put,
+                      db_->Prepare("INSERT OR REPLACE INTO linked_files(repo, path, serial, inode, "
+                                   "size, mtime_ns, ctime_before_ns, ctime_after_ns) "
+                                   "VALUES(?, ?, ?, ?, ?, ?, ?, ?)"));
+  for (const v1::LinkedFile& f : linked) {
+    put.Reset();
+    put.Bind(1, repo).Bind(2, f.path()).Bind(3, static_cast<int64_t>(serial));
+    put.Bind(4, static_cast<int64_t>(f.inode())).Bind(5, static_cast<int64_t>(f.size()));
+    put.Bind(6, f.mtime_ns()).Bind(7, f.ctime_before_ns()).Bind(8, f.ctime_after_ns());
+    MC_RETURN_IF_ERROR(put.Run());
+  }
+  return Status::Ok();
+}
+
+Result<std::vector<v1::LinkedFile>> BrokerState::LinkedPage(const std::string& repo,
+                                                            uint64_t serial,
+                                                            const std::string& after_path,
+                                                            size_t max, size_t max_path_bytes,
+                                                            bool* more) {
+  std::vector<v1::LinkedFile> out;
+  size_t path_bytes = 0;
+  *more = false;
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT path, inode, size, mtime_ns, ctime_before_ns, "
+                                   "ctime_after_ns FROM linked_files WHERE repo = ? AND serial = ? "
+                                   "AND path > ? ORDER BY path LIMIT ?"));
+  st.Bind(1, repo).Bind(2, static_cast<int64_t>(serial)).Bind(3, after_path);
+  st.Bind(4, static_cast<int64_t>(max) + 1);
+  for (;;) {
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    std::string path = st.ColumnText(0);
+    if (out.size() == max || (!out.empty() && path_bytes + path.size() > max_path_bytes)) {
+      *more = true;
+      break;
+    }
+    path_bytes += path.size();
+    v1::LinkedFile& f = out.emplace_back();
+    f.set_path(std::move(path));
+    f.set_inode(static_cast<uint64_t>(st.ColumnInt(1)));
+    f.set_size(static_cast<uint64_t>(st.ColumnInt(2)));
+    f.set_mtime_ns(st.ColumnInt(3));
+    f.set_ctime_before_ns(st.ColumnInt(4));
+    f.set_ctime_after_ns(st.ColumnInt(5));
+  }
+  return out;
+}
+
+Status BrokerState::StageVersions(const std::string& repo, uint64_t serial,
+                                  const VersionChanges& batch) {
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
+  // Written in place (advisory, keyed by the serial): a publish that never
+  // commits has its rows dropped with the staged ones.
+  MC_RETURN_IF_ERROR(WriteLinked(repo, serial, batch.linked));
   {
     MC_ASSIGN_OR_RETURN(
         Statement retired,
@@ -196,6 +261,18 @@ Status BrokerState::StageVersions(const std::string& repo, const VersionChanges&
 }
 
 Status BrokerState::ClearStagedVersions(const std::string& repo) {
+  // Linked rows of a serial that never became the head.
+  if (repo.empty()) {
+    MC_RETURN_IF_ERROR(db_->Exec(
+        "DELETE FROM linked_files WHERE serial > (SELECT coalesce(max(r.serial), 0) FROM repos r "
+        "WHERE r.repo = linked_files.repo)"));
+  } else {
+    MC_ASSIGN_OR_RETURN(
+        Statement st, db_->Prepare("DELETE FROM linked_files WHERE repo = ?1 AND serial > "
+                                   "(SELECT coalesce(max(serial), 0) FROM repos WHERE repo = ?1)"));
+    st.Bind(1, repo);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
   for (const char* table : {"staged_retired", "staged_versions", "staged_objects"}) {
     if (repo.empty()) {
       MC_RETURN_IF_ERROR(db_->Exec(std::string("DELETE FROM ") + table));

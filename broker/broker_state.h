@@ -59,6 +59,9 @@ struct VersionChanges {
   std::vector<PublishedVersion> published;
   // Objects made (or replaced) for this publish.
   std::vector<StoredObject> objects;
+  // Links past what the publish reply carries: kept until the repo's next
+  // publish, for the publisher to page through (LinkedPage).
+  std::vector<v1::LinkedFile> linked;
 };
 
 // Where a version can be served from, as recorded.
@@ -105,8 +108,15 @@ class BrokerState {
   // into place together with its own `versions`, in key order, staged rows
   // first. Staged rows of a publish that never committed are dropped with
   // ClearStagedVersions (at start-up, and when a publish fails).
-  Status StageVersions(const std::string& repo, const VersionChanges& batch);
+  Status StageVersions(const std::string& repo, uint64_t serial, const VersionChanges& batch);
   Status ClearStagedVersions(const std::string& repo);  // "": of every repo
+
+  // Linked files of `serial` kept past the publish reply, after `after_path`
+  // in path order: at most `max`, and paths of at most `max_path_bytes` in
+  // all (at least one); `more` when others follow.
+  Result<std::vector<v1::LinkedFile>> LinkedPage(const std::string& repo, uint64_t serial,
+                                                 const std::string& after_path, size_t max,
+                                                 size_t max_path_bytes, bool* more);
 
   // The retained object of a version, when there is one.
   Result<std::optional<RetainedObject>> ObjectOf(const std::string& repo,
@@ -147,6 +157,8 @@ class BrokerState {
 
   Status WriteVersions(const std::string& repo, uint64_t serial, const VersionChanges& versions);
   Status WriteStagedVersions(const std::string& repo, uint64_t serial);
+  Status WriteLinked(const std::string& repo, uint64_t serial,
+                     const std::vector<v1::LinkedFile>& linked);
 
   std::filesystem::path dir_;
   std::unique_ptr<Database> db_;

@@ -302,8 +302,10 @@ Status UploadManifest(const PublisherOptions& options, ControlClient& control,
 // which moves their ctime (a link changes the inode), and the hash cache keys
 // on ctime: without this the next scan would hash every one of them again.
 // An entry moves only when it is exactly what the broker saw before its
-// link, so a file changed meanwhile is still re-hashed.
-void FollowBrokerLinks(const PublisherOptions& options, const v1::PublishReply& reply) {
+// link, so a file changed meanwhile is still re-hashed. Links past what the
+// reply carries (a first publish of millions of files) come in pages.
+void FollowBrokerLinks(const PublisherOptions& options, ControlClient& control, uint64_t serial,
+                       const v1::PublishReply& reply) {
   if (reply.linked_size() == 0) return;
   Result<std::unique_ptr<HashCache>> cache = HashCache::Open(HashCachePath(options));
   if (!cache.ok() || !(*cache)->Begin().ok()) {
@@ -321,18 +323,42 @@ void FollowBrokerLinks(const PublisherOptions& options, const v1::PublishReply& 
     st.st_ctim.tv_nsec = static_cast<long>(ctime_ns % 1000000000);
     return st;
   };
-  size_t moved = 0;
-  for (const v1::LinkedFile& f : reply.linked()) {
-    std::optional<std::string> sha = (*cache)->Lookup(f.path(), stat_of(f, f.ctime_before_ns()));
-    if (!sha) continue;
-    if ((*cache)->Store(f.path(), stat_of(f, f.ctime_after_ns()), *sha).ok()) ++moved;
+  size_t moved = 0, seen = 0;
+  std::string last_path;
+  auto follow = [&](const google::protobuf::RepeatedPtrField<v1::LinkedFile>& linked) {
+    for (const v1::LinkedFile& f : linked) {
+      ++seen;
+      std::optional<std::string> sha = (*cache)->Lookup(f.path(), stat_of(f, f.ctime_before_ns()));
+      if (sha && (*cache)->Store(f.path(), stat_of(f, f.ctime_after_ns()), *sha).ok()) ++moved;
+    }
+    if (!linked.empty()) last_path = linked.rbegin()->path();
+  };
+  follow(reply.linked());
+  // Each page starts after the last path received, so the loop ends: paths
+  // only grow. The bound is for a broker that says "more" forever.
+  bool more = reply.linked_more();
+  for (int pages = 0; more && pages < 1000; ++pages) {
+    v1::ControlRequest request;
+    v1::LinkedRequest& page = *request.mutable_linked();
+    page.set_repo(options.repo);
+    page.set_serial(serial);
+    page.set_after_path(last_path);
+    Result<v1::ControlReply> got = control.Call(std::move(request), options.timeout);
+    if (!got.ok() || !got->has_linked()) {
+      MC_LOG(warning) << "cannot read the rest of the broker's links ("
+                      << (got.ok() ? "no linked files in the reply" : got.status().ToString())
+                      << "); the next full scan re-hashes the files not followed";
+      break;
+    }
+    const std::string before = last_path;
+    follow(got->linked().linked());
+    more = got->linked().more() && last_path > before;
   }
   if (!(*cache)->Commit().ok()) {
     MC_LOG(warning) << "cannot update the hash cache after the broker's links";
     return;
   }
-  MC_LOG(debug) << "hash cache follows " << moved << " of " << reply.linked_size()
-                << " files the broker linked";
+  MC_LOG(debug) << "hash cache follows " << moved << " of " << seen << " files the broker linked";
 }
 
 struct ScanResult {
@@ -551,7 +577,7 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   outcome.published = true;
   outcome.serial = serial;
   MC_LOG(info) << "published repo=" << options.repo << " serial=" << serial;
-  FollowBrokerLinks(options, reply->publish());
+  FollowBrokerLinks(options, control, serial, reply->publish());
 
   if (Status s = state.Save(serial, next_index, fresh); !s.ok()) {
     // The broker has it; the next run fetches it back from there.

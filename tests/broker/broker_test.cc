@@ -822,6 +822,60 @@ TEST_F(BrokerTest, PublishRecordedInBatchesLandsWholeOrNotAtAll) {
   EXPECT_EQ(ObjectFiles(), objects_before + 1);
 }
 
+// Links past what one publish reply carries are kept for the publisher to
+// page through, in path order, until the repo's next publish.
+TEST_F(BrokerTest, LinkedFilesPastTheReplyComeInPages) {
+  options_.linked_per_reply = 2;
+  options_.stage_version_rows = 3;  // some of them staged on the way
+  options_.record_batch_files = 2;
+  Restart();
+  Manifest s1(kRepo, 1);
+  for (int i = 0; i < 5; ++i) s1.Put(PutFile("p" + std::to_string(i) + ".rpm", std::to_string(i)));
+  auto reply = Publish(Manifest(kRepo, 0), s1);
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  ASSERT_EQ(reply->publish().linked_size(), 2);
+  EXPECT_EQ(reply->publish().linked(1).path(), "p1.rpm");
+  EXPECT_TRUE(reply->publish().linked_more());
+
+  auto page = [&](uint64_t serial, const std::string& after) {
+    ControlClient control(context_, Control());
+    v1::ControlRequest request;
+    request.mutable_linked()->set_repo(kRepo);
+    request.mutable_linked()->set_serial(serial);
+    request.mutable_linked()->set_after_path(after);
+    return control.Call(std::move(request), kTimeout);
+  };
+  std::vector<std::string> paths;
+  std::string after = "p1.rpm";
+  for (int pages = 0; pages < 5; ++pages) {
+    auto got = page(1, after);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    for (const auto& f : got->linked().linked()) {
+      paths.push_back(f.path());
+      struct stat st {};
+      ASSERT_EQ(::stat((dir_ / "tree/main" / f.path()).c_str(), &st), 0);
+      EXPECT_EQ(f.inode(), st.st_ino);
+      EXPECT_EQ(f.ctime_after_ns(), st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec);
+    }
+    if (!got->linked().more()) break;
+    after = paths.back();
+  }
+  EXPECT_EQ(paths, (std::vector<std::string>{"p2.rpm", "p3.rpm", "p4.rpm"}));
+  auto other_serial = page(7, "");
+  ASSERT_TRUE(other_serial.ok());
+  EXPECT_EQ(other_serial->linked().linked_size(), 0);
+
+  // The next publish drops them.
+  Manifest s2 = s1;
+  s2.set_serial(2);
+  s2.Put(PutFile("q.rpm", "q"));
+  ASSERT_TRUE(Publish(s1, s2).ok());
+  auto gone = page(1, "");
+  ASSERT_TRUE(gone.ok());
+  EXPECT_EQ(gone->linked().linked_size(), 0);
+  EXPECT_FALSE(gone->linked().more());
+}
+
 TEST_F(BrokerTest, HostileContentRequestsGetAClearEscapedRefusal) {
   ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
   zmq::socket_t dealer(context_, zmq::socket_type::dealer);

@@ -113,6 +113,7 @@ class PublishTest : public ::testing::Test {
     broker.trust = {dir_ / "publisher.pub"};
     broker.broker_id = "test-broker";
     broker.content_workers = 1;
+    broker.linked_per_reply = linked_per_reply_;
     broker_ = std::make_unique<Broker>(broker);
     Status started = broker_->Start();
     ASSERT_TRUE(started.ok()) << started.ToString();
@@ -194,6 +195,7 @@ class PublishTest : public ::testing::Test {
   TempDir dir_{"mirrorcast-publisher"};
   zmq::context_t context_;
   std::unique_ptr<Broker> broker_;
+  size_t linked_per_reply_ = 250000;  // the broker's default
 };
 
 TEST_F(PublishTest, FirstPublishIsSerialOneAndARerunSendsNothing) {
@@ -255,6 +257,21 @@ TEST_F(PublishTest, HashCacheFollowsTheFilesTheBrokerLinked) {
   auto after_chmod = Run();
   ASSERT_TRUE(after_chmod.ok()) << after_chmod.status().ToString();
   EXPECT_EQ(after_chmod->scan.files_hashed, 1u);
+}
+
+// The same when the links do not fit the publish reply and come in pages.
+class PublishPagedLinksTest : public PublishTest {
+ protected:
+  PublishPagedLinksTest() { linked_per_reply_ = 1; }
+};
+
+TEST_F(PublishPagedLinksTest, HashCacheFollowsLinksPastThePublishReply) {
+  ASSERT_NO_FATAL_FAILURE(PublishFirst());
+  auto rerun = Run();
+  ASSERT_TRUE(rerun.ok()) << rerun.status().ToString();
+  EXPECT_FALSE(rerun->published);
+  EXPECT_EQ(rerun->scan.files_hashed, 0u);
+  EXPECT_EQ(rerun->scan.cache_hits, 3u);
 }
 
 TEST_F(PublishTest, ModificationPublishesTheNextSerial) {
