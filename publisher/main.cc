@@ -26,7 +26,11 @@ const ProgramInfo kInfo{
     "Prints 'scan: entries=N hashed_files=H hashed_bytes=B cache_hits=C', then "
     "'published repo=R serial=N changes=K (...)' or 'nothing changed: repo=R stays at serial "
     "N'.\n"
-    "Exit codes: 0 published or nothing to do; 1 publish failed or refused by the broker; "
+    "A publish that would delete more than --max-delete-percent of the repo's entries, or "
+    "leave it empty, is refused unless --force: a wrong --tree or an unmounted volume would "
+    "otherwise empty every mirror within seconds.\n"
+    "Exit codes: 0 published or nothing to do; 1 publish failed, refused by the broker or by "
+    "the deletion checks; "
     "2 usage or configuration error; 3 broker unreachable or timed out."};
 
 int PublishMain(int argc, char** argv) {
@@ -55,7 +59,13 @@ int PublishMain(int argc, char** argv) {
       "manifest chunks are uploaded instead and mirrors diff against them (1 to the default)")(
       "max-upload-bytes", po::value<uint64_t>()->default_value(kMaxPutObjectsBytes),
       "manifest objects sent per upload request when the change list is left out (1 MiB to "
-      "the default)");
+      "the default)")(
+      "max-delete-percent", po::value<double>()->default_value(10),
+      "refuse a publish that would delete more than this percentage of the repo's entries "
+      "(0-100); a publish that would leave the repo empty is always refused without --force")(
+      "force", po::bool_switch(),
+      "publish even when the deletion checks above refuse (a repo that really is being "
+      "emptied or rebuilt)");
 
   auto vm = ParseCommandLine(argc, argv, kInfo, options);
   if (!vm) return 0;
@@ -86,6 +96,12 @@ int PublishMain(int argc, char** argv) {
     throw std::runtime_error("bad --max-upload-bytes: must be 1048576.." +
                              std::to_string(kMaxPutObjectsBytes));
   }
+  const double max_delete = (*vm)["max-delete-percent"].as<double>();
+  if (!std::isfinite(max_delete) || max_delete < 0 || max_delete > 100) {
+    throw std::runtime_error("bad --max-delete-percent: must be between 0 and 100");
+  }
+  publish.max_delete_fraction = max_delete / 100;
+  publish.force = (*vm)["force"].as<bool>();
   publish.client_name = std::string(kProgram) + " repo=" + publish.repo;
 
   zmq::context_t context;

@@ -361,6 +361,33 @@ void FollowBrokerLinks(const PublisherOptions& options, ControlClient& control, 
   MC_LOG(debug) << "hash cache follows " << moved << " of " << seen << " files the broker linked";
 }
 
+// Refuses a publish that would empty the repo or delete more than the
+// allowed share of it (an erroneous push reaches every mirror in seconds).
+Status CheckDeletions(const PublisherOptions& options, uint64_t entries_before,
+                      const PublishOutcome& outcome) {
+  if (options.force || entries_before == 0 || outcome.deleted == 0) return Status::Ok();
+  const uint64_t entries_after = entries_before + outcome.added - outcome.deleted;
+  const std::string hint = ". Is --tree " + options.tree.string() +
+                           " the right directory, and mounted? Nothing was published; run again "
+                           "with --force to publish it anyway";
+  if (entries_after == 0) {
+    return Status::Rejected("refused: this publish would leave repo " + options.repo +
+                            " empty, deleting all " + std::to_string(entries_before) +
+                            " entries of serial " + std::to_string(outcome.previous_serial) + hint);
+  }
+  const double share = static_cast<double>(outcome.deleted) / static_cast<double>(entries_before);
+  if (share > options.max_delete_fraction) {
+    std::ostringstream text;
+    text.precision(3);
+    text << "refused: this publish would delete " << outcome.deleted << " of the " << entries_before
+         << " entries of repo " << options.repo << " (" << share * 100
+         << "%), more than --max-delete-percent " << options.max_delete_fraction * 100 << hint
+         << " (or with a higher --max-delete-percent)";
+    return Status::Rejected(text.str());
+  }
+  return Status::Ok();
+}
+
 struct ScanResult {
   uint64_t changes = 0;
   ScanStats stats;
@@ -502,6 +529,8 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
     MC_LOG(info) << "nothing changed repo=" << options.repo << " serial=" << latest.serial;
     return outcome;
   }
+
+  MC_RETURN_IF_ERROR(CheckDeletions(options, previous_index.entries(), outcome));
 
   // The new root from the chunks the changes fall in.
   ManifestIndex next_index;

@@ -66,6 +66,11 @@ struct PublisherOptions {
   int hash_threads = 2;
   // Manifest objects per PutObjects request (each chunk is at most 1 MiB).
   size_t max_upload_bytes = kMaxPutObjectsBytes;
+  // A bad push is refused before anything is signed: a publish that would
+  // delete more than this share of the previous manifest's entries, or leave
+  // the repo empty (a wrong --tree, an unmounted volume), unless `force`.
+  double max_delete_fraction = 0.10;
+  bool force = false;
 };
 
 struct PublishOutcome {
@@ -86,6 +91,7 @@ struct PublishOutcome {
 
 // Runs one publish attempt (see the top of this file). Errors:
 //   InvalidArgument      bad options; unreadable key, tree, path list or state dir
+//   Rejected             the publish would delete too much (see max_delete_fraction)
 //   Unavailable, Timeout the broker did not answer in time
 //   Rejected             the broker refused (e.g. another publish won the serial)
 //   anything else        a local failure (scan I/O, manifest mismatch, ...)

@@ -274,6 +274,64 @@ TEST_F(PublishPagedLinksTest, HashCacheFollowsLinksPastThePublishReply) {
   EXPECT_EQ(rerun->scan.cache_hits, 3u);
 }
 
+// A bad push (a wrong --tree, an unmounted volume) reaches every mirror in
+// seconds: the publisher refuses to empty a repo or delete more than the
+// allowed share of it unless told to.
+TEST_F(PublishTest, PublishThatWouldEmptyTheRepoIsRefusedUnlessForced) {
+  ASSERT_NO_FATAL_FAILURE(PublishFirst());
+  PublisherOptions wrong_tree = Options();
+  wrong_tree.tree = dir_ / "empty";
+  fs::create_directories(wrong_tree.tree);
+  auto refused = Run(wrong_tree);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Status::Code::kRejected);
+  EXPECT_EQ(PublishExitCode(refused.status()), 1);
+  EXPECT_NE(refused.status().message().find("would leave repo main empty, deleting all 5 "
+                                            "entries of serial 1"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_NE(refused.status().message().find("--force"), std::string::npos);
+  EXPECT_EQ(BrokerHead().serial(), 1u);
+  EXPECT_EQ(BrokerManifest(1).size(), 5u);
+
+  wrong_tree.force = true;
+  auto forced = Run(wrong_tree);
+  ASSERT_TRUE(forced.ok()) << forced.status().ToString();
+  EXPECT_EQ(forced->deleted, 5u);
+  EXPECT_EQ(BrokerHead().serial(), 2u);
+}
+
+TEST_F(PublishTest, PublishDeletingMoreThanTheAllowedShareIsRefused) {
+  for (int i = 0; i < 15; ++i) {
+    WriteFile(dir_ / "served/main/pool" / ("p" + std::to_string(i) + ".rpm"), "p");
+  }
+  ASSERT_NO_FATAL_FAILURE(PublishFirst());  // 20 entries
+  // Two of 20 (10 %) is allowed...
+  fs::remove(dir_ / "served/main/pool/p0.rpm");
+  fs::remove(dir_ / "served/main/pool/p1.rpm");
+  auto ten = Run();
+  ASSERT_TRUE(ten.ok()) << ten.status().ToString();
+  EXPECT_EQ(ten->deleted, 2u);
+  // ...three of 18 (16.7 %) is not, and nothing is published.
+  for (int i = 2; i < 5; ++i)
+    fs::remove(dir_ / "served/main/pool" / ("p" + std::to_string(i) + ".rpm"));
+  auto refused = Run();
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Status::Code::kRejected);
+  EXPECT_NE(refused.status().message().find("would delete 3 of the 18 entries of repo main "
+                                            "(16.7%), more than --max-delete-percent 10"),
+            std::string::npos)
+      << refused.status().message();
+  EXPECT_EQ(BrokerHead().serial(), 2u);
+  // A larger share when the operator says so.
+  PublisherOptions allowed = Options();
+  allowed.max_delete_fraction = 0.20;
+  auto more = Run(allowed);
+  ASSERT_TRUE(more.ok()) << more.status().ToString();
+  EXPECT_EQ(more->deleted, 3u);
+  EXPECT_EQ(BrokerHead().serial(), 3u);
+}
+
 TEST_F(PublishTest, ModificationPublishesTheNextSerial) {
   ASSERT_NO_FATAL_FAILURE(PublishFirst());
   const std::string updated = RandomBytes(4000, 3);
@@ -307,6 +365,7 @@ TEST_F(PublishTest, PathsFromRescansOnlyTheListedPaths) {
 
   PublisherOptions options = Options();
   options.paths_from = dir_ / "paths.txt";
+  options.max_delete_fraction = 1;  // one of five entries
   auto run = Run(options);
   ASSERT_TRUE(run.ok()) << run.status().ToString();
   EXPECT_TRUE(run->published);
