@@ -90,6 +90,67 @@ Result<std::string> ReadKeyFd(int fd, const std::filesystem::path& path) {
   return out;
 }
 
+std::string ModeText(mode_t mode) {
+  char text[8];
+  std::snprintf(text, sizeof text, "%04o", static_cast<unsigned>(mode & 07777));
+  return text;
+}
+
+// Someone other than root and us who can write a key file, or a directory on
+// the way to it, can swap the key: refused, saying how to fix it (as ssh
+// does for its own files). A sticky directory (/tmp) only lets owners
+// replace their own entries, so it passes.
+Status CheckOwnerAndMode(const std::filesystem::path& shown, const struct stat& st,
+                         bool directory) {
+  const uid_t me = ::geteuid();
+  if (st.st_uid != 0 && st.st_uid != me) {
+    return Status::FailedPrecondition(
+        std::string(directory ? "directory " : "key file ") + shown.string() + " is owned by uid " +
+        std::to_string(st.st_uid) +
+        ", who could replace the key; it must belong to root or to uid " + std::to_string(me) +
+        " (fix with: chown " + std::to_string(me) + " " + shown.string() + ")");
+  }
+  const bool sticky = directory && (st.st_mode & S_ISVTX) != 0;
+  if ((st.st_mode & 022) != 0 && !sticky) {
+    return Status::FailedPrecondition(
+        std::string(directory ? "directory " : "key file ") + shown.string() + " has mode " +
+        ModeText(st.st_mode) + ": group or others can write it and replace the key (fix with: " +
+        "chmod go-w " + shown.string() + ")");
+  }
+  return Status::Ok();
+}
+
+// The directories from `file`'s parent up to the root.
+Status CheckDirectoriesUpFrom(const std::filesystem::path& file) {
+  std::error_code ec;
+  std::filesystem::path dir = std::filesystem::absolute(file, ec).parent_path();
+  if (ec) return Status::IoError("resolve " + file.string() + ": " + ec.message());
+  for (;;) {
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0) return Status::FromErrno("stat " + dir.string(), errno);
+    MC_RETURN_IF_ERROR(CheckOwnerAndMode(dir, st, /*directory=*/true));
+    if (dir == dir.root_path() || dir.empty()) return Status::Ok();
+    dir = dir.parent_path();
+  }
+}
+
+// Checks a key file opened as `fd` and the directories leading to it, both
+// as named and (for a symlink) as resolved.
+Status CheckKeyFile(int fd, const std::filesystem::path& path, struct stat* st) {
+  if (::fstat(fd, st) != 0) return Status::FromErrno("stat " + path.string(), errno);
+  if (!S_ISREG(st->st_mode)) {
+    return Status::InvalidArgument(path.string() + ": key file is not a regular file");
+  }
+  MC_RETURN_IF_ERROR(CheckOwnerAndMode(path, *st, /*directory=*/false));
+  MC_RETURN_IF_ERROR(CheckDirectoriesUpFrom(path));
+  std::error_code ec;
+  const std::filesystem::path resolved = std::filesystem::canonical(path, ec);
+  if (!ec && resolved != std::filesystem::absolute(path, ec)) {
+    MC_RETURN_IF_ERROR(CheckDirectoriesUpFrom(resolved));
+  }
+  return Status::Ok();
+}
+
 PkeyPtr PrivateKeyFromSeed(const std::string& seed) {
   return PkeyPtr(EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nullptr, Bytes(seed), seed.size()));
 }
@@ -153,7 +214,13 @@ Result<PublicKey> PublicKey::FromRaw(std::string_view raw32) {
 }
 
 Result<PublicKey> PublicKey::LoadFile(const std::filesystem::path& path) {
-  MC_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path, kMaxKeyFileBytes));
+  // A trusted key decides what mirrors accept: checked like a secret one,
+  // except that anyone may read it.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open public key " + path.string(), errno);
+  struct stat st {};
+  MC_RETURN_IF_ERROR(CheckKeyFile(fd.get(), path, &st));
+  MC_ASSIGN_OR_RETURN(std::string text, ReadKeyFd(fd.get(), path));
   MC_ASSIGN_OR_RETURN(std::string raw, ParseKeyText(text, kPublicPrefix, path));
   auto key = FromRaw(raw);
   if (!key.ok()) return key.status().WithContext(path.string());
@@ -207,12 +274,11 @@ Result<SigningKey> SigningKey::LoadFile(const std::filesystem::path& path) {
     return Status::InvalidArgument(path.string() + ": secret key is not a regular file");
   }
   if ((st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
     return Status::FailedPrecondition(
-        "secret key " + path.string() + " has mode " + mode +
+        "secret key " + path.string() + " has mode " + ModeText(st.st_mode) +
         " and is accessible by group or others; fix with: chmod 600 " + path.string());
   }
+  MC_RETURN_IF_ERROR(CheckKeyFile(fd.get(), path, &st));
   MC_ASSIGN_OR_RETURN(std::string text, ReadKeyFd(fd.get(), path));
   auto seed = ParseKeyText(text, kSecretPrefix, path);
   Wipe(text);

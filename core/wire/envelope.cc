@@ -143,9 +143,25 @@ Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix) {
                             std::to_string(event.manifest_sha256().size()) + " bytes, expected " +
                             std::to_string(kSha256Size));
   }
-  if (event.expires_unix() != 0 && now_unix > event.expires_unix()) {
+  // An event that never expires could be replayed for ever, and one stamped
+  // far in the future outlives its signer's intent.
+  if (event.expires_unix() == 0) {
+    return Status::Rejected(where + ": has no expiry time (expires_unix 0); events must expire");
+  }
+  if (event.published_unix() > now_unix + kMaxClockSkewSeconds) {
+    return Status::Rejected(where + ": published at " + std::to_string(event.published_unix()) +
+                            ", more than " + std::to_string(kMaxClockSkewSeconds) +
+                            " s in the future (now " + std::to_string(now_unix) +
+                            "); check the publisher's clock");
+  }
+  if (now_unix > event.expires_unix()) {
     return Status::Rejected(where + ": expired at " + std::to_string(event.expires_unix()) +
                             " (now " + std::to_string(now_unix) + ")");
+  }
+  if (event.expires_unix() < event.published_unix()) {
+    return Status::Rejected(where + ": expires (" + std::to_string(event.expires_unix()) +
+                            ") before it was published (" + std::to_string(event.published_unix()) +
+                            ")");
   }
   if (event.changes_omitted()) {
     if (event.changes_size() != 0) {

@@ -49,6 +49,9 @@ Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const Trust
 // the change count (and no changes when they are omitted), and every carried
 // change's path (ValidateRelativePath), entry shape and order (strictly
 // increasing paths: one change per path).
+// How far ahead of the checker's clock a publish time may be.
+inline constexpr int64_t kMaxClockSkewSeconds = 600;
+
 Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix);
 
 // Repo names: 1-64 of [A-Za-z0-9._-], not starting with '.'.

@@ -16,6 +16,7 @@ namespace {
 using testing::RandomBytes;
 using testing::ReadFile;
 using testing::TempDir;
+namespace fs = std::filesystem;
 using testing::WriteFile;
 
 // ---------------------------------------------------------------------------
@@ -216,6 +217,53 @@ TEST(KeysTest, SecretKeyReadableByOthersIsRefused) {
   }
   ASSERT_EQ(::chmod((prefix + ".key").c_str(), 0400), 0);
   EXPECT_TRUE(SigningKey::LoadFile(prefix + ".key").ok());
+}
+
+// A trusted public key decides what a mirror accepts: one that group or
+// others could replace (its mode, or a directory on the way) is refused.
+TEST(KeysTest, KeyFilesOthersCouldReplaceAreRefused) {
+  TempDir dir;
+  auto key = SigningKey::Generate();
+  ASSERT_TRUE(key.ok());
+  const std::string prefix = (dir / "origin").string();
+  ASSERT_TRUE(key->SaveFiles(prefix).ok());
+  ASSERT_TRUE(PublicKey::LoadFile(prefix + ".pub").ok());
+
+  ASSERT_EQ(::chmod((prefix + ".pub").c_str(), 0666), 0);
+  auto loose = PublicKey::LoadFile(prefix + ".pub");
+  ASSERT_FALSE(loose.ok());
+  EXPECT_EQ(loose.status().code(), Status::Code::kFailedPrecondition);
+  EXPECT_NE(loose.status().message().find("has mode 0666"), std::string::npos)
+      << loose.status().message();
+  EXPECT_NE(loose.status().message().find("chmod go-w " + prefix + ".pub"), std::string::npos);
+  ASSERT_EQ(::chmod((prefix + ".pub").c_str(), 0644), 0);
+
+  const fs::path open_dir = dir / "world-writable";
+  fs::create_directories(open_dir);
+  WriteFile(open_dir / "origin.pub", key->public_key().ToFileText(), 0644);
+  ASSERT_EQ(::chmod(open_dir.c_str(), 0777), 0);
+  auto in_open_dir = PublicKey::LoadFile(open_dir / "origin.pub");
+  ASSERT_FALSE(in_open_dir.ok());
+  EXPECT_NE(
+      in_open_dir.status().message().find("directory " + open_dir.string() + " has mode 0777"),
+      std::string::npos)
+      << in_open_dir.status().message();
+  // The secret key too, whatever its own mode.
+  WriteFile(open_dir / "secret.key", ReadFile(prefix + ".key"), 0600);
+  EXPECT_FALSE(SigningKey::LoadFile(open_dir / "secret.key").ok());
+
+  // A sticky directory (as /tmp) lets nobody replace another's file.
+  ASSERT_EQ(::chmod(open_dir.c_str(), 01777), 0);
+  EXPECT_TRUE(PublicKey::LoadFile(open_dir / "origin.pub").ok());
+
+  // A symlink to a key in a directory others can write is refused as well.
+  ASSERT_EQ(::chmod(open_dir.c_str(), 0777), 0);
+  const fs::path safe = dir / "safe";
+  fs::create_directories(safe);
+  fs::create_symlink(open_dir / "origin.pub", safe / "link.pub");
+  EXPECT_FALSE(PublicKey::LoadFile(safe / "link.pub").ok());
+  ASSERT_EQ(::chmod(open_dir.c_str(), 0755), 0);
+  EXPECT_TRUE(PublicKey::LoadFile(safe / "link.pub").ok());
 }
 
 TEST(KeysTest, SaveFilesNeverOverwrites) {

@@ -287,9 +287,6 @@ TEST_F(EnvelopeTest, GarbageAndTruncationsNeverCrashOrPass) {
 TEST(CheckRepoChangedTest, AcceptsValidEvent) {
   Status st = CheckRepoChanged(ValidEvent(), kNow);
   EXPECT_TRUE(st.ok()) << st.ToString();
-  v1::RepoChanged never_expires = ValidEvent();
-  never_expires.set_expires_unix(0);
-  EXPECT_TRUE(CheckRepoChanged(never_expires, kNow + 1'000'000'000).ok());
   // Exactly at the expiry second is still valid.
   EXPECT_TRUE(CheckRepoChanged(ValidEvent(), kNow + 3600).ok());
   // A symlink and a directory are fine too.
@@ -342,6 +339,30 @@ TEST(CheckRepoChangedTest, RejectsExpired) {
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.code(), Status::Code::kRejected);
   EXPECT_NE(st.message().find("expired"), std::string::npos);
+}
+
+TEST(CheckRepoChangedTest, RejectsNoExpiryAndPublishTimesInTheFuture) {
+  v1::RepoChanged never_expires = ValidEvent();
+  never_expires.set_expires_unix(0);
+  Status st = CheckRepoChanged(never_expires, kNow);
+  EXPECT_EQ(st.code(), Status::Code::kRejected);
+  EXPECT_NE(st.message().find("has no expiry time"), std::string::npos) << st.message();
+
+  v1::RepoChanged future = ValidEvent();
+  future.set_published_unix(kNow + kMaxClockSkewSeconds + 1);
+  future.set_expires_unix(kNow + 7200);
+  st = CheckRepoChanged(future, kNow);
+  EXPECT_EQ(st.code(), Status::Code::kRejected);
+  EXPECT_NE(st.message().find("in the future"), std::string::npos) << st.message();
+  // A clock a little behind the publisher's is fine.
+  future.set_published_unix(kNow + kMaxClockSkewSeconds);
+  EXPECT_TRUE(CheckRepoChanged(future, kNow).ok());
+
+  v1::RepoChanged backwards = ValidEvent();
+  backwards.set_expires_unix(backwards.published_unix() - 1);
+  st = CheckRepoChanged(backwards, kNow - 20);
+  EXPECT_EQ(st.code(), Status::Code::kRejected);
+  EXPECT_NE(st.message().find("before it was published"), std::string::npos) << st.message();
 }
 
 TEST(CheckRepoChangedTest, RejectsSerialNotAdvancing) {
