@@ -282,7 +282,7 @@ v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request) {
 }
 
 v1::ControlReply Broker::HandleHello(const v1::HelloRequest& request) {
-  MC_LOG(debug) << "hello from " << request.client();
+  MC_LOG(debug) << "hello from " << EscapeForLog(request.client());
   v1::ControlReply reply = Ok();
   auto* hello = reply.mutable_hello();
   hello->set_events_port(events_port_);
@@ -683,6 +683,16 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request) {
   if (!PrintableId(ack.mirror_id())) return Fail("bad mirror id");
   if (Status s = ValidateRepoName(ack.repo()); !s.ok()) return Fail(s.message());
   if (ack.error().size() > 4096) return Fail("error text too long");
+  // A mirror can only hold what was published.
+  const RepoHead head = state_->Head(ack.repo());
+  if (ack.serial() > head.serial || ack.target_serial() > head.serial) {
+    MC_LOG(warning) << "refused ACK from mirror=" << EscapeForLog(ack.mirror_id())
+                    << " repo=" << ack.repo() << ": serial " << ack.serial() << " (target "
+                    << ack.target_serial() << ") is above the latest, " << head.serial;
+    return Fail("refused: serial " + std::to_string(std::max(ack.serial(), ack.target_serial())) +
+                " is above the broker's latest serial " + std::to_string(head.serial) + " of " +
+                ack.repo());
+  }
   if (Status s = state_->RecordAck(ack, Clock::Real().NowUnix()); !s.ok()) {
     MC_LOG(error) << "cannot record ACK: " << s.ToString();
     return Fail("broker could not record the ACK");
@@ -691,7 +701,7 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request) {
                << " serial=" << ack.serial() << " state=" << v1::AckState_Name(ack.state())
                << " fetched=" << ack.bytes_fetched() << " reused=" << ack.bytes_reused()
                << " seconds=" << ack.seconds() << (ack.error().empty() ? "" : " error=")
-               << ack.error();
+               << EscapeForLog(ack.error(), 512);
   v1::ControlReply reply = Ok();
   reply.mutable_ack();
   return reply;

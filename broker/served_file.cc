@@ -139,23 +139,4 @@ Result<OpenedFile> OpenStateFile(const std::filesystem::path& path) {
   return file;
 }
 
-std::string EscapeForLog(std::string_view text, size_t max_bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  const size_t n = std::min(text.size(), max_bytes);
-  out.reserve(n + 8);
-  for (size_t i = 0; i < n; ++i) {
-    const unsigned char c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    }
-  }
-  if (text.size() > max_bytes) out += "...";
-  return out;
-}
-
 }  // namespace mirrorcast

@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/base/log.h"  // EscapeForLog
 #include "core/base/status.h"
 #include "core/fs/atomic.h"
 
@@ -72,9 +73,5 @@ Result<OpenedFile> OpenInTree(const std::filesystem::path& tree_root, std::strin
 // Opens a file of the broker's own state (a retained object) read-only,
 // without following a symlink at its last component; regular files only.
 Result<OpenedFile> OpenStateFile(const std::filesystem::path& path);
-
-// `text` made safe for a log line or an error reply: printable ASCII kept,
-// anything else (and '\\') as \xNN, cut at `max_bytes` input bytes.
-std::string EscapeForLog(std::string_view text, size_t max_bytes = 256);
 
 }  // namespace mirrorcast

@@ -1,5 +1,6 @@
 #include "core/base/log.h"
 
+#include <algorithm>
 #include <boost/log/core.hpp>
 #include <boost/log/expressions.hpp>
 #include <boost/log/support/date_time.hpp>
@@ -30,13 +31,31 @@ void InitLogging(std::string_view component, severity_level level) {
   const std::string name(component);
   logging::add_console_log(
       std::clog,
-      logging::keywords::format =
-          (expr::stream << expr::format_date_time<boost::posix_time::ptime>("TimeStamp",
-                                                                             "%Y-%m-%dT%H:%M:%S.%f")
-                        << " " << logging::trivial::severity << " " << name << ": "
-                        << expr::smessage),
+      logging::keywords::format = (expr::stream << expr::format_date_time<boost::posix_time::ptime>(
+                                                       "TimeStamp", "%Y-%m-%dT%H:%M:%S.%f")
+                                                << " " << logging::trivial::severity << " " << name
+                                                << ": " << expr::smessage),
       logging::keywords::auto_flush = true);
   logging::core::get()->set_filter(logging::trivial::severity >= level);
+}
+
+std::string EscapeForLog(std::string_view text, size_t max_bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  const size_t n = std::min(text.size(), max_bytes);
+  out.reserve(n + 8);
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    }
+  }
+  if (text.size() > max_bytes) out += "...";
+  return out;
 }
 
 }  // namespace mirrorcast

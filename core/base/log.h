@@ -18,6 +18,11 @@ namespace mirrorcast {
 // Levels accepted by --log-level: trace, debug, info, warning, error, fatal.
 Result<boost::log::trivial::severity_level> ParseLogLevel(std::string_view name);
 
+// `text` made safe for a log line or an error reply: printable ASCII kept,
+// anything else (and '\\') as \xNN, cut at `max_bytes` input bytes (then
+// "..."). Everything a peer sends passes here before it is logged.
+std::string EscapeForLog(std::string_view text, size_t max_bytes = 256);
+
 // Installs the stderr sink: "2026-11-25T23:59:01.123Z info broker: message".
 void InitLogging(std::string_view component, boost::log::trivial::severity_level level);
 

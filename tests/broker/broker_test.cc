@@ -491,6 +491,30 @@ TEST_F(BrokerTest, AckIsRecordedAndShownInStatus) {
   status = control.GetStatus(kTimeout);
   ASSERT_TRUE(status.ok());
   EXPECT_EQ(status->mirrors_size(), 1);
+
+  // A serial the broker never published is refused, and so is a target.
+  ack.set_mirror_id("mirror-a");
+  ack.set_serial(999);
+  refused = control.SendAck(ack, kTimeout);
+  EXPECT_EQ(refused.code(), Status::Code::kRejected) << refused.ToString();
+  EXPECT_NE(refused.message().find("serial 999 is above the broker's latest serial 1"),
+            std::string::npos)
+      << refused.message();
+  ack.set_serial(1);
+  ack.set_target_serial(5);
+  EXPECT_EQ(control.SendAck(ack, kTimeout).code(), Status::Code::kRejected);
+  status = control.GetStatus(kTimeout);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(status->mirrors(0).serial(), 1u);
+  EXPECT_EQ(status->mirrors(0).target_serial(), 1u);
+}
+
+TEST(EscapeForLogTest, ControlCharactersAndLongTextCannotForgeALogLine) {
+  EXPECT_EQ(EscapeForLog("ok text"), "ok text");
+  EXPECT_EQ(EscapeForLog("x\npublished repo=demo serial=77"),
+            "x\\x0apublished repo=demo serial=77");
+  EXPECT_EQ(EscapeForLog("back\\slash\x7f\xff"), "back\\x5cslash\\x7f\\xff");
+  EXPECT_EQ(EscapeForLog(std::string(300, 'a')), std::string(256, 'a') + "...");
 }
 
 TEST_F(BrokerTest, ContentServesPublishedFilesByTheirSha256) {
