@@ -150,24 +150,39 @@ Result<std::string> MirrorState::StoredChunks::LoadChunk(std::string_view id) {
 }
 
 Result<std::optional<v1::FileEntry>> MirrorState::Find(std::string_view path) {
-  MC_ASSIGN_OR_RETURN(Statement st,
-                      db_->Prepare("SELECT entry FROM entries WHERE repo = ? AND path = ?"));
+  // Asked once per file an apply stages: prepared once, not per call.
+  if (!find_) {
+    MC_ASSIGN_OR_RETURN(Statement st,
+                        db_->Prepare("SELECT entry FROM entries WHERE repo = ? AND path = ?"));
+    find_.emplace(std::move(st));
+  }
+  Statement& st = *find_;
+  st.Reset();
   st.Bind(1, repo_).Bind(2, path);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
   if (!row) return std::optional<v1::FileEntry>();
-  MC_ASSIGN_OR_RETURN(v1::FileEntry entry, ParseEntry(st.ColumnBlob(0)));
-  return std::optional<v1::FileEntry>(std::move(entry));
+  auto entry = ParseEntry(st.ColumnBlob(0));
+  st.Reset();
+  if (!entry.ok()) return entry.status();
+  return std::optional<v1::FileEntry>(std::move(*entry));
 }
 
 Result<std::optional<std::string>> MirrorState::PathWithContent(std::string_view sha256) {
-  MC_ASSIGN_OR_RETURN(
-      Statement st,
-      db_->Prepare("SELECT path FROM entries INDEXED BY entries_by_sha256 WHERE repo = ? AND "
-                   "sha256 = ? LIMIT 1"));
+  if (!with_content_) {
+    MC_ASSIGN_OR_RETURN(
+        Statement st,
+        db_->Prepare("SELECT path FROM entries INDEXED BY entries_by_sha256 WHERE repo = ? AND "
+                     "sha256 = ? LIMIT 1"));
+    with_content_.emplace(std::move(st));
+  }
+  Statement& st = *with_content_;
+  st.Reset();
   st.Bind(1, repo_).BindBlob(2, sha256);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
   if (!row) return std::optional<std::string>();
-  return std::optional<std::string>(st.ColumnText(0));
+  std::string path = st.ColumnText(0);
+  st.Reset();
+  return std::optional<std::string>(std::move(path));
 }
 
 Result<Manifest> MirrorState::LoadManifest() {

@@ -200,6 +200,7 @@ class MirrorState : public LocalTree {
   std::string repo_;
   std::unique_ptr<Database> db_;
   StoredChunks chunks_;
+  std::optional<Statement> find_, with_content_;  // prepared on first use
   StoredChanges stored_;
   FetchedChunks fetched_;
   // Buffered rows: (step, seq, change bytes), and fetched chunks by id.
