@@ -13,6 +13,7 @@
 #include "core/delta/delta.h"
 #include "core/fs/atomic.h"
 #include "core/fs/path.h"
+#include "core/net/content_client.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
 
@@ -216,6 +217,29 @@ v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request,
       return ServeDeltaRange(request);
     case v1::ContentRequest::kObject:
       return ServeObject(request);
+    case v1::ContentRequest::kRanges: {
+      // Each range is served exactly as its own RangeRequest would be; only
+      // the bounds of the whole are checked here.
+      if (Status s = CheckRangesRequest(request.ranges()); !s.ok()) return Error(s.message());
+      v1::ContentReply reply;
+      reply.set_ok(true);
+      v1::ContentRequest one;
+      one.set_repo(request.repo());
+      for (const v1::RangeRequest& range : request.ranges().ranges()) {
+        *one.mutable_range() = range;
+        v1::ContentReply part = ServeRange(one, versions);
+        v1::RangeReply* out = reply.add_parts();
+        out->set_ok(part.ok());
+        if (!part.ok()) {
+          out->set_error(part.error().substr(0, kMaxPartErrorBytes));
+          continue;
+        }
+        out->set_total_size(part.total_size());
+        out->set_offset(part.offset());
+        *out->mutable_data() = std::move(*part.mutable_data());
+      }
+      return reply;
+    }
     default:
       return Error("empty content request");
   }

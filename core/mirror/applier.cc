@@ -74,7 +74,7 @@ class PhaseSync {
 
 }  // namespace
 
-fs::path Applier::StagedPath(size_t index) const {
+fs::path Applier::StagedPath(uint64_t index) const {
   return options_.staging / std::to_string(index);
 }
 
@@ -132,31 +132,124 @@ Result<std::optional<std::string>> ManifestTree::PathWithContent(std::string_vie
   return it == by_sha_.end() ? std::nullopt : std::optional<std::string>(it->second);
 }
 
+ApplyStep StepOf(const v1::Change& change, const MetadataMatcher& metadata) {
+  const bool dir = change.entry().kind() == v1::ENTRY_DIRECTORY;
+  if (change.kind() == v1::CHANGE_DELETED) {
+    return dir ? ApplyStep::kDirectoryDeletion : ApplyStep::kDeletion;
+  }
+  if (dir) return ApplyStep::kDirectory;
+  switch (metadata.ApplyPhase(change.entry().path())) {
+    case 0:
+      return ApplyStep::kContent;
+    case 1:
+      return ApplyStep::kMetadata;
+    default:
+      return ApplyStep::kIndexRoot;
+  }
+}
+
+ChangeVector::ChangeVector(const std::vector<v1::Change>& changes, const MetadataMatcher& metadata)
+    : changes_(changes) {
+  steps_.reserve(changes.size());
+  for (const auto& c : changes) {
+    steps_.push_back(StepOf(c, metadata));
+    if (IsFileChange(c)) {
+      ++files_;
+      file_bytes_ += c.entry().size();
+    }
+  }
+}
+
+Status ChangeVector::ForEach(ApplyStep step, bool reverse, const Visitor& visit) {
+  const size_t n = changes_.size();
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = reverse ? n - 1 - k : k;
+    if (steps_[i] == step) MC_RETURN_IF_ERROR(visit(i, changes_[i]));
+  }
+  return Status::Ok();
+}
+
+Status Applier::CheckPath(std::string_view path) { return CheckWritable(path); }
+
+// What one Stage() carries from batch to batch: the progress of the whole.
+struct Applier::Staging {
+  FetchProgress progress;  // files_done/bytes_done: every file change dealt with so far
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point next_report;
+  bool reported = false;
+};
+
 Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
                       ContentClient* content, ApplyStats* stats,
                       const std::function<bool()>& should_stop) {
-  MC_RETURN_IF_ERROR(ClearStaging(/*keep_content=*/true));
+  // Every path is checked before a byte is fetched.
   for (const auto& c : changes) MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
+  ChangeVector list(changes, options_.metadata);
+  return Stage(local, list, content, stats, should_stop);
+}
 
-  std::map<std::string, size_t, std::less<>> staged_by_sha;  // first staged copy of a hash
-  std::vector<std::pair<size_t, size_t>> duplicates;         // (index, copy from index)
+Status Applier::Stage(LocalTree& local, ChangeList& changes, ContentClient* content,
+                      ApplyStats* stats, const std::function<bool()>& should_stop) {
+  MC_RETURN_IF_ERROR(ClearStaging(/*keep_content=*/true));
+  Staging staging;
+  staging.progress.files_total = changes.files();
+  staging.progress.bytes_total = changes.file_bytes();
+  staging.next_report = staging.started + options_.progress_interval;
+  std::vector<std::pair<uint64_t, v1::Change>> batch;
+  auto flush = [&]() -> Status {
+    if (batch.empty()) return Status::Ok();
+    Status s = StageBatch(local, batch, content, stats, should_stop, staging);
+    batch.clear();
+    return s;
+  };
+  for (ApplyStep step : {ApplyStep::kContent, ApplyStep::kMetadata, ApplyStep::kIndexRoot}) {
+    MC_RETURN_IF_ERROR(changes.ForEach(step, false, [&](uint64_t i, const v1::Change& c) {
+      if (!IsFileChange(c)) return Status::Ok();
+      MC_RETURN_IF_ERROR(CheckWritable(c.entry().path()));
+      batch.emplace_back(i, c);
+      return batch.size() >= kStageBatch ? flush() : Status::Ok();
+    }));
+  }
+  MC_RETURN_IF_ERROR(flush());
+  if (options_.progress && staging.reported) {
+    staging.progress.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - staging.started).count();
+    staging.progress.finished = true;
+    options_.progress(staging.progress);
+  }
+  // One syncfs makes every staged file (content, mode, mtime) durable.
+  return SyncFilesystem(options_.staging);
+}
+
+Status Applier::StageBatch(LocalTree& local,
+                           const std::vector<std::pair<uint64_t, v1::Change>>& batch,
+                           ContentClient* content, ApplyStats* stats,
+                           const std::function<bool()>& should_stop, Staging& staging) {
+  // First staged copy of a hash in this batch (a copy in an earlier batch
+  // has moved to its slot already, so a later duplicate is simply fetched).
+  std::map<std::string, uint64_t, std::less<>> staged_by_sha;
+  std::vector<std::pair<uint64_t, uint64_t>> duplicates;  // (index, copy from index)
   std::vector<FileFetch> whole;
-  std::vector<size_t> staged;  // indices with a staged file
+  std::vector<std::pair<uint64_t, const v1::FileEntry*>> staged;  // indices with a staged file
+  std::set<uint64_t> has_mode;  // staged files fetched with their mode and mtime set
+  FetchProgress& progress = staging.progress;
 
-  for (size_t i = 0; i < changes.size(); ++i) {
+  for (const auto& [i, change] : batch) {
     if (should_stop && should_stop()) return Status::Unavailable("stopping");
-    const v1::Change& change = changes[i];
-    if (!IsFileChange(change)) continue;
     const v1::FileEntry& entry = change.entry();
     MC_ASSIGN_OR_RETURN(const std::optional<v1::FileEntry> old, local.Find(entry.path()));
     if (old && old->kind() == v1::ENTRY_FILE && old->sha256() == entry.sha256()) {
       stats->bytes_reused += entry.size();  // kept in place; Commit() sets mode and mtime
+      progress.files_done++;
+      progress.bytes_done += entry.size();
       continue;
     }
     stats->files_changed++;
-    staged.push_back(i);
+    staged.emplace_back(i, &entry);
     if (auto dup = staged_by_sha.find(entry.sha256()); dup != staged_by_sha.end()) {
       duplicates.emplace_back(i, dup->second);
+      progress.files_done++;
+      progress.bytes_done += entry.size();
       continue;
     }
     staged_by_sha.emplace(entry.sha256(), i);
@@ -170,6 +263,8 @@ Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
           VerifyFile(dest, entry).ok()) {
         stats->bytes_reused += entry.size();
         stats->files_reused++;
+        progress.files_done++;
+        progress.bytes_done += entry.size();
         continue;
       }
       if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) < entry.size()) {
@@ -190,6 +285,8 @@ Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
       if (s.ok()) {
         stats->bytes_reused += copied;
         stats->files_reused++;
+        progress.files_done++;
+        progress.bytes_done += entry.size();
         continue;
       }
       MC_LOG(warning) << "cannot reuse " << *have << " for " << entry.path() << ": " << s.ToString()
@@ -232,40 +329,45 @@ Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
         stats->files_delta++;
         if (entry.size() > fetch.bytes_fetched)
           stats->bytes_reused += entry.size() - fetch.bytes_fetched;
+        progress.files_done++;
+        progress.bytes_done += entry.size();
         continue;
       }
       stats->delta_fallbacks++;
       MC_LOG(warning) << "delta for " << entry.path() << " failed (" << s.ToString()
                       << "); fetching the whole file";
     }
-    whole.push_back(FileFetch{entry.path(), entry.size(), entry.sha256(), dest, resume});
+    FileFetch fetch{entry.path(), entry.size(), entry.sha256(), dest, resume};
+    // Mode and mtime go on the open descriptor as the file completes.
+    fetch.set_mode_and_mtime = true;
+    fetch.mode = entry.mode();
+    fetch.mtime = entry.mtime();
+    whole.push_back(std::move(fetch));
+    has_mode.insert(i);
   }
 
   if (!whole.empty()) {
     FetchStats fetch;
-    FetchProgress progress;
-    progress.files_total = whole.size();
-    for (const FileFetch& f : whole) progress.bytes_total += f.size;
-    const auto started = std::chrono::steady_clock::now();
-    auto next_report = started + options_.progress_interval;
-    auto report = [&](bool finished) {
-      progress.files_done = fetch.files_fetched;
-      progress.bytes_done = fetch.bytes_fetched;
+    const uint64_t files_before = progress.files_done;
+    const uint64_t bytes_before = progress.bytes_done;
+    auto report = [&]() {
+      progress.files_done = files_before + fetch.files_fetched;
+      progress.bytes_done = bytes_before + fetch.bytes_fetched;
       progress.seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      progress.finished = finished;
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - staging.started).count();
+      progress.finished = false;
+      staging.reported = true;
       options_.progress(progress);
     };
     // Polled between replies: reports progress, and passes the stop on.
     auto poll = [&]() {
-      if (options_.progress && std::chrono::steady_clock::now() >= next_report) {
-        report(false);
-        next_report = std::chrono::steady_clock::now() + options_.progress_interval;
+      if (options_.progress && std::chrono::steady_clock::now() >= staging.next_report) {
+        report();
+        staging.next_report = std::chrono::steady_clock::now() + options_.progress_interval;
       }
       return should_stop && should_stop();
     };
     Status s = content->FetchFiles(whole, &fetch, poll);
-    if (options_.progress && progress.seconds > 0) report(true);
     const bool resumed = std::any_of(whole.begin(), whole.end(), [](auto& f) { return f.resume; });
     if (s.code() == Status::Code::kCorruption && resumed) {
       // A kept prefix was bad (the SHA-256 over it and the rest failed): that
@@ -283,7 +385,7 @@ Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
         f.resume = keep;
         if (!keep) fs::remove(f.dest, ec);
       }
-      s = content->FetchFiles(whole, &fetch, should_stop);
+      s = content->FetchFiles(whole, &fetch, poll);
     }
     stats->bytes_fetched += fetch.bytes_fetched;
     stats->files_fetched += fetch.files_fetched;
@@ -299,11 +401,20 @@ Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
       }
       return s;
     }
+    progress.files_done = files_before;
+    progress.bytes_done = bytes_before;
+    for (const FileFetch& f : whole) {
+      progress.files_done++;
+      progress.bytes_done += f.size;
+    }
   }
   // Everything is here: each file goes to its change's slot.
+  UniqueFd staging_dir(::open(options_.staging.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!staging_dir.valid()) return Status::FromErrno("open " + options_.staging.string(), errno);
   for (const auto& [sha, index] : staged_by_sha) {
-    if (::rename(ContentPath(sha).c_str(), StagedPath(index).c_str()) != 0) {
-      return Status::FromErrno("stage " + changes[index].entry().path(), errno);
+    if (::renameat(staging_dir.get(), ToHex(sha).c_str(), staging_dir.get(),
+                   std::to_string(index).c_str()) != 0) {
+      return Status::FromErrno("stage content for change " + std::to_string(index), errno);
     }
   }
   for (const auto& [index, from] : duplicates) {
@@ -311,11 +422,11 @@ Status Applier::Stage(LocalTree& local, const std::vector<v1::Change>& changes,
     MC_RETURN_IF_ERROR(CopyFileContents(StagedPath(from), StagedPath(index), 0600, &copied));
     stats->bytes_reused += copied;
   }
-  for (size_t i : staged) {
-    MC_RETURN_IF_ERROR(SetModeAndTime(StagedPath(i), changes[i].entry()));
+  for (const auto& [i, entry] : staged) {
+    if (has_mode.count(i)) continue;
+    MC_RETURN_IF_ERROR(SetModeAndTime(StagedPath(i), *entry));
   }
-  // One syncfs makes every staged file (content, mode, mtime) durable.
-  return SyncFilesystem(options_.staging);
+  return Status::Ok();
 }
 
 Status Applier::PrepareSlot(const std::string& path, v1::EntryKind new_kind) {
@@ -328,6 +439,7 @@ Status Applier::PrepareSlot(const std::string& path, v1::EntryKind new_kind) {
   if (is_dir && new_kind != v1::ENTRY_DIRECTORY) {
     // A directory becomes a file or link: everything below it was deleted by
     // the same change list.
+    ForgetDirs();
     std::error_code ec;
     fs::remove_all(target, ec);
     if (ec) return Status::IoError("remove " + target.string() + ": " + ec.message());
@@ -337,22 +449,66 @@ Status Applier::PrepareSlot(const std::string& path, v1::EntryKind new_kind) {
   return Status::Ok();
 }
 
-Status Applier::PlaceFile(const v1::Change& change, size_t index) {
-  const v1::FileEntry& entry = change.entry();
-  const fs::path target = options_.tree / entry.path();
-  const fs::path staged = StagedPath(index);
-  struct stat st {};
-  if (::lstat(staged.c_str(), &st) == 0) {
-    MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_FILE));
-    MC_RETURN_IF_ERROR(EnsureParent(entry.path()));
-    if (::rename(staged.c_str(), target.c_str()) != 0) {
-      return Status::FromErrno("rename into " + target.string(), errno);
+Result<int> Applier::ParentDir(const std::string& path) {
+  const std::string_view parent = ParentOf(path);
+  if (parent_fd_.valid() && parent == parent_path_) return parent_fd_.get();
+  parent_fd_.reset();
+  MC_RETURN_IF_ERROR(EnsureParent(path));
+  // One component at a time, never following a symlink: what the descriptor
+  // names is inside the tree, so a rename relative to it cannot escape.
+  UniqueFd dir(::open(options_.tree.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dir.valid()) return Status::FromErrno("open " + options_.tree.string(), errno);
+  size_t start = 0;
+  while (start < parent.size()) {
+    size_t end = parent.find('/', start);
+    if (end == std::string_view::npos) end = parent.size();
+    const std::string name(parent.substr(start, end - start));
+    start = end + 1;
+    UniqueFd child(
+        ::openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!child.valid()) {
+      const int err = errno;
+      if (err == ELOOP || err == ENOTDIR) {
+        return Status::Rejected("refusing to write below " + std::string(parent) +
+                                ": not a directory, or a symlink on the way");
+      }
+      return Status::FromErrno("open directory " + std::string(parent), err);
     }
-    return Status::Ok();
+    dir = std::move(child);
   }
+  parent_fd_ = std::move(dir);
+  parent_path_ = std::string(parent);
+  return parent_fd_.get();
+}
+
+void Applier::ForgetDirs() {
+  parent_fd_.reset();
+  parent_path_.clear();
+  made_dirs_.clear();
+}
+
+Status Applier::PlaceFile(const v1::Change& change, uint64_t index) {
+  const v1::FileEntry& entry = change.entry();
+  MC_RETURN_IF_ERROR(CheckWritable(entry.path()));
+  MC_ASSIGN_OR_RETURN(const int dir, ParentDir(entry.path()));
+  const std::string name(entry.path().substr(entry.path().rfind('/') + 1));
+  const std::string staged = std::to_string(index);
+  // One rename relative to two open directories: no path walk per file.
+  if (::renameat(staging_fd_.get(), staged.c_str(), dir, name.c_str()) == 0) return Status::Ok();
+  int err = errno;
+  if (err == EISDIR || err == ENOTEMPTY || err == EEXIST) {
+    // A directory is where the file goes: everything below it was deleted by
+    // the same change list.
+    MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_FILE));
+    if (::renameat(staging_fd_.get(), staged.c_str(), dir, name.c_str()) == 0) return Status::Ok();
+    err = errno;
+  }
+  const fs::path target = options_.tree / entry.path();
+  if (err != ENOENT) return Status::FromErrno("rename into " + target.string(), err);
   // Nothing staged: same content as before (mode or mtime changed), or
   // already moved into place by an earlier, interrupted Commit().
-  if (::lstat(target.c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
+  struct stat st {};
+  if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
       static_cast<uint64_t>(st.st_size) != entry.size()) {
     return Status::Corruption("no staged content for " + entry.path());
   }
@@ -361,6 +517,7 @@ Status Applier::PlaceFile(const v1::Change& change, size_t index) {
 
 Status Applier::PlaceSymlink(const v1::FileEntry& entry) {
   MC_RETURN_IF_ERROR(ValidateSymlinkTarget(entry.path(), entry.symlink_target()));
+  ForgetDirs();  // a symlink may now stand where a directory was
   MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_SYMLINK));
   MC_RETURN_IF_ERROR(EnsureParent(entry.path()));
   const fs::path target = options_.tree / entry.path();
@@ -383,6 +540,7 @@ Status Applier::Remove(const std::string& path, v1::EntryKind kind) {
   if (::lstat(target.c_str(), &st) != 0) return Status::Ok();  // already gone
   if (S_ISDIR(st.st_mode)) {
     if (kind != v1::ENTRY_DIRECTORY) return Status::Ok();  // replaced by a directory since
+    ForgetDirs();
     std::error_code ec;
     fs::remove_all(target, ec);  // never follows symlinks below
     if (ec) return Status::IoError("delete " + target.string() + ": " + ec.message());
@@ -403,64 +561,65 @@ Status Applier::EnsureParent(const std::string& path) {
 }
 
 Status Applier::Commit(const std::vector<v1::Change>& changes) {
+  ChangeVector list(changes, options_.metadata);
+  return Commit(list);
+}
+
+Status Applier::Commit(ChangeList& changes) {
   // Directories this Commit made or found (MakeDirsUnder refuses symlinks on
-  // the way); placing each file still checks its own parents.
-  made_dirs_.clear();
+  // the way), and the one the last file went to.
+  ForgetDirs();
+  staging_fd_.reset(::open(options_.staging.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!staging_fd_.valid()) return Status::FromErrno("open " + options_.staging.string(), errno);
   PhaseSync sync(options_.tree);
   // 1. New directories (parents first: changes are in path order).
-  for (const auto& c : changes) {
-    if (c.kind() == v1::CHANGE_DELETED || c.entry().kind() != v1::ENTRY_DIRECTORY) continue;
+  MC_RETURN_IF_ERROR(changes.ForEach(ApplyStep::kDirectory, false, [&](uint64_t, const auto& c) {
     MC_RETURN_IF_ERROR(PrepareSlot(c.entry().path(), v1::ENTRY_DIRECTORY));
     MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, c.entry().path()));
     made_dirs_.insert(c.entry().path());
     sync.Changed();
-  }
+    return Status::Ok();
+  }));
   MC_RETURN_IF_ERROR(sync.Flush());
 
   // 2. Content, then metadata, then index roots: a client reading an index
   //    always finds what it names.
-  for (int phase = 0; phase <= 2; ++phase) {
-    for (size_t i = 0; i < changes.size(); ++i) {
-      const v1::Change& c = changes[i];
-      if (c.kind() == v1::CHANGE_DELETED) continue;
+  for (ApplyStep step : {ApplyStep::kContent, ApplyStep::kMetadata, ApplyStep::kIndexRoot}) {
+    MC_RETURN_IF_ERROR(changes.ForEach(step, false, [&](uint64_t i, const v1::Change& c) {
       const v1::FileEntry& entry = c.entry();
-      if (entry.kind() == v1::ENTRY_DIRECTORY) continue;
-      if (options_.metadata.ApplyPhase(entry.path()) != phase) continue;
       if (entry.kind() == v1::ENTRY_FILE) {
         MC_RETURN_IF_ERROR(PlaceFile(c, i));
       } else if (entry.kind() == v1::ENTRY_SYMLINK) {
         MC_RETURN_IF_ERROR(PlaceSymlink(entry));
       }
       sync.Changed();
-    }
+      return Status::Ok();
+    }));
     MC_RETURN_IF_ERROR(sync.Flush());
   }
 
   // 3. Deletions last: files and links, then directories deepest first
   //    (unless a grace period defers them to Remove()).
   if (!options_.defer_deletions) {
-    for (const auto& c : changes) {
-      if (c.kind() != v1::CHANGE_DELETED || c.entry().kind() == v1::ENTRY_DIRECTORY) continue;
+    auto remove = [&](uint64_t, const v1::Change& c) {
       MC_RETURN_IF_ERROR(Remove(c.entry().path(), c.entry().kind()));
       sync.Changed();
-    }
-    for (auto it = changes.rbegin(); it != changes.rend(); ++it) {
-      if (it->kind() != v1::CHANGE_DELETED || it->entry().kind() != v1::ENTRY_DIRECTORY) continue;
-      MC_RETURN_IF_ERROR(Remove(it->entry().path(), it->entry().kind()));
-      sync.Changed();
-    }
+      return Status::Ok();
+    };
+    MC_RETURN_IF_ERROR(changes.ForEach(ApplyStep::kDeletion, false, remove));
+    MC_RETURN_IF_ERROR(changes.ForEach(ApplyStep::kDirectoryDeletion, true, remove));
     MC_RETURN_IF_ERROR(sync.Flush());
   }
 
   // 4. Directory modes last, so a read-only directory is filled first.
-  for (const auto& c : changes) {
-    if (c.kind() == v1::CHANGE_DELETED || c.entry().kind() != v1::ENTRY_DIRECTORY) continue;
+  MC_RETURN_IF_ERROR(changes.ForEach(ApplyStep::kDirectory, false, [&](uint64_t, const auto& c) {
     const fs::path dir = options_.tree / c.entry().path();
     if (::chmod(dir.c_str(), static_cast<mode_t>(c.entry().mode() & 07777)) != 0) {
       return Status::FromErrno("chmod " + dir.string(), errno);
     }
     sync.Changed();
-  }
+    return Status::Ok();
+  }));
   return sync.Flush();
 }
 

@@ -16,9 +16,16 @@
 //     change list and whatever is still staged) and finishes the job.
 //
 // Content is fetched into "<staging>/<sha256 hex>", so what an interrupted
-// Stage() already has survives a restart; once everything is there, each file
-// is moved to its change's index in the list ("<staging>/<i>"), which is what
+// Stage() already has survives a restart; once a batch is there, each file is
+// moved to its change's index in the list ("<staging>/<i>"), which is what
 // makes Commit() replayable. Not thread-safe.
+//
+// The change list is a ChangeList: a vector in memory (an update), or rows
+// read back a batch at a time from the journal (a bootstrap or jump of
+// millions of entries), so memory stays bounded whatever its size. Stage()
+// works through it in batches of kStageBatch files; Commit() visits it step
+// by step (ApplyStep) across the WHOLE list, so the order a client can see is
+// the same however the list is held.
 #pragma once
 
 #include <chrono>
@@ -33,6 +40,7 @@
 #include <vector>
 
 #include "core/base/status.h"
+#include "core/fs/atomic.h"
 #include "core/manifest/manifest.h"
 #include "core/manifest/metadata.h"
 #include "core/net/content_client.h"
@@ -61,6 +69,50 @@ class ManifestTree : public LocalTree {
  private:
   const Manifest& manifest_;
   std::map<std::string, std::string, std::less<>> by_sha_;
+};
+
+// Which step of Commit() a change belongs to, in the order they run.
+enum class ApplyStep : int {
+  kDirectory = 0,          // new directories (their modes are set last)
+  kContent = 1,            // files and symlinks outside the metadata
+  kMetadata = 2,           // MetadataMatcher phase 1 (repodata/, dists/, ...)
+  kIndexRoot = 3,          // phase 2 (repomd.xml, InRelease, ...)
+  kDeletion = 4,           // deleted files and symlinks
+  kDirectoryDeletion = 5,  // deleted directories (deepest first)
+};
+inline constexpr int kApplySteps = 6;
+ApplyStep StepOf(const v1::Change& change, const MetadataMatcher& metadata);
+
+// A change list as Stage() and Commit() read it.
+class ChangeList {
+ public:
+  virtual ~ChangeList() = default;
+  using Visitor = std::function<Status(uint64_t index, const v1::Change& change)>;
+  // Calls `visit` for each change of `step`, in list order (reversed with
+  // `reverse`), with its position in the whole list. The change is valid
+  // only during the call.
+  virtual Status ForEach(ApplyStep step, bool reverse, const Visitor& visit) = 0;
+  // Number of changes.
+  virtual uint64_t size() const = 0;
+  // Files added or modified, and their bytes (progress totals).
+  virtual uint64_t files() const = 0;
+  virtual uint64_t file_bytes() const = 0;
+};
+
+// A ChangeList over a vector in memory (not owned; must outlive it).
+class ChangeVector : public ChangeList {
+ public:
+  ChangeVector(const std::vector<v1::Change>& changes, const MetadataMatcher& metadata);
+  Status ForEach(ApplyStep step, bool reverse, const Visitor& visit) override;
+  uint64_t size() const override { return changes_.size(); }
+  uint64_t files() const override { return files_; }
+  uint64_t file_bytes() const override { return file_bytes_; }
+
+ private:
+  const std::vector<v1::Change>& changes_;
+  std::vector<ApplyStep> steps_;
+  uint64_t files_ = 0;
+  uint64_t file_bytes_ = 0;
 };
 
 struct ApplyStats {
@@ -111,10 +163,20 @@ class Applier {
   // something must be fetched after all).
   Status Stage(LocalTree& local, const std::vector<v1::Change>& changes, ContentClient* content,
                ApplyStats* stats, const std::function<bool()>& should_stop = nullptr);
+  // The same for a change list of any size, kStageBatch files at a time.
+  Status Stage(LocalTree& local, ChangeList& changes, ContentClient* content, ApplyStats* stats,
+               const std::function<bool()>& should_stop = nullptr);
 
   // Moves staged content into the tree in the safe order, fsyncs, and
   // removes what the change list deletes. Idempotent; see above.
   Status Commit(const std::vector<v1::Change>& changes);
+  Status Commit(ChangeList& changes);
+
+  // Refuses a path no change may write (invalid, or inside the staging area).
+  static Status CheckPath(std::string_view path);
+
+  // Files staged per batch: bounds what Stage() holds in memory.
+  static constexpr size_t kStageBatch = 8192;
 
   // Empties the staging directory. With `keep_content`, verified-looking
   // content files ("<staging>/<sha256 hex>", left by an interrupted or failed
@@ -129,16 +191,29 @@ class Applier {
   const ApplierOptions& options() const { return options_; }
 
  private:
-  std::filesystem::path StagedPath(size_t index) const;
+  struct Staging;  // the state of one Stage() across its batches
+  Status StageBatch(LocalTree& local, const std::vector<std::pair<uint64_t, v1::Change>>& batch,
+                    ContentClient* content, ApplyStats* stats,
+                    const std::function<bool()>& should_stop, Staging& staging);
+  std::filesystem::path StagedPath(uint64_t index) const;
   std::filesystem::path ContentPath(const std::string& sha256) const;
-  Status PlaceFile(const v1::Change& change, size_t index);
+  Status PlaceFile(const v1::Change& change, uint64_t index);
   Status PlaceSymlink(const v1::FileEntry& entry);
   Status PrepareSlot(const std::string& path, v1::EntryKind new_kind);
   // MakeDirsUnder of path's parent, once per Commit.
   Status EnsureParent(const std::string& path);
+  // An open descriptor of path's parent (made if missing), reached without
+  // following a symlink; kept while consecutive files share it.
+  Result<int> ParentDir(const std::string& path);
+  // Drops what ParentDir and EnsureParent remember (after anything that may
+  // have replaced a directory).
+  void ForgetDirs();
 
   ApplierOptions options_;
   std::set<std::string> made_dirs_;
+  UniqueFd staging_fd_;  // during Commit
+  UniqueFd parent_fd_;
+  std::string parent_path_;
 };
 
 }  // namespace mirrorcast

@@ -30,6 +30,11 @@ constexpr uint32_t kEventsPerRequest = 100;
 // Replaying more events than this costs more than one manifest download.
 constexpr size_t kMaxReplayChanges = 200000;
 
+// A jump's change list up to this size is held in memory (an update's fast
+// path); a larger one (a bootstrap, a long outage) goes to the journal's
+// table as the diff produces it, and is staged and committed from there.
+constexpr size_t kMaxChangesInMemory = 20000;
+
 // Staged files reach the tree by rename(2), which is atomic only within one
 // mount: st_dev alone misses two bind mounts of one filesystem, so try it.
 Status CheckRenameWorks(const fs::path& staging, const fs::path& tree) {
@@ -106,8 +111,10 @@ Status Follower::Init() {
     MC_LOG(error) << "cannot finish the interrupted apply yet: " << resumed.ToString()
                   << " (retrying; clients still see a consistent tree)";
   } else {
-    // Content an interrupted Stage already fetched stays for reuse.
+    // Content an interrupted Stage already fetched stays for reuse; a change
+    // list stored for it is made again by the next jump.
     MC_RETURN_IF_ERROR(applier_->ClearStaging(/*keep_content=*/true));
+    MC_RETURN_IF_ERROR(state_->ClearStoredChanges());
   }
 
   if (!state_->initialized()) {
@@ -133,11 +140,27 @@ Status Follower::ResumeJournal() {
   MC_ASSIGN_OR_RETURN(auto journal, state_->ReadJournal());
   if (!journal) return Status::Ok();
   MC_LOG(warning) << "finishing interrupted apply of serial " << journal->serial;
-  MC_RETURN_IF_ERROR(applier_->Commit(journal->changes).WithContext("resume apply"));
   const v1::Ack ack =
       MakeAck(v1::ACK_APPLIED, journal->serial, journal->serial, ApplyStats{}, 0.0, "");
-  MC_RETURN_IF_ERROR(state_->CommitApply(journal->serial, journal->manifest_sha256,
-                                         journal->changes, &ack, DeleteAfter()));
+  if (journal->stored) {
+    // A large change list: read back from the state, as is the manifest it
+    // leads to (its root was checked against the signed one before the
+    // journal was written, and is checked again here).
+    auto index = ManifestIndex::Decode(journal->target_index);
+    if (!index.ok() || index->Root() != journal->manifest_sha256) {
+      return Status::Corruption("journal of serial " + std::to_string(journal->serial) +
+                                ": its manifest index does not match its root");
+    }
+    ChangeList& changes = state_->stored_changes();
+    MC_RETURN_IF_ERROR(applier_->Commit(changes).WithContext("resume apply"));
+    MC_RETURN_IF_ERROR(state_->CommitApply(journal->serial, journal->manifest_sha256, changes, &ack,
+                                           DeleteAfter(),
+                                           AppliedManifest{*index, &state_->fetched_chunks()}));
+  } else {
+    MC_RETURN_IF_ERROR(applier_->Commit(journal->changes).WithContext("resume apply"));
+    MC_RETURN_IF_ERROR(state_->CommitApply(journal->serial, journal->manifest_sha256,
+                                           journal->changes, &ack, DeleteAfter()));
+  }
   MC_LOG(info) << "resumed apply done: repo=" << options_.repo << " serial=" << journal->serial;
   if (on_applied) on_applied(journal->serial);
   if (on_ack_queued) on_ack_queued();
@@ -250,31 +273,32 @@ Status Follower::ApplyChain(BrokerLink& broker, const std::vector<v1::RepoChange
           return Status::Ok();
         }));
   }
+  ChangeVector list(changes, applier_->options().metadata);
   return ApplyChanges(broker, last.serial(), last.manifest_sha256(),
-                      AppliedManifest{std::move(index), &derived}, changes, should_stop);
+                      AppliedManifest{std::move(index), &derived}, list, &changes, should_stop);
 }
 
 namespace {
 
 // Manifest chunks fetched from a broker's content socket as they are asked
-// for (each checked against its id by the reader), kept for the record.
+// for (each checked against its id by the reader), kept in the state (not in
+// memory: a million-entry manifest is a hundred MB of chunks) for the record.
 class FetchedChunks : public ChunkSource {
  public:
-  FetchedChunks(ContentClient& content, ChunkSource& local) : content_(content), local_(local) {}
+  FetchedChunks(ContentClient& content, MirrorState& state) : content_(content), state_(state) {}
   Result<std::string> LoadChunk(std::string_view id) override {
-    if (auto have = fetched_.find(id); have != fetched_.end()) return have->second;
-    if (auto mine = local_.LoadChunk(id); mine.ok()) return mine;
+    if (auto mine = state_.chunks().LoadChunk(id); mine.ok()) return mine;
+    if (auto have = state_.fetched_chunks().LoadChunk(id); have.ok()) return have;
     MC_ASSIGN_OR_RETURN(std::string bytes,
                         content_.FetchManifestObject(std::string(id), kMaxChunkBytes, &stats));
-    fetched_.emplace(std::string(id), bytes);
+    MC_RETURN_IF_ERROR(state_.PutFetchedChunk(std::string(id), bytes));
     return bytes;
   }
   FetchStats stats;
 
  private:
   ContentClient& content_;
-  ChunkSource& local_;
-  std::map<std::string, std::string, std::less<>> fetched_;
+  MirrorState& state_;
 };
 
 }  // namespace
@@ -310,33 +334,56 @@ Status Follower::JumpTo(BrokerLink& broker, const v1::RepoChanged& event,
                                        " entries, the event " +
                                        std::to_string(event.manifest_entries())));
   }
-  FetchedChunks remote(broker.content(), state_->chunks());
+  FetchedChunks remote(broker.content(), *state_);
+  MC_RETURN_IF_ERROR(state_->ClearStoredChanges());
+  // The diff goes to memory while it is small, to the journal's table once
+  // it is not (every path checked as it passes, before a byte is fetched).
   std::vector<v1::Change> changes;
+  bool stored = false;
+  const MetadataMatcher& metadata = applier_->options().metadata;
   Status diffed =
       DiffIndexes(state_->index(), state_->chunks(), *target, remote, [&](v1::Change c) {
+        MC_RETURN_IF_ERROR(Applier::CheckPath(c.entry().path()));
+        if (stored) return state_->StoreChange(c, StepOf(c, metadata));
         changes.push_back(std::move(c));
+        if (changes.size() <= kMaxChangesInMemory) return Status::Ok();
+        stored = true;
+        for (const v1::Change& held : changes) {
+          MC_RETURN_IF_ERROR(state_->StoreChange(held, StepOf(held, metadata)));
+        }
+        changes.clear();
+        changes.shrink_to_fit();
         return Status::Ok();
       });
+  if (diffed.ok()) diffed = state_->FinishStoredChanges();
   stats.bytes_fetched += remote.stats.bytes_fetched;
   if (!diffed.ok()) {
     return diffed.code() == Status::Code::kCorruption ? mismatch(diffed) : fail(diffed);
   }
+  ChangeVector in_memory(changes, metadata);
+  ChangeList& list = stored ? state_->stored_changes() : in_memory;
   MC_LOG(info) << "jumping from serial " << state_->serial() << " to " << event.serial() << " ("
-               << changes.size() << " changes, " << target->refs.size() << " manifest chunks)";
+               << list.size() << " changes" << (stored ? ", journaled as they came" : "") << ", "
+               << target->refs.size() << " manifest chunks)";
   return ApplyChanges(broker, event.serial(), event.manifest_sha256(),
-                      AppliedManifest{std::move(*target), &remote}, changes, should_stop);
+                      AppliedManifest{std::move(*target), &remote}, list,
+                      stored ? nullptr : &changes, should_stop);
 }
 
 Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::string& digest,
-                              const AppliedManifest& target, const std::vector<v1::Change>& changes,
+                              const AppliedManifest& target, ChangeList& list,
+                              const std::vector<v1::Change>* changes,
                               const std::function<bool()>& should_stop) {
   const auto started = SteadyClock::now();
   applying_serial_ = serial;
+  const uint64_t total = list.size();
   ApplyStats stats;
   auto seconds = [&] {
     return std::chrono::duration<double>(SteadyClock::now() - started).count();
   };
-  Status staged = applier_->Stage(*state_, changes, &broker.content(), &stats, should_stop);
+  Status staged = changes
+                      ? applier_->Stage(*state_, *changes, &broker.content(), &stats, should_stop)
+                      : applier_->Stage(*state_, list, &broker.content(), &stats, should_stop);
   if (!staged.ok()) {
     MC_LOG(error) << "apply of serial " << serial << " failed: " << staged.ToString()
                   << " (tree stays at serial " << state_->serial() << ")";
@@ -349,12 +396,21 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
     }
     return staged;
   }
-  Journal journal{serial, digest, changes};
+  Journal journal;
+  journal.serial = serial;
+  journal.manifest_sha256 = digest;
+  if (changes) {
+    journal.changes = *changes;
+  } else {
+    journal.stored = true;
+    journal.target_index = target.index.Encode();
+  }
   Status s = state_->WriteJournal(journal);
-  if (s.ok()) s = applier_->Commit(changes);
+  if (s.ok()) s = applier_->Commit(list);
   const v1::Ack applied = MakeAck(v1::ACK_APPLIED, serial, serial, stats, seconds(), "");
   if (s.ok()) {
-    s = state_->CommitApply(serial, digest, changes, &applied, DeleteAfter(), target);
+    s = changes ? state_->CommitApply(serial, digest, *changes, &applied, DeleteAfter(), target)
+                : state_->CommitApply(serial, digest, list, &applied, DeleteAfter(), target);
   }
   if (!s.ok()) {
     // The journal stays: the next attempt (or restart) finishes this apply.
@@ -365,10 +421,10 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
   if (Status cleared = applier_->ClearStaging(); !cleared.ok()) {
     MC_LOG(warning) << "cannot clear staging: " << cleared.ToString();
   }
-  MC_LOG(info) << "applied repo=" << options_.repo << " serial=" << serial
-               << " changes=" << changes.size() << " fetched=" << stats.bytes_fetched
-               << " reused=" << stats.bytes_reused << " deltas=" << stats.files_delta
-               << " delta_fallbacks=" << stats.delta_fallbacks << " seconds=" << applied.seconds();
+  MC_LOG(info) << "applied repo=" << options_.repo << " serial=" << serial << " changes=" << total
+               << " fetched=" << stats.bytes_fetched << " reused=" << stats.bytes_reused
+               << " deltas=" << stats.files_delta << " delta_fallbacks=" << stats.delta_fallbacks
+               << " seconds=" << applied.seconds();
   if (on_applied) on_applied(serial);
   if (on_ack_queued) on_ack_queued();  // the queued ACK goes out right away
   return Status::Ok();

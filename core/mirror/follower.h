@@ -128,8 +128,11 @@ class Follower {
                 const std::function<bool()>& should_stop);
   // `target`: the manifest that `changes` turn this mirror's into, its
   // root already checked against the signed one.
+  // `list` is the change list; `changes` the same in memory, or null when it
+  // is stored in the state (too large to hold).
   Status ApplyChanges(BrokerLink& broker, uint64_t serial, const std::string& digest,
-                      const AppliedManifest& target, const std::vector<v1::Change>& changes,
+                      const AppliedManifest& target, ChangeList& list,
+                      const std::vector<v1::Change>* changes,
                       const std::function<bool()>& should_stop);
   v1::Ack MakeAck(v1::AckState state, uint64_t serial, uint64_t target, const ApplyStats& stats,
                   double seconds, const std::string& error) const;

@@ -1,5 +1,6 @@
 #include "core/mirror/mirror_state.h"
 
+#include <climits>
 #include <set>
 #include <system_error>
 
@@ -13,7 +14,14 @@ namespace fs = std::filesystem;
 namespace {
 
 // 2: chunked manifests (format v2). Older states are dropped and rebuilt.
-constexpr int64_t kSchemaVersion = 2;
+// 3: large change lists stored in journal_changes (a v2 state is upgraded).
+constexpr int64_t kSchemaVersion = 3;
+
+// Stored changes and fetched chunks are written in transactions of this many
+// rows or bytes, and read back in pages of kStoredPage rows.
+constexpr size_t kStoreRowsPerTransaction = 16384;
+constexpr size_t kStoreChunkBytes = 8u << 20;
+constexpr int64_t kStoredPage = 4096;
 
 Status CreateSchema(Database& db) {
   Result<Statement> version = db.Prepare("PRAGMA user_version");
@@ -21,7 +29,7 @@ Status CreateSchema(Database& db) {
   MC_ASSIGN_OR_RETURN(bool row, version->Step());
   const int64_t have = row ? version->ColumnInt(0) : 0;
   version->Reset();
-  if (have != kSchemaVersion) {
+  if (have != kSchemaVersion && have != 2) {
     // Version 1 recorded whole-manifest digests that mean nothing now. The
     // tree itself is kept: the follower rescans and adopts it.
     Result<Statement> any =
@@ -52,13 +60,25 @@ Status CreateSchema(Database& db) {
       repo TEXT NOT NULL, id BLOB NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY(repo, id));
     CREATE TABLE IF NOT EXISTS journal(
       repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, manifest_sha256 BLOB NOT NULL,
-      changes BLOB NOT NULL);
+      changes BLOB NOT NULL, stored INTEGER NOT NULL DEFAULT 0, target_index BLOB);
+    CREATE TABLE IF NOT EXISTS journal_changes(
+      repo TEXT NOT NULL, step INTEGER NOT NULL, seq INTEGER NOT NULL, change BLOB NOT NULL,
+      PRIMARY KEY(repo, step, seq)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS fetched_chunks(
+      repo TEXT NOT NULL, id BLOB NOT NULL, bytes BLOB NOT NULL, PRIMARY KEY(repo, id));
     CREATE TABLE IF NOT EXISTS deferred_deletes(
       repo TEXT NOT NULL, path TEXT NOT NULL, kind INTEGER NOT NULL, due_unix INTEGER NOT NULL,
       PRIMARY KEY(repo, path));
     CREATE TABLE IF NOT EXISTS pending_acks(
       id INTEGER PRIMARY KEY AUTOINCREMENT, ack BLOB NOT NULL);
   )sql"));
+  if (have == 2) {
+    // Version 3 only adds: the journal learns where a large change list is.
+    MC_RETURN_IF_ERROR(db.Exec(R"sql(
+      ALTER TABLE journal ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE journal ADD COLUMN target_index BLOB;
+    )sql"));
+  }
   return db.Exec("PRAGMA user_version = " + std::to_string(kSchemaVersion));
 }
 
@@ -130,24 +150,39 @@ Result<std::string> MirrorState::StoredChunks::LoadChunk(std::string_view id) {
 }
 
 Result<std::optional<v1::FileEntry>> MirrorState::Find(std::string_view path) {
-  MC_ASSIGN_OR_RETURN(Statement st,
-                      db_->Prepare("SELECT entry FROM entries WHERE repo = ? AND path = ?"));
+  // Asked once per file an apply stages: prepared once, not per call.
+  if (!find_) {
+    MC_ASSIGN_OR_RETURN(Statement st,
+                        db_->Prepare("SELECT entry FROM entries WHERE repo = ? AND path = ?"));
+    find_.emplace(std::move(st));
+  }
+  Statement& st = *find_;
+  st.Reset();
   st.Bind(1, repo_).Bind(2, path);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
   if (!row) return std::optional<v1::FileEntry>();
-  MC_ASSIGN_OR_RETURN(v1::FileEntry entry, ParseEntry(st.ColumnBlob(0)));
-  return std::optional<v1::FileEntry>(std::move(entry));
+  auto entry = ParseEntry(st.ColumnBlob(0));
+  st.Reset();
+  if (!entry.ok()) return entry.status();
+  return std::optional<v1::FileEntry>(std::move(*entry));
 }
 
 Result<std::optional<std::string>> MirrorState::PathWithContent(std::string_view sha256) {
-  MC_ASSIGN_OR_RETURN(
-      Statement st,
-      db_->Prepare("SELECT path FROM entries INDEXED BY entries_by_sha256 WHERE repo = ? AND "
-                   "sha256 = ? LIMIT 1"));
+  if (!with_content_) {
+    MC_ASSIGN_OR_RETURN(
+        Statement st,
+        db_->Prepare("SELECT path FROM entries INDEXED BY entries_by_sha256 WHERE repo = ? AND "
+                     "sha256 = ? LIMIT 1"));
+    with_content_.emplace(std::move(st));
+  }
+  Statement& st = *with_content_;
+  st.Reset();
   st.Bind(1, repo_).BindBlob(2, sha256);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
   if (!row) return std::optional<std::string>();
-  return std::optional<std::string>(st.ColumnText(0));
+  std::string path = st.ColumnText(0);
+  st.Reset();
+  return std::optional<std::string>(std::move(path));
 }
 
 Result<Manifest> MirrorState::LoadManifest() {
@@ -254,14 +289,22 @@ Status MirrorState::WriteJournal(const Journal& journal) {
   for (const auto& c : journal.changes) *record.add_changes() = c;
   MC_ASSIGN_OR_RETURN(Statement st,
                       db_->Prepare("INSERT OR REPLACE INTO journal(repo, serial, manifest_sha256, "
-                                   "changes) VALUES(?, ?, ?, ?)"));
+                                   "changes, stored, target_index) VALUES(?, ?, ?, ?, ?, ?)"));
   st.Bind(1, repo_).Bind(2, static_cast<int64_t>(journal.serial));
   st.BindBlob(3, journal.manifest_sha256).BindBlob(4, record.SerializeAsString());
+  st.Bind(5, int64_t{journal.stored ? 1 : 0});
+  if (journal.stored) {
+    st.BindBlob(6, journal.target_index);
+  } else {
+    st.BindNull(6);
+  }
   return st.Run();
 }
 
 Result<std::optional<Journal>> MirrorState::ReadJournal() {
-  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT changes FROM journal WHERE repo = ?"));
+  MC_ASSIGN_OR_RETURN(
+      Statement st,
+      db_->Prepare("SELECT changes, stored, target_index FROM journal WHERE repo = ?"));
   st.Bind(1, repo_);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
   if (!row) return std::optional<Journal>();
@@ -271,7 +314,187 @@ Result<std::optional<Journal>> MirrorState::ReadJournal() {
   journal.serial = record.serial();
   journal.manifest_sha256 = record.manifest_sha256();
   journal.changes.assign(record.changes().begin(), record.changes().end());
+  journal.stored = st.ColumnInt(1) != 0;
+  if (journal.stored) {
+    journal.target_index = st.ColumnBlob(2);
+    // The counts of the stored list (its rows were written before the journal).
+    MC_ASSIGN_OR_RETURN(Statement count,
+                        db_->Prepare("SELECT count(*) FROM journal_changes WHERE repo = ?"));
+    count.Bind(1, repo_);
+    MC_ASSIGN_OR_RETURN(bool counted, count.Step());
+    stored_.size_ = counted ? static_cast<uint64_t>(count.ColumnInt(0)) : 0;
+  }
   return std::optional<Journal>(std::move(journal));
+}
+
+Status MirrorState::ClearStoredChanges() {
+  pending_changes_.clear();
+  pending_chunks_.clear();
+  pending_chunk_bytes_ = 0;
+  stored_.size_ = stored_.files_ = stored_.file_bytes_ = 0;
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  for (const char* sql : {"DELETE FROM journal_changes WHERE repo = ?",
+                          "DELETE FROM fetched_chunks WHERE repo = ?"}) {
+    MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(sql));
+    st.Bind(1, repo_);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  return tx.Commit();
+}
+
+Status MirrorState::StoreChange(const v1::Change& change, ApplyStep step) {
+  pending_changes_.emplace_back(static_cast<int>(step), stored_.size_++,
+                                change.SerializeAsString());
+  if (change.kind() != v1::CHANGE_DELETED && change.entry().kind() == v1::ENTRY_FILE) {
+    stored_.files_++;
+    stored_.file_bytes_ += change.entry().size();
+  }
+  return pending_changes_.size() >= kStoreRowsPerTransaction ? FlushStored() : Status::Ok();
+}
+
+Status MirrorState::PutFetchedChunk(const std::string& id, std::string bytes) {
+  pending_chunk_bytes_ += bytes.size();
+  pending_chunks_.emplace(id, std::move(bytes));
+  return pending_chunk_bytes_ >= kStoreChunkBytes ? FlushStored() : Status::Ok();
+}
+
+Status MirrorState::FinishStoredChanges() { return FlushStored(); }
+
+Status MirrorState::FlushStored() {
+  if (pending_changes_.empty() && pending_chunks_.empty()) return Status::Ok();
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  {
+    MC_ASSIGN_OR_RETURN(Statement put,
+                        db_->Prepare("INSERT OR REPLACE INTO journal_changes(repo, step, seq, "
+                                     "change) VALUES(?, ?, ?, ?)"));
+    for (const auto& [step, seq, bytes] : pending_changes_) {
+      put.Reset();
+      put.Bind(1, repo_).Bind(2, int64_t{step}).Bind(3, static_cast<int64_t>(seq));
+      put.BindBlob(4, bytes);
+      MC_RETURN_IF_ERROR(put.Run());
+    }
+    MC_ASSIGN_OR_RETURN(Statement chunk,
+                        db_->Prepare("INSERT OR IGNORE INTO fetched_chunks(repo, id, bytes) "
+                                     "VALUES(?, ?, ?)"));
+    for (const auto& [id, bytes] : pending_chunks_) {
+      chunk.Reset();
+      chunk.Bind(1, repo_).BindBlob(2, id).BindBlob(3, bytes);
+      MC_RETURN_IF_ERROR(chunk.Run());
+    }
+  }
+  MC_RETURN_IF_ERROR(tx.Commit());
+  pending_changes_.clear();
+  pending_chunks_.clear();
+  pending_chunk_bytes_ = 0;
+  return Status::Ok();
+}
+
+Result<std::string> MirrorState::FetchedChunks::LoadChunk(std::string_view id) {
+  if (auto it = state_.pending_chunks_.find(id); it != state_.pending_chunks_.end()) {
+    return it->second;
+  }
+  MC_ASSIGN_OR_RETURN(
+      Statement st,
+      state_.db_->Prepare("SELECT bytes FROM fetched_chunks WHERE repo = ? AND id = ?"));
+  st.Bind(1, state_.repo_).BindBlob(2, id);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return Status::NotFound("manifest chunk " + ToHex(id) + " was not fetched");
+  return st.ColumnBlob(0);
+}
+
+Status MirrorState::StoredChanges::ForEach(ApplyStep step, bool reverse, const Visitor& visit) {
+  MC_ASSIGN_OR_RETURN(
+      Statement st,
+      state_.db_->Prepare(reverse ? "SELECT seq, change FROM journal_changes WHERE repo = ? AND "
+                                    "step = ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+                                  : "SELECT seq, change FROM journal_changes WHERE repo = ? AND "
+                                    "step = ? AND seq > ? ORDER BY seq LIMIT ?"));
+  int64_t after = reverse ? INT64_MAX : -1;
+  std::vector<std::pair<uint64_t, v1::Change>> page;
+  for (;;) {
+    // A page at a time, the statement done before any visit: the visitor
+    // may use the database freely.
+    page.clear();
+    st.Reset();
+    st.Bind(1, state_.repo_).Bind(2, int64_t{static_cast<int>(step)}).Bind(3, after);
+    st.Bind(4, kStoredPage);
+    for (;;) {
+      MC_ASSIGN_OR_RETURN(bool row, st.Step());
+      if (!row) break;
+      v1::Change change;
+      if (!change.ParseFromString(st.ColumnBlob(1))) {
+        return Status::Corruption("unreadable change in the journal");
+      }
+      page.emplace_back(static_cast<uint64_t>(st.ColumnInt(0)), std::move(change));
+    }
+    st.Reset();
+    if (page.empty()) return Status::Ok();
+    for (const auto& [seq, change] : page) MC_RETURN_IF_ERROR(visit(seq, change));
+    after = static_cast<int64_t>(page.back().first);
+  }
+}
+
+Status MirrorState::RecordChanges(
+    const std::function<Status(const ChangeList::Visitor&)>& visit_all, int64_t delete_after_unix) {
+  MC_ASSIGN_OR_RETURN(Statement put, db_->Prepare("INSERT OR REPLACE INTO entries(repo, path, "
+                                                  "entry, sha256) VALUES(?, ?, ?, ?)"));
+  MC_ASSIGN_OR_RETURN(Statement del,
+                      db_->Prepare("DELETE FROM entries WHERE repo = ? AND path = ?"));
+  MC_ASSIGN_OR_RETURN(Statement defer,
+                      db_->Prepare("INSERT OR REPLACE INTO deferred_deletes(repo, path, kind, "
+                                   "due_unix) VALUES(?, ?, ?, ?)"));
+  MC_ASSIGN_OR_RETURN(Statement undefer,
+                      db_->Prepare("DELETE FROM deferred_deletes WHERE repo = ? AND path = ?"));
+  // Nothing deferred (the usual case, and every bootstrap): no re-added path
+  // needs taking off the list.
+  MC_ASSIGN_OR_RETURN(Statement any_deferred,
+                      db_->Prepare("SELECT 1 FROM deferred_deletes WHERE repo = ? LIMIT 1"));
+  any_deferred.Bind(1, repo_);
+  MC_ASSIGN_OR_RETURN(const bool deferred, any_deferred.Step());
+  any_deferred.Reset();
+  std::string bytes;
+  return visit_all([&](uint64_t, const v1::Change& c) -> Status {
+    if (c.kind() == v1::CHANGE_DELETED) {
+      del.Reset();
+      del.Bind(1, repo_).Bind(2, c.entry().path());
+      MC_RETURN_IF_ERROR(del.Run());
+      if (delete_after_unix > 0) {
+        defer.Reset();
+        defer.Bind(1, repo_).Bind(2, c.entry().path());
+        defer.Bind(3, static_cast<int64_t>(c.entry().kind())).Bind(4, delete_after_unix);
+        MC_RETURN_IF_ERROR(defer.Run());
+      }
+      return Status::Ok();
+    }
+    put.Reset();
+    c.entry().SerializeToString(&bytes);
+    put.Bind(1, repo_).Bind(2, c.entry().path()).BindBlob(3, bytes);
+    if (c.entry().kind() == v1::ENTRY_FILE) {
+      put.BindBlob(4, c.entry().sha256());
+    } else {
+      put.BindNull(4);
+    }
+    MC_RETURN_IF_ERROR(put.Run());
+    if (deferred || delete_after_unix > 0) {
+      undefer.Reset();
+      undefer.Bind(1, repo_).Bind(2, c.entry().path());
+      MC_RETURN_IF_ERROR(undefer.Run());
+    }
+    return Status::Ok();
+  });
+}
+
+Status MirrorState::DropJournal() {
+  for (const char* sql :
+       {"DELETE FROM journal WHERE repo = ?", "DELETE FROM journal_changes WHERE repo = ?",
+        "DELETE FROM fetched_chunks WHERE repo = ?"}) {
+    MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(sql));
+    st.Bind(1, repo_);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  return Status::Ok();
 }
 
 Status MirrorState::CommitApply(uint64_t serial, const std::string& digest,
@@ -297,52 +520,45 @@ Status MirrorState::CommitApply(uint64_t serial, const std::string& digest,
   }
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
-  {
-    MC_ASSIGN_OR_RETURN(Statement put, db_->Prepare("INSERT OR REPLACE INTO entries(repo, path, "
-                                                    "entry, sha256) VALUES(?, ?, ?, ?)"));
-    MC_ASSIGN_OR_RETURN(Statement del,
-                        db_->Prepare("DELETE FROM entries WHERE repo = ? AND path = ?"));
-    MC_ASSIGN_OR_RETURN(Statement defer,
-                        db_->Prepare("INSERT OR REPLACE INTO deferred_deletes(repo, path, kind, "
-                                     "due_unix) VALUES(?, ?, ?, ?)"));
-    MC_ASSIGN_OR_RETURN(Statement undefer,
-                        db_->Prepare("DELETE FROM deferred_deletes WHERE repo = ? AND path = ?"));
-    for (const auto& c : changes) {
-      if (c.kind() == v1::CHANGE_DELETED) {
-        del.Reset();
-        del.Bind(1, repo_).Bind(2, c.entry().path());
-        MC_RETURN_IF_ERROR(del.Run());
-        if (delete_after_unix > 0) {
-          defer.Reset();
-          defer.Bind(1, repo_).Bind(2, c.entry().path());
-          defer.Bind(3, static_cast<int64_t>(c.entry().kind())).Bind(4, delete_after_unix);
-          MC_RETURN_IF_ERROR(defer.Run());
-        }
-      } else {
-        put.Reset();
-        put.Bind(1, repo_).Bind(2, c.entry().path()).BindBlob(3, c.entry().SerializeAsString());
-        if (c.entry().kind() == v1::ENTRY_FILE) {
-          put.BindBlob(4, c.entry().sha256());
-        } else {
-          put.BindNull(4);
-        }
-        MC_RETURN_IF_ERROR(put.Run());
-        undefer.Reset();
-        undefer.Bind(1, repo_).Bind(2, c.entry().path());
-        MC_RETURN_IF_ERROR(undefer.Run());
-      }
-    }
-    MC_RETURN_IF_ERROR(StoreManifest(serial, digest, next, *next_chunks));
-    MC_ASSIGN_OR_RETURN(Statement journal, db_->Prepare("DELETE FROM journal WHERE repo = ?"));
-    journal.Bind(1, repo_);
-    MC_RETURN_IF_ERROR(journal.Run());
-    if (ack != nullptr) MC_RETURN_IF_ERROR(QueueAck(*ack));
-  }
+  MC_RETURN_IF_ERROR(RecordChanges(
+      [&](const ChangeList::Visitor& visit) -> Status {
+        for (size_t i = 0; i < changes.size(); ++i) MC_RETURN_IF_ERROR(visit(i, changes[i]));
+        return Status::Ok();
+      },
+      delete_after_unix));
+  MC_RETURN_IF_ERROR(StoreManifest(serial, digest, next, *next_chunks));
+  MC_RETURN_IF_ERROR(DropJournal());
+  if (ack != nullptr) MC_RETURN_IF_ERROR(QueueAck(*ack));
   MC_RETURN_IF_ERROR(tx.Commit());
   serial_ = serial;
   digest_ = digest;
   index_ = std::move(next);
   initialized_ = true;
+  return Status::Ok();
+}
+
+Status MirrorState::CommitApply(uint64_t serial, const std::string& digest, ChangeList& changes,
+                                const v1::Ack* ack, int64_t delete_after_unix,
+                                const AppliedManifest& applied) {
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  MC_RETURN_IF_ERROR(RecordChanges(
+      [&](const ChangeList::Visitor& visit) -> Status {
+        for (int step = 0; step < kApplySteps; ++step) {
+          MC_RETURN_IF_ERROR(changes.ForEach(static_cast<ApplyStep>(step), false, visit));
+        }
+        return Status::Ok();
+      },
+      delete_after_unix));
+  MC_RETURN_IF_ERROR(StoreManifest(serial, digest, applied.index, *applied.chunks));
+  MC_RETURN_IF_ERROR(DropJournal());
+  if (ack != nullptr) MC_RETURN_IF_ERROR(QueueAck(*ack));
+  MC_RETURN_IF_ERROR(tx.Commit());
+  serial_ = serial;
+  digest_ = digest;
+  index_ = applied.index;
+  initialized_ = true;
+  stored_.size_ = stored_.files_ = stored_.file_bytes_ = 0;
   return Status::Ok();
 }
 

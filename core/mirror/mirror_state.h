@@ -23,9 +23,12 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/base/status.h"
@@ -41,6 +44,12 @@ struct Journal {
   uint64_t serial = 0;              // the serial being applied
   std::string manifest_sha256;      // its manifest root
   std::vector<v1::Change> changes;  // the change list being applied
+  // A change list too large for memory (a bootstrap, a jump): `changes` is
+  // empty and the list is MirrorState::stored_changes(); `target_index` is
+  // the encoded manifest index it leads to, whose new chunks the state holds
+  // (fetched_chunks()).
+  bool stored = false;
+  std::string target_index;
 };
 
 // The manifest an apply leads to, when the caller has already derived it and
@@ -82,6 +91,22 @@ class MirrorState : public LocalTree {
   Status WriteJournal(const Journal& journal);
   Result<std::optional<Journal>> ReadJournal();
 
+  // The change list of a large apply, kept in subscriber.db (table
+  // journal_changes) instead of memory, and the manifest chunks fetched for
+  // it (fetched_chunks). ClearStoredChanges() starts a new one;
+  // StoreChange() appends (buffered, written a few thousand rows per
+  // transaction); FinishStoredChanges() writes what is buffered and must run
+  // before stored_changes() is read or the journal names it. CommitApply()
+  // removes both.
+  Status ClearStoredChanges();
+  Status StoreChange(const v1::Change& change, ApplyStep step);
+  Status FinishStoredChanges();
+  ChangeList& stored_changes() { return stored_; }
+  // Manifest chunks fetched from a broker for an apply in progress (each
+  // checked against its id by whoever reads it, as every chunk is).
+  Status PutFetchedChunk(const std::string& id, std::string bytes);
+  ChunkSource& fetched_chunks() { return fetched_; }
+
   // Applies `changes` to the recorded manifest and records `serial` and
   // `digest`, removing the journal and queueing `ack` (when given), in one
   // transaction: a crash can never record the serial but lose its ACK.
@@ -94,6 +119,10 @@ class MirrorState : public LocalTree {
                      const std::vector<v1::Change>& changes, const v1::Ack* ack = nullptr,
                      int64_t delete_after_unix = 0,
                      const std::optional<AppliedManifest>& applied = std::nullopt);
+  // The same for a change list of any size (stored_changes()), whose
+  // resulting manifest the caller has derived and checked.
+  Status CommitApply(uint64_t serial, const std::string& digest, ChangeList& changes,
+                     const v1::Ack* ack, int64_t delete_after_unix, const AppliedManifest& applied);
 
   // Deferred deletions (grace period), oldest due first.
   struct DeferredDeletion {
@@ -121,9 +150,47 @@ class MirrorState : public LocalTree {
     const std::string& repo_;
   };
 
+  // journal_changes rows, read back a page at a time.
+  class StoredChanges : public ChangeList {
+   public:
+    explicit StoredChanges(MirrorState& state) : state_(state) {}
+    Status ForEach(ApplyStep step, bool reverse, const Visitor& visit) override;
+    uint64_t size() const override { return size_; }
+    uint64_t files() const override { return files_; }
+    uint64_t file_bytes() const override { return file_bytes_; }
+
+   private:
+    friend class MirrorState;
+    MirrorState& state_;
+    uint64_t size_ = 0;
+    uint64_t files_ = 0;
+    uint64_t file_bytes_ = 0;
+  };
+  // fetched_chunks rows, and those not written yet.
+  class FetchedChunks : public ChunkSource {
+   public:
+    explicit FetchedChunks(MirrorState& state) : state_(state) {}
+    Result<std::string> LoadChunk(std::string_view id) override;
+
+   private:
+    MirrorState& state_;
+  };
+
   MirrorState(std::string repo, std::unique_ptr<Database> db)
-      : repo_(std::move(repo)), db_(std::move(db)), chunks_(*db_, repo_) {}
+      : repo_(std::move(repo)),
+        db_(std::move(db)),
+        chunks_(*db_, repo_),
+        stored_(*this),
+        fetched_(*this) {}
   Status Load();
+  // Writes the buffered journal_changes rows and fetched chunks.
+  Status FlushStored();
+  // Upserts the entries `visit_all` yields, inside the caller's transaction.
+  Status RecordChanges(const std::function<Status(const ChangeList::Visitor&)>& visit_all,
+                       int64_t delete_after_unix);
+  // Removes the journal, the stored changes and the fetched chunks, inside
+  // the caller's transaction.
+  Status DropJournal();
   // Writes the head row and the chunks `index` names that `from` holds and
   // the store lacks, and drops stored chunks `index` no longer names. Inside
   // the caller's transaction.
@@ -133,6 +200,13 @@ class MirrorState : public LocalTree {
   std::string repo_;
   std::unique_ptr<Database> db_;
   StoredChunks chunks_;
+  std::optional<Statement> find_, with_content_;  // prepared on first use
+  StoredChanges stored_;
+  FetchedChunks fetched_;
+  // Buffered rows: (step, seq, change bytes), and fetched chunks by id.
+  std::vector<std::tuple<int, uint64_t, std::string>> pending_changes_;
+  std::map<std::string, std::string, std::less<>> pending_chunks_;
+  size_t pending_chunk_bytes_ = 0;
   uint64_t serial_ = 0;
   std::string digest_;
   ManifestIndex index_;

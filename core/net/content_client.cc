@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <deque>
 #include <map>
 #include <vector>
 
@@ -19,8 +20,7 @@ using Millis = std::chrono::milliseconds;
 
 namespace {
 
-// Replies carry at most one chunk plus protobuf framing.
-constexpr size_t kMaxReplyBytes = kMaxChunk + 4096;
+constexpr size_t kMaxReplyBytes = kMaxContentReplyBytes;
 
 Status WriteAllAt(int fd, std::string_view data, uint64_t offset, const std::string& what) {
   size_t done = 0;
@@ -104,6 +104,73 @@ Result<v1::ContentReply> ContentClient::Request(v1::ContentRequest request) {
   }
 }
 
+Status CheckRangesRequest(const v1::RangesRequest& request) {
+  if (request.ranges_size() == 0) return Status::Rejected("batched request without ranges");
+  if (static_cast<size_t>(request.ranges_size()) > kMaxBatchRanges) {
+    return Status::Rejected("batched request of " + std::to_string(request.ranges_size()) +
+                            " ranges; at most " + std::to_string(kMaxBatchRanges));
+  }
+  uint64_t total = 0;
+  for (const v1::RangeRequest& range : request.ranges()) total += range.length();
+  if (total > kMaxChunk) {
+    return Status::Rejected("batched request of " + std::to_string(total) + " bytes; at most " +
+                            std::to_string(kMaxChunk));
+  }
+  return Status::Ok();
+}
+
+Status CheckWholeFilePart(const v1::RangeReply& part, const FileFetch& file) {
+  if (!part.ok()) return Status::Rejected("fetch " + file.path + ": " + part.error());
+  if (part.total_size() != file.size) {
+    return Status::Corruption("fetch " + file.path + ": broker has " +
+                              std::to_string(part.total_size()) + " bytes, signed size is " +
+                              std::to_string(file.size));
+  }
+  if (part.offset() != 0 || part.data().size() != file.size) {
+    return Status::Corruption("fetch " + file.path + ": reply does not match the range asked");
+  }
+  if (Sha256Of(part.data()) != file.sha256) {
+    return Status::Corruption("fetched " + file.path + " does not match its signed SHA-256");
+  }
+  return Status::Ok();
+}
+
+namespace {
+
+// A peer's text, fit for one log line.
+std::string Printable(std::string_view text) {
+  std::string out(text.substr(0, 200));
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+  }
+  return out;
+}
+
+Status SetModeAndTimeFd(int fd, const FileFetch& file) {
+  if (!file.set_mode_and_mtime) return Status::Ok();
+  if (::fchmod(fd, static_cast<mode_t>(file.mode & 07777)) != 0) {
+    return Status::FromErrno("chmod " + file.dest.string(), errno);
+  }
+  struct timespec times[2];
+  times[0].tv_sec = static_cast<time_t>(file.mtime);
+  times[0].tv_nsec = 0;
+  times[1] = times[0];
+  if (::futimens(fd, times) != 0)
+    return Status::FromErrno("set mtime " + file.dest.string(), errno);
+  return Status::Ok();
+}
+
+// A small file that arrived whole and verified: written in one go.
+Status WriteWholeFile(const FileFetch& file, std::string_view data, bool fsync) {
+  MC_ASSIGN_OR_RETURN(UniqueFd fd, CreateDest(file.dest));
+  MC_RETURN_IF_ERROR(WriteAllAt(fd.get(), data, 0, file.dest.string()));
+  MC_RETURN_IF_ERROR(SetModeAndTimeFd(fd.get(), file));
+  if (fsync) MC_RETURN_IF_ERROR(FsyncFd(fd.get(), file.dest.string()));
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats* stats,
                                  const std::function<bool()>& should_stop) {
   struct FileState {
@@ -113,14 +180,17 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     bool done = false;
     // Hashed as the bytes arrive, so a file is never read back: chunks that
     // arrive early wait in `early` (bounded by the credit) for their turn.
-    std::unique_ptr<Sha256> hash = std::make_unique<Sha256>();
+    std::unique_ptr<Sha256> hash;
     uint64_t hashed = 0;
     std::map<uint64_t, std::string> early;
   };
+  // One request in flight: a range of one file, or (`batch` not empty)
+  // several small files whole.
   struct Pending {
-    size_t file;
-    uint64_t offset;
-    uint32_t length;
+    size_t file = 0;
+    uint64_t offset = 0;
+    uint32_t length = 0;
+    std::vector<size_t> batch;
   };
   for (const FileFetch& file : files) {
     if (file.sha256.size() != kSha256Size) {
@@ -131,11 +201,18 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
   }
   std::vector<FileState> state(files.size());
   std::map<uint64_t, Pending> pending;
-  size_t next_file = 0;  // files before this have been opened
+  size_t next_file = 0;          // files before this have been started
+  std::deque<size_t> unbatched;  // small files sent again one range at a time
   size_t remaining = files.size();
+
+  auto batchable = [&](size_t i) {
+    return batching_ && !files[i].resume && files[i].size > 0 &&
+           files[i].size <= options_.batch_file_bytes;
+  };
 
   auto finish_file = [&](size_t i) -> Status {
     FileState& st = state[i];
+    MC_RETURN_IF_ERROR(SetModeAndTimeFd(st.fd.get(), files[i]));
     if (options_.fsync_each_file) {
       MC_RETURN_IF_ERROR(FsyncFd(st.fd.get(), files[i].dest.string()));
     }
@@ -143,9 +220,7 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     st.done = true;
     --remaining;
     if (stats) ++stats->files_fetched;
-    assert(st.hashed == files[i].size);
-    const std::string got = st.hash->Finish();
-    if (got != files[i].sha256) {
+    if (st.hashed != files[i].size || st.hash->Finish() != files[i].sha256) {
       return Status::Corruption("fetched " + files[i].path + " does not match its signed SHA-256");
     }
     return Status::Ok();
@@ -178,14 +253,75 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     return Status::Ok();
   };
 
-  // Issues requests while credit lasts. Files are opened lazily so a huge
-  // update never holds more descriptors than requests in flight.
+  auto new_request = [&]() {
+    v1::ContentRequest request;
+    request.set_protocol_version(kProtocolVersion);
+    request.set_request_id(next_request_id_++);
+    request.set_repo(repo_);
+    return request;
+  };
+
+  // The next file to fetch range by range, opened (files are opened lazily,
+  // so a huge update never holds more descriptors than requests in flight);
+  // files.size() when none is left. Sends a batch of small files first when
+  // they come next; `sent_batch` says so.
+  auto start_next = [&](bool* sent_batch) -> Result<size_t> {
+    *sent_batch = false;
+    for (;;) {
+      size_t candidate;
+      if (!unbatched.empty()) {
+        candidate = unbatched.front();
+        unbatched.pop_front();
+      } else if (next_file < files.size() && batchable(next_file)) {
+        v1::ContentRequest request = new_request();
+        Pending batch;
+        uint64_t bytes = 0;
+        while (next_file < files.size() && batchable(next_file) &&
+               batch.batch.size() < kMaxBatchRanges && bytes + files[next_file].size <= kMaxChunk) {
+          const FileFetch& file = files[next_file];
+          auto* range = request.mutable_ranges()->add_ranges();
+          range->set_path(file.path);
+          range->set_sha256(file.sha256);
+          range->set_offset(0);
+          range->set_length(static_cast<uint32_t>(file.size));
+          bytes += file.size;
+          batch.batch.push_back(next_file++);
+        }
+        if (!SendRequest(socket_, request)) {
+          next_file -= batch.batch.size();  // asked again once replies free the queue
+          return files.size();
+        }
+        pending.emplace(request.request_id(), std::move(batch));
+        *sent_batch = true;
+        return files.size();
+      } else if (next_file < files.size()) {
+        candidate = next_file++;
+      } else {
+        return files.size();
+      }
+      FileState& st = state[candidate];
+      st.hash = std::make_unique<Sha256>();
+      if (files[candidate].resume) {
+        MC_RETURN_IF_ERROR(ResumeDest(files[candidate], st));
+      } else {
+        MC_ASSIGN_OR_RETURN(st.fd, CreateDest(files[candidate].dest));
+      }
+      if (st.received == files[candidate].size) {
+        MC_RETURN_IF_ERROR(finish_file(candidate));
+        continue;
+      }
+      return candidate;
+    }
+  };
+
+  // Issues requests while credit lasts.
   auto fill = [&]() -> Status {
     while (static_cast<int>(pending.size()) < options_.credit) {
-      // Find a file with bytes left to request.
+      // A file already in flight with bytes left to request comes first.
       size_t i = files.size();
       for (auto& [id, p] : pending) {
         (void)id;
+        if (!p.batch.empty()) continue;
         const FileState& st = state[p.file];
         if (!st.done && st.next_offset < files[p.file].size) {
           i = p.file;
@@ -193,38 +329,59 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
         }
       }
       if (i == files.size()) {
-        while (next_file < files.size()) {
-          size_t candidate = next_file++;
-          if (files[candidate].resume) {
-            MC_RETURN_IF_ERROR(ResumeDest(files[candidate], state[candidate]));
-          } else {
-            MC_ASSIGN_OR_RETURN(state[candidate].fd, CreateDest(files[candidate].dest));
-          }
-          if (state[candidate].received == files[candidate].size) {
-            MC_RETURN_IF_ERROR(finish_file(candidate));
-            continue;
-          }
-          i = candidate;
-          break;
-        }
+        bool sent_batch = false;
+        MC_ASSIGN_OR_RETURN(i, start_next(&sent_batch));
+        if (sent_batch) continue;
       }
       if (i == files.size()) return Status::Ok();  // nothing left to request
       FileState& st = state[i];
       const uint64_t left = files[i].size - st.next_offset;
       const uint32_t length = static_cast<uint32_t>(std::min<uint64_t>(left, options_.chunk_bytes));
-      v1::ContentRequest request;
-      const uint64_t id = next_request_id_++;
-      request.set_protocol_version(kProtocolVersion);
-      request.set_request_id(id);
-      request.set_repo(repo_);
+      v1::ContentRequest request = new_request();
       auto* range = request.mutable_range();
       range->set_path(files[i].path);
       range->set_sha256(files[i].sha256);
       range->set_offset(st.next_offset);
       range->set_length(length);
       if (!SendRequest(socket_, request)) break;  // wait for replies to free the queue
-      pending.emplace(id, Pending{i, st.next_offset, length});
+      Pending p;
+      p.file = i;
+      p.offset = st.next_offset;
+      p.length = length;
+      pending.emplace(request.request_id(), std::move(p));
       st.next_offset += length;
+    }
+    return Status::Ok();
+  };
+
+  // The answer to a batch of small files: each is checked whole, then written.
+  auto take_batch = [&](const Pending& p, v1::ContentReply& reply) -> Status {
+    if (!reply.ok()) {
+      // A broker that predates RangesRequest: one request per file from now on.
+      if (batching_) {
+        MC_LOG(info) << "content server " << content_.ToString() << " refused a batched request ("
+                     << Printable(reply.error()) << "); fetching one range per request";
+        batching_ = false;
+      }
+      for (size_t f : p.batch) unbatched.push_back(f);
+      return Status::Ok();
+    }
+    if (static_cast<size_t>(reply.parts_size()) != p.batch.size()) {
+      return Status::Corruption("batched reply from " + content_.ToString() + " has " +
+                                std::to_string(reply.parts_size()) + " parts for " +
+                                std::to_string(p.batch.size()) + " files");
+    }
+    for (size_t k = 0; k < p.batch.size(); ++k) {
+      const FileFetch& file = files[p.batch[k]];
+      MC_RETURN_IF_ERROR(CheckWholeFilePart(reply.parts(static_cast<int>(k)), file));
+      MC_RETURN_IF_ERROR(
+          WriteWholeFile(file, reply.parts(static_cast<int>(k)).data(), options_.fsync_each_file));
+      state[p.batch[k]].done = true;
+      --remaining;
+      if (stats) {
+        ++stats->files_fetched;
+        stats->bytes_fetched += file.size;
+      }
     }
     return Status::Ok();
   };
@@ -246,8 +403,13 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     }
     auto it = pending.find(reply->request_id());
     if (it == pending.end()) continue;
-    const Pending p = it->second;
+    const Pending p = std::move(it->second);
     pending.erase(it);
+    if (!p.batch.empty()) {
+      MC_RETURN_IF_ERROR(take_batch(p, *reply));
+      MC_RETURN_IF_ERROR(fill());
+      continue;
+    }
     const FileFetch& file = files[p.file];
     if (!reply->ok()) return Status::Rejected("fetch " + file.path + ": " + reply->error());
     if (reply->total_size() != file.size) {

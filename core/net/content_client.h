@@ -1,9 +1,13 @@
 // Client side of a broker's content socket (DEALER -> ROUTER): whole files
 // and manifest objects in chunks, and librsync deltas.
 //
-// Flow control is credit-based: at most `credit` chunk requests are in flight
-// across all files being fetched, so many small files pipeline and one large
-// file streams without ever buffering more than credit * chunk bytes. A fetch
+// Flow control is credit-based: at most `credit` requests are in flight across
+// all files being fetched, so many small files pipeline and one large file
+// streams without ever buffering more than credit * chunk bytes. Small files
+// travel several to a request (RangesRequest: at most kMaxBatchRanges files
+// and kMaxChunk bytes), so a bootstrap of a million of them costs a few
+// thousand round trips, not a million; a broker that does not know the
+// batched request gets one RangeRequest per file instead. A fetch
 // that sees no reply for `stall_timeout` fails (slow-retrieval defence).
 // Every byte is bounded by the size the caller expects (the signed size), so
 // endless data is refused. Owns its socket: one thread only.
@@ -19,9 +23,20 @@
 
 #include "core/base/status.h"
 #include "core/net/endpoint.h"
+#include "core/wire/envelope.h"
 #include "proto/mirrorcast.pb.h"
 
 namespace mirrorcast {
+
+// Bounds of a RangesRequest, checked by both sides: at most this many ranges,
+// their lengths summing to at most kMaxChunk, and each part's error text cut
+// to kMaxPartErrorBytes.
+inline constexpr size_t kMaxBatchRanges = 256;
+inline constexpr size_t kMaxPartErrorBytes = 512;
+// The largest ContentReply a client accepts: one chunk, or one batch (data
+// summing to at most kMaxChunk, plus per-part framing and errors).
+inline constexpr size_t kMaxContentReplyBytes =
+    kMaxChunk + kMaxBatchRanges * (kMaxPartErrorBytes + 64) + 4096;
 
 struct ContentClientOptions {
   uint32_t chunk_bytes = 256 * 1024;
@@ -30,6 +45,9 @@ struct ContentClientOptions {
   // fsync each fetched file. False when the caller makes a whole batch
   // durable at once (SyncFilesystem) before relying on it.
   bool fsync_each_file = true;
+  // Files of at most this many bytes are fetched several to a request
+  // (RangesRequest); 0 sends one RangeRequest per chunk of every file.
+  uint32_t batch_file_bytes = 64 * 1024;
 };
 
 struct FetchStats {
@@ -50,7 +68,22 @@ struct FileFetch {
   // Keep what `dest` already holds (a transfer cut short) and fetch only the
   // rest; the kept prefix is hashed with the rest, so a bad one still fails.
   bool resume = false;
+  // Give the complete file these permission bits and mtime (seconds), on
+  // its open descriptor, so the caller needs no chmod or utimensat by path.
+  bool set_mode_and_mtime = false;
+  uint32_t mode = 0600;
+  int64_t mtime = 0;
 };
+
+// Checks a RangesRequest against the bounds above (the broker, before it
+// serves any of it).
+Status CheckRangesRequest(const v1::RangesRequest& request);
+
+// Checks that `part`, one answer of a RangesRequest, holds the whole of
+// `file`: ok, the signed size, offset 0, every byte, and the signed SHA-256.
+// A refusal is kRejected with the broker's reason; anything else that does
+// not match is kCorruption. Untrusted input: never asserts.
+Status CheckWholeFilePart(const v1::RangeReply& part, const FileFetch& file);
 
 class ContentClient {
  public:
@@ -85,6 +118,8 @@ class ContentClient {
   ContentClientOptions options_;
   zmq::socket_t socket_;
   uint64_t next_request_id_ = 1;
+  // False once the broker turned a RangesRequest down (it predates them).
+  bool batching_ = true;
 };
 
 }  // namespace mirrorcast

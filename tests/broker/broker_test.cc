@@ -16,13 +16,16 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/base/clock.h"
@@ -948,6 +951,133 @@ TEST_F(BrokerTest, HostileContentRequestsGetAClearEscapedRefusal) {
   v1::ContentReply good = ask("pool/a.rpm", Sha256Of("package a"));
   EXPECT_TRUE(good.ok()) << good.error();
   EXPECT_EQ(good.data(), "package a");
+}
+
+TEST_F(BrokerTest, BatchedRequestAnswersEachRangeAsItsOwnRequestWould) {
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
+  zmq::socket_t dealer(context_, zmq::socket_type::dealer);
+  dealer.set(zmq::sockopt::linger, 0);
+  dealer.connect(Content().Endpoint());
+  auto ask = [&](const std::vector<std::pair<std::string, std::string>>& ranges) {
+    v1::ContentRequest request;
+    request.set_protocol_version(kProtocolVersion);
+    request.set_request_id(9);
+    request.set_repo(kRepo);
+    for (const auto& [path, sha256] : ranges) {
+      auto* r = request.mutable_ranges()->add_ranges();
+      r->set_path(path);
+      r->set_sha256(sha256);
+      r->set_length(64);
+    }
+    zmq::message_t frame = ToFrame(request);
+    EXPECT_TRUE(dealer.send(frame, zmq::send_flags::none));
+    zmq::pollitem_t item{static_cast<void*>(dealer), 0, ZMQ_POLLIN, 0};
+    EXPECT_EQ(zmq::poll(&item, 1, kTimeout), 1);
+    v1::ContentReply reply;
+    zmq::message_t got;
+    if (dealer.recv(got, zmq::recv_flags::dontwait)) {
+      EXPECT_TRUE(reply.ParseFromArray(got.data(), static_cast<int>(got.size())));
+    }
+    return reply;
+  };
+  // A published file, a version nobody published, an index root.
+  v1::ContentReply reply = ask({{"pool/a.rpm", Sha256Of("package a")},
+                                {"pool/a.rpm", Sha256Of("never published")},
+                                {"repomd.xml", Sha256Of("<repomd/>")}});
+  ASSERT_TRUE(reply.ok()) << reply.error();
+  ASSERT_EQ(reply.parts_size(), 3);
+  EXPECT_TRUE(reply.parts(0).ok());
+  EXPECT_EQ(reply.parts(0).data(), "package a");
+  EXPECT_EQ(reply.parts(0).total_size(), 9u);
+  EXPECT_FALSE(reply.parts(1).ok());
+  EXPECT_TRUE(reply.parts(1).data().empty());
+  EXPECT_NE(reply.parts(1).error().find("not a version any published manifest"), std::string::npos)
+      << reply.parts(1).error();
+  EXPECT_TRUE(reply.parts(2).ok());
+  EXPECT_EQ(reply.parts(2).data(), "<repomd/>");
+
+  // More ranges than a batch may hold: refused whole, nothing read.
+  std::vector<std::pair<std::string, std::string>> many(kMaxBatchRanges + 1,
+                                                        {"pool/a.rpm", Sha256Of("package a")});
+  v1::ContentReply refused = ask(many);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_EQ(refused.parts_size(), 0);
+
+  // The client fetches small files several to a request, each verified.
+  ContentClient client(context_, Content(), kRepo, FastClient());
+  FetchStats stats;
+  Status fetched =
+      client.FetchFiles({FileFetch{"pool/a.rpm", 9, Sha256Of("package a"), dir_ / "batch-a"},
+                         FileFetch{"repomd.xml", 9, Sha256Of("<repomd/>"), dir_ / "batch-r"}},
+                        &stats);
+  ASSERT_TRUE(fetched.ok()) << fetched.ToString();
+  EXPECT_EQ(ReadFile(dir_ / "batch-a"), "package a");
+  EXPECT_EQ(ReadFile(dir_ / "batch-r"), "<repomd/>");
+  EXPECT_EQ(stats.files_fetched, 2u);
+  EXPECT_EQ(stats.bytes_fetched, 18u);
+}
+
+// A content server that predates RangesRequest: it answers a batch with
+// "empty content request" and serves single ranges, counting both.
+TEST(ContentClientFallback, ABrokerWithoutBatchesGetsOneRangePerRequest) {
+  zmq::context_t context;
+  zmq::socket_t router(context, zmq::socket_type::router);
+  router.set(zmq::sockopt::linger, 0);
+  router.bind("tcp://127.0.0.1:*");
+  const std::string endpoint = router.get(zmq::sockopt::last_endpoint);
+  const uint16_t port = static_cast<uint16_t>(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+  const std::map<std::string, std::string> files = {
+      {"a", "first file"}, {"b", "second"}, {"c", "third one"}};
+  std::map<std::string, std::string> by_sha;
+  for (const auto& [path, content] : files) by_sha[Sha256Of(content)] = content;
+  int batches = 0, singles = 0;
+  std::atomic<bool> stop{false};
+  std::thread server([&] {
+    while (!stop) {
+      zmq::pollitem_t item{static_cast<void*>(router), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, std::chrono::milliseconds(50)) <= 0) continue;
+      zmq::message_t id, body;
+      if (!router.recv(id) || !router.recv(body)) continue;
+      v1::ContentRequest request;
+      request.ParseFromArray(body.data(), static_cast<int>(body.size()));
+      v1::ContentReply reply;
+      reply.set_protocol_version(kProtocolVersion);
+      reply.set_request_id(request.request_id());
+      if (request.has_range()) {
+        ++singles;
+        const std::string& content = by_sha[request.range().sha256()];
+        reply.set_ok(true);
+        reply.set_total_size(content.size());
+        reply.set_offset(request.range().offset());
+        reply.set_data(content.substr(request.range().offset(), request.range().length()));
+      } else {
+        ++batches;
+        reply.set_error("empty content request");
+      }
+      zmq::message_t out = ToFrame(reply);
+      router.send(id, zmq::send_flags::sndmore);
+      router.send(out, zmq::send_flags::none);
+    }
+  });
+  TempDir dir("mirrorcast-fallback");
+  ContentClientOptions options;
+  options.stall_timeout = std::chrono::milliseconds(5000);
+  ContentClient client(context, HostPort{"127.0.0.1", port}, "main", options);
+  std::vector<FileFetch> fetches;
+  for (const auto& [path, content] : files) {
+    fetches.push_back(FileFetch{path, content.size(), Sha256Of(content), dir.path() / path});
+  }
+  FetchStats stats;
+  Status s = client.FetchFiles(fetches, &stats);
+  // Once refused, the client does not ask for batches again.
+  Status again = client.FetchFiles(fetches, &stats);
+  stop = true;
+  server.join();
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_TRUE(again.ok()) << again.ToString();
+  for (const auto& [path, content] : files) EXPECT_EQ(ReadFile(dir.path() / path), content);
+  EXPECT_EQ(batches, 1);
+  EXPECT_EQ(singles, 6);
 }
 
 TEST_F(BrokerTest, ObjectsOfAPublishThatNeverCommittedAreRemovedAtStart) {

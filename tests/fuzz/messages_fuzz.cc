@@ -9,9 +9,11 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "core/crypto/sha256.h"
 #include "core/delta/delta.h"
 #include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
+#include "core/net/content_client.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
 #include "proto/mirrorcast.pb.h"
@@ -24,9 +26,6 @@
 
 namespace mirrorcast::fuzz {
 namespace {
-
-// content_client.cc's bound on a ContentReply: one chunk and its framing.
-constexpr size_t kMaxContentReplyBytes = kMaxChunk + 4096;
 
 // No key is trusted: nested envelopes go through parsing and the key lookup.
 const TrustStore& NoTrust() {
@@ -72,6 +71,35 @@ void Handle(const v1::ControlReply& reply) {
 void Handle(const v1::ContentRequest& request) {
   if (request.has_delta()) {
     (void)CheckSignature(request.delta().signature(), kMaxContentRequestBytes);
+  }
+  if (request.has_ranges()) {
+    // The broker's bound on a batch, against an independent count.
+    const Status s = CheckRangesRequest(request.ranges());
+    uint64_t total = 0;
+    for (const auto& r : request.ranges().ranges()) total += r.length();
+    const bool within = request.ranges().ranges_size() > 0 &&
+                        static_cast<size_t>(request.ranges().ranges_size()) <= kMaxBatchRanges &&
+                        total <= kMaxChunk;
+    if (s.ok() != within) __builtin_trap();
+  }
+}
+
+// Each part of a batched reply, checked as the client would against a small
+// file it asked for: accepted only if it is exactly that file.
+void Handle(const v1::ContentReply& reply) {
+  for (const v1::RangeReply& part : reply.parts()) {
+    for (const uint64_t size : {static_cast<uint64_t>(part.data().size()), part.total_size()}) {
+      FileFetch file;
+      file.path = "pool/a.deb";
+      file.size = size;
+      file.sha256 = Sha256Of(part.data());
+      const Status s = CheckWholeFilePart(part, file);
+      const bool whole = part.ok() && part.offset() == 0 && part.total_size() == size &&
+                         part.data().size() == size;
+      if (s.ok() != whole) __builtin_trap();
+      file.sha256[0] = static_cast<char>(file.sha256[0] ^ 1);  // any other version
+      if (CheckWholeFilePart(part, file).ok()) __builtin_trap();
+    }
   }
 }
 
@@ -139,6 +167,30 @@ std::vector<std::string> MessagesSeeds() {
   data.set_data("some content bytes");
   seeds.push_back(data.SerializeAsString());
 
+  v1::ContentRequest ranges;
+  ranges.set_protocol_version(kProtocolVersion);
+  ranges.set_request_id(6);
+  ranges.set_repo("debian-main");
+  for (int i = 0; i < 3; ++i) {
+    auto* r = ranges.mutable_ranges()->add_ranges();
+    r->set_path("pool/p" + std::to_string(i) + ".deb");
+    r->set_sha256(std::string(32, static_cast<char>('\x40' + i)));
+    r->set_length(1000 + i);
+  }
+  seeds.push_back(ranges.SerializeAsString());
+
+  v1::ContentReply parts;
+  parts.set_protocol_version(kProtocolVersion);
+  parts.set_request_id(6);
+  parts.set_ok(true);
+  auto* whole = parts.add_parts();
+  whole->set_ok(true);
+  whole->set_total_size(5);
+  whole->set_data("12345");
+  auto* refused = parts.add_parts();
+  refused->set_error("pool/p1.deb (sha256 4141...) is not a version any published manifest names");
+  seeds.push_back(parts.SerializeAsString());
+
   v1::Ack ack;
   ack.set_protocol_version(kProtocolVersion);
   ack.set_mirror_id("mirror-a");
@@ -180,7 +232,10 @@ extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
   }
   {
     v1::ContentReply m, again;
-    if (Parse(frame, kMaxContentReplyBytes, &m)) RoundTrip(m, kMaxContentReplyBytes, &again);
+    if (Parse(frame, kMaxContentReplyBytes, &m)) {
+      Handle(m);
+      RoundTrip(m, kMaxContentReplyBytes, &again);
+    }
   }
   {
     v1::Ack m, again;

@@ -84,6 +84,12 @@ TEST(Scale, AChangeListFarLargerThanOneMessageTravelsAsManifestChunks) {
     const std::string log = ReadFile(c.root() / "logs" / (id + ".log"));
     // Both serials came by manifest diff, not by a broadcast change list.
     EXPECT_EQ(Count(log, "jumping from serial"), 2u) << id;
+    // The bootstrap's 50 k changes went through the journal's table as the
+    // diff produced them (bounded memory); the second, smaller jump stayed
+    // in memory.
+    EXPECT_EQ(Count(log, "journaled as they came"), 1u) << id;
+    // Small files travelled several to a content request.
+    EXPECT_EQ(Count(log, "fetching one range per request"), 0u) << id;
   }
 }
 
