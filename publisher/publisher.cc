@@ -1,5 +1,6 @@
 #include "publisher/publisher.h"
 
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -388,6 +389,16 @@ Status CheckDeletions(const PublisherOptions& options, uint64_t entries_before,
   return Status::Ok();
 }
 
+// User + system CPU of the whole process (every thread) so far.
+double ProcessCpuSeconds() {
+  struct rusage usage {};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const struct timeval& tv) {
+    return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 struct ScanResult {
   uint64_t changes = 0;
   ScanStats stats;
@@ -415,6 +426,7 @@ Result<ScanResult> ScanForChanges(const PublisherOptions& options, const Manifes
     return take(std::move(c));
   };
   const auto start = options.clock->Steady();
+  const double cpu_start = ProcessCpuSeconds();
   if (paths) {
     MC_RETURN_IF_ERROR(DiffPaths(options.tree, *paths, previous, chunks, cache->get(),
                                  &result.stats, diff, collect)
@@ -425,12 +437,13 @@ Result<ScanResult> ScanForChanges(const PublisherOptions& options, const Manifes
             .WithContext("scanning " + options.tree.string()));
   }
   result.seconds = std::chrono::duration<double>(options.clock->Steady() - start).count();
+  const double cpu = ProcessCpuSeconds() - cpu_start;
   MC_LOG(info) << "scanned repo=" << options.repo << " mode=" << (paths ? "paths" : "full")
                << " entries=" << result.stats.entries << " changes=" << result.changes
                << " files_hashed=" << result.stats.files_hashed
                << " bytes_hashed=" << result.stats.bytes_hashed
                << " cache_hits=" << result.stats.cache_hits << " skipped=" << result.stats.skipped
-               << " seconds=" << result.seconds;
+               << " seconds=" << result.seconds << " cpu_seconds=" << cpu;
   return result;
 }
 
