@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <memory>
 
 #include "core/base/log.h"
 #include "core/crypto/sha256.h"
@@ -20,6 +21,38 @@ namespace {
 // before the scan gives up on it: publishing a half-written file would make
 // every mirror fetch content that fails its hash.
 constexpr int kHashAttempts = 3;
+
+// SHA-256 of the file `full` (opened without following a symlink), and the
+// bytes read. Like Sha256File, but with one hasher and one read buffer per
+// thread, left uninitialised: a first publish hashes millions of small
+// files, and allocating and zeroing a buffer for each cost more than the
+// hashing.
+Result<std::string> HashContents(const std::filesystem::path& full, const struct stat& st,
+                                 uint64_t* bytes) {
+  constexpr size_t kBufferBytes = 1 << 20;
+  thread_local Sha256 hasher;
+  thread_local std::unique_ptr<char[]> buffer(new char[kBufferBytes]);
+  UniqueFd fd(::open(full.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!fd.valid()) return Status::FromErrno("open " + full.string(), errno);
+  if (static_cast<uint64_t>(st.st_size) > kBufferBytes) {
+    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  }
+  uint64_t total = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buffer.get(), kBufferBytes);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      (void)hasher.Finish();  // resets it for the next file
+      return Status::FromErrno("read " + full.string(), err);
+    }
+    if (n == 0) break;
+    hasher.Update(buffer.get(), static_cast<size_t>(n));
+    total += static_cast<uint64_t>(n);
+  }
+  *bytes = total;
+  return hasher.Finish();
+}
 
 bool SameIdentity(const struct stat& a, const struct stat& b) {
   return a.st_ino == b.st_ino && a.st_dev == b.st_dev && a.st_size == b.st_size &&
@@ -263,7 +296,7 @@ Result<std::string> HashStableFile(const std::filesystem::path& full, struct sta
                                    ScanStats* stats) {
   for (int attempt = 1;; ++attempt) {
     uint64_t bytes = 0;
-    Result<std::string> digest = Sha256File(full, &bytes);
+    Result<std::string> digest = HashContents(full, *st, &bytes);
     if (stats != nullptr) {
       ++stats->files_hashed;
       stats->bytes_hashed += bytes;

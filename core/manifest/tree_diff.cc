@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -98,6 +99,7 @@ class ChangeQueue {
     {
       std::lock_guard<std::mutex> lock(mu_);
       todo_.push_back(&item);
+      ++undone_;
     }
     work_cv_.notify_one();
     ++pending_;
@@ -127,7 +129,12 @@ class ChangeQueue {
   void StartThreads() {
     if (!threads_.empty()) return;
     const int n = std::max(1, options_.hash_threads);
-    for (int t = 0; t < n; ++t) threads_.emplace_back([this] { HashLoop(); });
+    for (int t = 0; t < n; ++t) {
+      threads_.emplace_back([this] {
+        ::pthread_setname_np(::pthread_self(), "mc-scan-hash");  // for top and perf
+        HashLoop();
+      });
+    }
   }
 
   void HashLoop() {
@@ -150,25 +157,34 @@ class ChangeQueue {
       } else {
         item->hashed = sha.status();
       }
+      bool wake = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
         item->done = true;
+        --undone_;
         hashed_.files_hashed += counts.files_hashed;
         hashed_.bytes_hashed += counts.bytes_hashed;
+        wake = waiting_ && undone_ <= wake_at_;
       }
-      done_cv_.notify_one();
+      if (wake) done_cv_.notify_one();
     }
   }
 
-  // Hands on the changes at the front that are known. Waits for the oldest
-  // hash when `all`, or when too much is waiting.
+  // Hands on the changes at the front that are known. With `all`, waits for
+  // every hash. When too much is waiting, waits for the oldest hash and for
+  // half of the others, so that the caller sleeps once per many files, not
+  // once per file.
   Status Drain(bool all) {
     while (!items_.empty()) {
       Item& item = items_.front();
       if (item.file) {
-        const bool wait = all || pending_ > max_pending_ || items_.size() > 4 * max_pending_;
         std::unique_lock<std::mutex> lock(mu_);
-        if (wait) done_cv_.wait(lock, [&] { return item.done; });
+        if (all || pending_ > max_pending_ || items_.size() > 4 * max_pending_) {
+          wake_at_ = all ? 0 : max_pending_ / 2;
+          waiting_ = true;
+          done_cv_.wait(lock, [&] { return item.done && undone_ <= wake_at_; });
+          waiting_ = false;
+        }
         if (!item.done) return Status::Ok();
         lock.unlock();
         --pending_;
@@ -210,6 +226,9 @@ class ChangeQueue {
   std::condition_variable work_cv_;  // todo_ or stop_
   std::condition_variable done_cv_;  // an item is done
   std::deque<Item*> todo_;           // guarded by mu_
+  size_t undone_ = 0;                // queued items not hashed yet; guarded by mu_
+  bool waiting_ = false;             // the caller waits on done_cv_; guarded by mu_
+  size_t wake_at_ = 0;               // ... until undone_ is this low; guarded by mu_
   ScanStats hashed_;                 // guarded by mu_
   bool stop_ = false;                // guarded by mu_
   std::vector<std::thread> threads_;
@@ -615,6 +634,7 @@ class WalkThread {
  public:
   WalkThread(const fs::path& root, int root_fd, const ScanOptions& options, BatchPipe& pipe)
       : pipe_(pipe), thread_([this, &root, root_fd, &options] {
+          ::pthread_setname_np(::pthread_self(), "mc-scan-walk");
           TreeWalker walker(root, options,
                             [this](std::unique_ptr<WalkBatch>& b) { return pipe_.Push(b); });
           Status status = walker.WalkBelow(root_fd, "");
