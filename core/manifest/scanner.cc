@@ -27,12 +27,12 @@ constexpr int kHashAttempts = 3;
 // thread, left uninitialised: a first publish hashes millions of small
 // files, and allocating and zeroing a buffer for each cost more than the
 // hashing.
-Result<std::string> HashContents(const std::filesystem::path& full, const struct stat& st,
-                                 uint64_t* bytes) {
+Result<std::string> HashContents(int dir_fd, const char* name, const std::filesystem::path& full,
+                                 const struct stat& st, uint64_t* bytes) {
   constexpr size_t kBufferBytes = 1 << 20;
   thread_local Sha256 hasher;
   thread_local std::unique_ptr<char[]> buffer(new char[kBufferBytes]);
-  UniqueFd fd(::open(full.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  UniqueFd fd(::openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd.valid()) return Status::FromErrno("open " + full.string(), errno);
   if (static_cast<uint64_t>(st.st_size) > kBufferBytes) {
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
@@ -294,26 +294,31 @@ Result<std::string> ReadSymlinkAt(int dir_fd, const std::string& name, const std
 
 Result<std::string> HashStableFile(const std::filesystem::path& full, struct stat* st,
                                    ScanStats* stats) {
+  return HashStableFileAt(AT_FDCWD, full.c_str(), full, st, stats, kHashAttempts);
+}
+
+Result<std::string> HashStableFileAt(int dir_fd, const char* name,
+                                     const std::filesystem::path& full, struct stat* st,
+                                     ScanStats* stats, int attempts) {
   for (int attempt = 1;; ++attempt) {
     uint64_t bytes = 0;
-    Result<std::string> digest = HashContents(full, *st, &bytes);
+    Result<std::string> digest = HashContents(dir_fd, name, full, *st, &bytes);
     if (stats != nullptr) {
       ++stats->files_hashed;
       stats->bytes_hashed += bytes;
     }
     if (!digest.ok()) return digest.status();
     struct stat after;
-    if (::lstat(full.c_str(), &after) != 0) {
+    if (::fstatat(dir_fd, name, &after, AT_SYMLINK_NOFOLLOW) != 0) {
       if (errno == ENOENT) return Status::NotFound(full.string() + " vanished while it was hashed");
       return Status::FromErrno("lstat " + full.string(), errno);
     }
-    // The path was opened by name (and followed if it had turned into a
-    // symlink): only an identity unchanged from before to after proves the
-    // bytes read are this regular file's content.
+    // The path was opened by name: only an identity unchanged from before to
+    // after proves the bytes read are this regular file's content.
     if (SameIdentity(*st, after) && bytes == static_cast<uint64_t>(after.st_size)) {
       return digest;
     }
-    if (attempt >= kHashAttempts || !S_ISREG(after.st_mode)) {
+    if (attempt >= attempts || !S_ISREG(after.st_mode)) {
       return Status::Unavailable(full.string() + " kept changing while it was hashed");
     }
     *st = after;
