@@ -64,5 +64,11 @@ Result<std::string> ReadSymlinkAt(int dir_fd, const std::string& name, const std
 // into `stats` (may be null).
 Result<std::string> HashStableFile(const std::filesystem::path& full, struct stat* st,
                                    ScanStats* stats);
+// The same for the entry `name` of the open directory `dir_fd` (opened and
+// re-stat'ed relative to it, never following a symlink at `name`), read at
+// most `attempts` times; `full` names it in errors.
+Result<std::string> HashStableFileAt(int dir_fd, const char* name,
+                                     const std::filesystem::path& full, struct stat* st,
+                                     ScanStats* stats, int attempts);
 
 }  // namespace mirrorcast

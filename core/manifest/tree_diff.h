@@ -6,17 +6,26 @@
 // it with the previous manifest read chunk by chunk and with the hash cache
 // read in path order, and emits the change list in path order. A file is
 // hashed only when its stat identity (size, mtime and ctime in ns, inode) is
-// not the cached one; files to hash are hashed by `hash_threads` threads in
-// batches, so a first publish uses every core. Memory: one chunk, one
-// directory listing per level, one batch of files to hash.
+// not the cached one. Threads: the walk (getdents64 and an fstatat per name,
+// relative to the open directory, never following a symlink) runs on a
+// thread of its own and hands batches of entries to the calling thread,
+// which decodes the old manifest, reads the cache and merges; files to hash
+// go to `hash_threads` threads, and changes leave in order as soon as
+// everything before them is known. So the walk, which is system-call bound
+// like `find`, is never held up by the merge, and a first publish hashes on
+// every core. Memory: one chunk, one directory listing per level, a few
+// batches of walked entries and at most `hash_batch_files` files waiting for
+// their hash.
 //
 // DiffPaths does the same for just the listed paths (--paths-from): each is
 // re-stat'ed, a directory is walked whole, a path that is gone is deleted
 // with everything below it, a parent that is gone or no longer a directory
 // is rescanned in its place, and missing parent directories are added. Only
 // the chunks holding those paths are read: O(listed paths + their subtrees).
+// The walk runs on the calling thread; the hash cache is looked up by path.
 //
-// Not thread-safe; the hashing threads are its own.
+// Not thread-safe; the walking and hashing threads are its own and end
+// before it returns. `sink` is called on the calling thread only.
 #pragma once
 
 #include <filesystem>
@@ -33,7 +42,9 @@ namespace mirrorcast {
 struct TreeDiffOptions {
   ScanOptions scan;
   int hash_threads = 2;
-  size_t hash_batch_files = 1024;
+  // Files waiting for their hash at most; then the merge waits for the
+  // oldest (bounds memory on a first publish).
+  size_t hash_batch_files = 4096;
 };
 
 // `cache` may be null (every file is hashed). `stats->entries` is the number

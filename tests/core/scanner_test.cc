@@ -171,6 +171,24 @@ TEST_F(ScannerTest, SameSizeRewriteWithRestoredMtimeIsStillDetected) {
   EXPECT_EQ(m.Find("a.txt")->sha256(), Sha256Of("ALPHA"));
 }
 
+// Each hashing thread reuses one hasher and one read buffer: files larger
+// than the buffer (several reads) and small ones after them each get their
+// own digest.
+TEST_F(ScannerTest, OneHasherPerThreadGivesEachFileItsOwnDigest) {
+  const std::string big = RandomBytes((3 << 20) + 5, 9);
+  WriteFile(tree_ / "big", big);
+  for (const auto& [name, content] : std::vector<std::pair<std::string, std::string>>{
+           {"big", big}, {"a.txt", "alpha"}, {"big", big}, {"dir/sub/c", "gamma"}}) {
+    struct stat st;
+    ASSERT_EQ(::lstat((tree_ / name).c_str(), &st), 0);
+    ScanStats stats;
+    auto sha = HashStableFile(tree_ / name, &st, &stats);
+    ASSERT_TRUE(sha.ok()) << sha.status().ToString();
+    EXPECT_EQ(*sha, Sha256Of(content)) << name;
+    EXPECT_EQ(stats.bytes_hashed, content.size());
+  }
+}
+
 TEST_F(ScannerTest, MissingRootIsAnError) {
   ScanStats stats;
   auto m = ScanTree(tree_ / "no-such-dir", nullptr, &stats);

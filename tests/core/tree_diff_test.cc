@@ -177,5 +177,108 @@ TEST_F(TreeDiffTest, ListedPathsGiveTheSameChangesAsAFullScanOfThem) {
   EXPECT_EQ(Encoded(listed), Encoded(DiffManifests(before, after)));
 }
 
+// The walk hands entries over in batches of a few thousand: a directory
+// larger than a batch, names that sort around '/' and beyond ASCII, and
+// entries the scan must skip (unsafe names and symlinks, a FIFO, the
+// excluded staging directory) give exactly the changes and stats of a full
+// scan and diff.
+TEST_F(TreeDiffTest, AWalkOfManyBatchesGivesTheChangesAndStatsOfAFullScan) {
+  const fs::path big = tree_.path() / "pool/big";
+  fs::create_directories(big);
+  for (int i = 0; i < 9000; ++i) WriteFile(big / ("p" + std::to_string(i) + ".rpm"), "");
+  for (const std::string& name : kNames) {
+    WriteFile(tree_.path() / "pool" / name / "x", name);
+    WriteFile(tree_.path() / ("pool/" + name + "-f"), name);
+  }
+  WriteFile(tree_.path() / "pool/caf\xc3\xa9", "utf-8 name");     // sorts after ASCII
+  WriteFile(tree_.path() / "pool/a\x7f", "DEL sorts after '/'");  // still ASCII
+  WriteFile(tree_.path() / "pool/back\\slash", "unsafe");         // skipped
+  WriteFile(tree_.path() / "pool/latin1-caf\xe9", "not UTF-8");   // skipped
+  ASSERT_EQ(::symlink("../../../etc", (tree_.path() / "pool/evil").c_str()), 0);  // skipped
+  ASSERT_EQ(::symlink("big/p1.rpm", (tree_.path() / "pool/good").c_str()), 0);
+  ASSERT_EQ(::mkfifo((tree_.path() / "pool/fifo").c_str(), 0644), 0);  // skipped
+  WriteFile(tree_.path() / ".mirrorcast-staging/partial", "x");        // excluded
+
+  MemoryChunks chunks;
+  auto empty = BuildIndex(Manifest(), nullptr);
+  ASSERT_TRUE(empty.ok());
+  ScanStats full_stats;
+  auto full = ScanTree(tree_.path(), nullptr, &full_stats);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  std::vector<v1::Change> streamed;
+  ScanStats stats;
+  ASSERT_TRUE(
+      DiffTree(tree_.path(), *empty, chunks, nullptr, &stats, TreeDiffOptions{}, [&](v1::Change c) {
+        streamed.push_back(std::move(c));
+        return Status::Ok();
+      }).ok());
+  EXPECT_EQ(Encoded(streamed), Encoded(DiffManifests(Manifest(), *full)));
+  EXPECT_EQ(stats.entries, full->size());
+  EXPECT_EQ(stats.skipped, full_stats.skipped);
+  EXPECT_EQ(stats.files_hashed, full_stats.files_hashed);
+  EXPECT_EQ(stats.skipped, 5u);
+}
+
+// A sink that fails ends the scan with its error while the walk and the
+// hashing are still going (their threads are stopped, nothing hangs): more
+// entries than the batches in flight hold, so the walk is still waiting to
+// hand some over.
+TEST_F(TreeDiffTest, AFailingSinkEndsTheScanWithItsError) {
+  for (int d = 0; d < 5; ++d) {
+    for (int i = 0; i < 5000; ++i) {
+      WriteFile(tree_.path() / ("d" + std::to_string(d)) / ("f" + std::to_string(i)), "x");
+    }
+  }
+  MemoryChunks chunks;
+  auto empty = BuildIndex(Manifest(), nullptr);
+  ASSERT_TRUE(empty.ok());
+  for (const int fail_at : {1, 2500, 20000}) {
+    int seen = 0;
+    ScanStats stats;
+    TreeDiffOptions options;
+    options.hash_batch_files = 16;
+    Status s = DiffTree(tree_.path(), *empty, chunks, nullptr, &stats, options, [&](v1::Change) {
+      return ++seen == fail_at ? Status::Rejected("enough") : Status::Ok();
+    });
+    EXPECT_EQ(s.code(), Status::Code::kRejected) << fail_at << ": " << s.ToString();
+    EXPECT_EQ(seen, fail_at);
+  }
+}
+
+// Listing a directory that did not change reads none of its files: the
+// listed paths' scan takes digests from the hash cache too.
+TEST_F(TreeDiffTest, ListedPathsTakeUnchangedDigestsFromTheHashCache) {
+  for (int i = 0; i < 50; ++i) WriteFile(tree_.path() / "pool" / std::to_string(i), "same");
+  WriteFile(tree_.path() / "pool/changed", "before");
+  const Manifest before = Scan();
+  MemoryChunks chunks;
+  auto index = BuildIndex(before, [&](const ChunkRef& r, std::string b) {
+    chunks.Put(r.id, std::move(b));
+    return Status::Ok();
+  });
+  ASSERT_TRUE(index.ok());
+  auto cache = HashCache::Open(state_.path() / "cache.db");
+  ASSERT_TRUE(cache.ok());
+  std::vector<v1::Change> changes;
+  auto collect = [&](v1::Change c) {
+    changes.push_back(std::move(c));
+    return Status::Ok();
+  };
+  ScanStats warm;
+  ASSERT_TRUE(
+      DiffTree(tree_.path(), *index, chunks, cache->get(), &warm, TreeDiffOptions{}, collect).ok());
+  EXPECT_TRUE(changes.empty());
+
+  WriteFile(tree_.path() / "pool/changed", "after!");
+  ScanStats stats;
+  ASSERT_TRUE(DiffPaths(tree_.path(), {"pool"}, *index, chunks, cache->get(), &stats,
+                        TreeDiffOptions{}, collect)
+                  .ok());
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].entry().path(), "pool/changed");
+  EXPECT_EQ(stats.files_hashed, 1u);
+  EXPECT_EQ(stats.cache_hits, 50u);
+}
+
 }  // namespace
 }  // namespace mirrorcast
