@@ -48,7 +48,7 @@ int PublishMain(int argc, char** argv) {
       "path that no longer exists is deleted, a listed directory is scanned whole")(
       "timeout", po::value<double>()->default_value(60),
       "seconds to wait for each broker reply (hello, manifest, upload); the publish "
-      "confirmation may take 0.2 ms more per change, since the broker checks every new file")(
+      "confirmation may take 1 ms more per change, since the broker checks every new file")(
       "state", po::value<std::string>()->default_value(kDefaultPublishStateDir),
       "state directory: last published manifest (<repo>.manifest.db) and hash cache "
       "(<repo>.hashcache.db); created if missing")(
