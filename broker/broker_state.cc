@@ -13,6 +13,24 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The columns (repo, sha256, path, dev, ino, size, mtime_ns, ctime_ns) of a
+// version row, bound from 1: staged and written rows alike.
+void BindVersionRow(Statement& st, const std::string& repo, const PublishedVersion& v) {
+  st.Bind(1, repo).BindBlob(2, v.sha256).Bind(3, v.path);
+  st.Bind(4, static_cast<int64_t>(v.identity.dev)).Bind(5, static_cast<int64_t>(v.identity.ino));
+  st.Bind(6, static_cast<int64_t>(v.identity.size)).Bind(7, v.identity.mtime_ns);
+  st.Bind(8, v.identity.ctime_ns);
+}
+
+// The columns (repo, sha256, kind, dev, ino, size, mtime_ns, ctime_ns) of an
+// object row, bound from 1.
+void BindObjectRow(Statement& st, const std::string& repo, const StoredObject& o) {
+  const FileIdentity& id = o.object.identity;
+  st.Bind(1, repo).BindBlob(2, o.sha256).Bind(3, static_cast<int64_t>(o.object.kind));
+  st.Bind(4, static_cast<int64_t>(id.dev)).Bind(5, static_cast<int64_t>(id.ino));
+  st.Bind(6, static_cast<int64_t>(id.size)).Bind(7, id.mtime_ns).Bind(8, id.ctime_ns);
+}
+
 // 2: manifests in format v2 (chunked, by root), servable versions.
 constexpr int64_t kSchemaVersion = 2;
 
@@ -238,22 +256,15 @@ Status BrokerState::StageVersions(const std::string& repo, uint64_t serial,
                                      "size, mtime_ns, ctime_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?)"));
     for (const PublishedVersion& v : batch.published) {
       published.Reset();
-      published.Bind(1, repo).BindBlob(2, v.sha256).Bind(3, v.path);
-      published.Bind(4, static_cast<int64_t>(v.identity.dev))
-          .Bind(5, static_cast<int64_t>(v.identity.ino));
-      published.Bind(6, static_cast<int64_t>(v.identity.size)).Bind(7, v.identity.mtime_ns);
-      published.Bind(8, v.identity.ctime_ns);
+      BindVersionRow(published, repo, v);
       MC_RETURN_IF_ERROR(published.Run());
     }
     MC_ASSIGN_OR_RETURN(Statement objects,
                         db_->Prepare("INSERT INTO staged_objects(repo, sha256, kind, dev, ino, "
                                      "size, mtime_ns, ctime_ns) VALUES(?, ?, ?, ?, ?, ?, ?, ?)"));
     for (const StoredObject& o : batch.objects) {
-      const FileIdentity& id = o.object.identity;
       objects.Reset();
-      objects.Bind(1, repo).BindBlob(2, o.sha256).Bind(3, static_cast<int64_t>(o.object.kind));
-      objects.Bind(4, static_cast<int64_t>(id.dev)).Bind(5, static_cast<int64_t>(id.ino));
-      objects.Bind(6, static_cast<int64_t>(id.size)).Bind(7, id.mtime_ns).Bind(8, id.ctime_ns);
+      BindObjectRow(objects, repo, o);
       MC_RETURN_IF_ERROR(objects.Run());
     }
   }
@@ -365,14 +376,10 @@ Status BrokerState::WriteVersions(const std::string& repo, uint64_t serial,
     std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) {
       return std::tie(a->sha256, a->path) < std::tie(b->sha256, b->path);
     });
-    for (const PublishedVersion* pv : order) {
-      const PublishedVersion& v = *pv;
+    for (const PublishedVersion* v : order) {
       put.Reset();
-      put.Bind(1, repo).BindBlob(2, v.sha256).Bind(3, v.path);
-      put.Bind(4, static_cast<int64_t>(v.identity.dev))
-          .Bind(5, static_cast<int64_t>(v.identity.ino));
-      put.Bind(6, static_cast<int64_t>(v.identity.size)).Bind(7, v.identity.mtime_ns);
-      put.Bind(8, v.identity.ctime_ns).Bind(9, static_cast<int64_t>(serial));
+      BindVersionRow(put, repo, *v);
+      put.Bind(9, static_cast<int64_t>(serial));
       MC_RETURN_IF_ERROR(put.Run());
     }
   }
@@ -385,13 +392,9 @@ Status BrokerState::WriteVersions(const std::string& repo, uint64_t serial,
     for (const auto& o : versions.objects) order.push_back(&o);
     std::sort(order.begin(), order.end(),
               [](const auto* a, const auto* b) { return a->sha256 < b->sha256; });
-    for (const StoredObject* so : order) {
-      const StoredObject& o = *so;
-      const FileIdentity& id = o.object.identity;
+    for (const StoredObject* o : order) {
       put.Reset();
-      put.Bind(1, repo).BindBlob(2, o.sha256).Bind(3, static_cast<int64_t>(o.object.kind));
-      put.Bind(4, static_cast<int64_t>(id.dev)).Bind(5, static_cast<int64_t>(id.ino));
-      put.Bind(6, static_cast<int64_t>(id.size)).Bind(7, id.mtime_ns).Bind(8, id.ctime_ns);
+      BindObjectRow(put, repo, *o);
       MC_RETURN_IF_ERROR(put.Run());
     }
   }

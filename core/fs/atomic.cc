@@ -199,9 +199,14 @@ Status RenameDurable(const std::filesystem::path& from, const std::filesystem::p
 // component swapped for a symlink between the check and the use is still
 // refused (no lstat-then-mkdir race).
 Status MakeDirsUnder(const std::filesystem::path& root, std::string_view rel, mode_t mode) {
+  return OpenDirsUnder(root, rel, mode).status();
+}
+
+Result<UniqueFd> OpenDirsUnder(const std::filesystem::path& root, std::string_view rel,
+                               mode_t mode) {
   UniqueFd dir(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir.valid()) return Status::FromErrno("open root " + root.string(), errno);
-  if (rel.empty()) return Status::Ok();  // root itself: nothing to create
+  if (rel.empty()) return dir;  // root itself: nothing to create
   MC_RETURN_IF_ERROR(ValidateRelativePath(rel));
 
   std::string walked = root.string();
@@ -239,7 +244,7 @@ Status MakeDirsUnder(const std::filesystem::path& root, std::string_view rel, mo
     }
     dir = std::move(child);
   }
-  return Status::Ok();
+  return dir;
 }
 
 Status CopyFileContents(const std::filesystem::path& from, const std::filesystem::path& to,

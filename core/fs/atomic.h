@@ -55,6 +55,10 @@ Status RenameDurable(const std::filesystem::path& from, const std::filesystem::p
 // Creates root/rel and its missing parents as directories with `mode`,
 // refusing to follow symlinks (CheckNoSymlinkParents semantics).
 Status MakeDirsUnder(const std::filesystem::path& root, std::string_view rel, mode_t mode = 0755);
+// The same, and returns a descriptor of root/rel (root itself for ""): what
+// it names is inside root whatever happens to the names afterwards.
+Result<UniqueFd> OpenDirsUnder(const std::filesystem::path& root, std::string_view rel,
+                               mode_t mode = 0755);
 
 // Sets permission bits (mode & 07777) and mtime (whole seconds, also used as
 // atime) of `path`, without following a symlink for the times.

@@ -453,29 +453,11 @@ Result<int> Applier::ParentDir(const std::string& path) {
   const std::string_view parent = ParentOf(path);
   if (parent_fd_.valid() && parent == parent_path_) return parent_fd_.get();
   parent_fd_.reset();
-  MC_RETURN_IF_ERROR(EnsureParent(path));
-  // One component at a time, never following a symlink: what the descriptor
-  // names is inside the tree, so a rename relative to it cannot escape.
-  UniqueFd dir(::open(options_.tree.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir.valid()) return Status::FromErrno("open " + options_.tree.string(), errno);
-  size_t start = 0;
-  while (start < parent.size()) {
-    size_t end = parent.find('/', start);
-    if (end == std::string_view::npos) end = parent.size();
-    const std::string name(parent.substr(start, end - start));
-    start = end + 1;
-    UniqueFd child(
-        ::openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!child.valid()) {
-      const int err = errno;
-      if (err == ELOOP || err == ENOTDIR) {
-        return Status::Rejected("refusing to write below " + std::string(parent) +
-                                ": not a directory, or a symlink on the way");
-      }
-      return Status::FromErrno("open directory " + std::string(parent), err);
-    }
-    dir = std::move(child);
-  }
+  // Made where missing and opened one component at a time, never following
+  // a symlink: what the descriptor names is inside the tree, so a rename
+  // relative to it cannot escape.
+  MC_ASSIGN_OR_RETURN(UniqueFd dir, OpenDirsUnder(options_.tree, parent));
+  made_dirs_.insert(std::string(parent));
   parent_fd_ = std::move(dir);
   parent_path_ = std::string(parent);
   return parent_fd_.get();

@@ -155,6 +155,20 @@ class BrokerTest : public ::testing::Test {
     return ReadFile(dest);
   }
 
+  // One content request on `dealer` and its reply (empty if none came).
+  static v1::ContentReply Call(zmq::socket_t& dealer, const v1::ContentRequest& request) {
+    zmq::message_t frame = ToFrame(request);
+    EXPECT_TRUE(dealer.send(frame, zmq::send_flags::none));
+    zmq::pollitem_t item{static_cast<void*>(dealer), 0, ZMQ_POLLIN, 0};
+    EXPECT_EQ(zmq::poll(&item, 1, kTimeout), 1);
+    v1::ContentReply reply;
+    zmq::message_t got;
+    if (dealer.recv(got, zmq::recv_flags::dontwait)) {
+      EXPECT_TRUE(reply.ParseFromArray(got.data(), static_cast<int>(got.size())));
+    }
+    return reply;
+  }
+
   // The fetched bytes, or the refusal (so a failed expectation shows why).
   static std::string Got(const Result<std::string>& fetched) {
     return fetched.ok() ? *fetched : "<refused: " + fetched.status().ToString() + ">";
@@ -916,16 +930,7 @@ TEST_F(BrokerTest, HostileContentRequestsGetAClearEscapedRefusal) {
     request.mutable_range()->set_path(path);
     request.mutable_range()->set_sha256(sha256);
     request.mutable_range()->set_length(1024);
-    zmq::message_t frame = ToFrame(request);
-    EXPECT_TRUE(dealer.send(frame, zmq::send_flags::none));
-    zmq::pollitem_t item{static_cast<void*>(dealer), 0, ZMQ_POLLIN, 0};
-    EXPECT_EQ(zmq::poll(&item, 1, kTimeout), 1);
-    v1::ContentReply reply;
-    zmq::message_t got;
-    if (dealer.recv(got, zmq::recv_flags::dontwait)) {
-      EXPECT_TRUE(reply.ParseFromArray(got.data(), static_cast<int>(got.size())));
-    }
-    return reply;
+    return Call(dealer, request);
   };
   auto printable = [](const std::string& text) {
     return std::all_of(text.begin(), text.end(),
@@ -969,16 +974,7 @@ TEST_F(BrokerTest, BatchedRequestAnswersEachRangeAsItsOwnRequestWould) {
       r->set_sha256(sha256);
       r->set_length(64);
     }
-    zmq::message_t frame = ToFrame(request);
-    EXPECT_TRUE(dealer.send(frame, zmq::send_flags::none));
-    zmq::pollitem_t item{static_cast<void*>(dealer), 0, ZMQ_POLLIN, 0};
-    EXPECT_EQ(zmq::poll(&item, 1, kTimeout), 1);
-    v1::ContentReply reply;
-    zmq::message_t got;
-    if (dealer.recv(got, zmq::recv_flags::dontwait)) {
-      EXPECT_TRUE(reply.ParseFromArray(got.data(), static_cast<int>(got.size())));
-    }
-    return reply;
+    return Call(dealer, request);
   };
   // A published file, a version nobody published, an index root.
   v1::ContentReply reply = ask({{"pool/a.rpm", Sha256Of("package a")},
