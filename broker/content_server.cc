@@ -117,7 +117,12 @@ Status ContentServer::Start() {
 
 void ContentServer::Stop() {
   if (!io_thread_.joinable()) return;
-  stop_ = true;
+  {
+    // Under the lock: a worker between its check and its wait would
+    // otherwise miss the wake-up and sleep forever.
+    std::lock_guard lock(jobs_mu_);
+    stop_ = true;
+  }
   jobs_cv_.notify_all();
   for (auto& w : workers_) w.join();
   workers_.clear();

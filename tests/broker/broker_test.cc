@@ -736,6 +736,16 @@ TEST_F(BrokerTest, SupersededVersionsComeFromTheRetainedStoreForKeepVersionsSeri
   EXPECT_EQ(Got(Fetch("a.rpm", "version 2")), "version 2");
 }
 
+// A stop right after a start (the content workers not yet waiting) once
+// lost the workers' wake-up and hung for ever.
+TEST_F(BrokerTest, StopsAtOnceEvenRightAfterStarting) {
+  // A hang shows as the test's timeout.
+  for (int i = 0; i < 20; ++i) {
+    Restart();
+    ASSERT_FALSE(HasFatalFailure()) << "cycle " << i;
+  }
+}
+
 TEST_F(BrokerTest, VersionStillNamedByTheHeadIsNeverPruned) {
   options_.keep_versions = 1;
   Restart();
