@@ -8,6 +8,7 @@
 
 #include "core/base/clock.h"
 #include "core/base/log.h"
+#include "core/base/thread_guard.h"
 #include "core/cli/signals.h"
 #include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
@@ -142,7 +143,8 @@ Status Broker::Start() {
   content_port_ = content_->port();
 
   stop_ = false;
-  control_thread_ = std::thread([this] { ControlLoop(); });
+  control_failed_ = false;
+  control_thread_ = std::thread([this] { ControlThread(); });
 
   MC_LOG(info) << "serving control=" << options_.listen.WithPort(control_port_).ToString()
                << " events=" << events_port_ << " content=" << content_port_
@@ -173,10 +175,21 @@ int Broker::Run() {
     Stop();
     return 1;
   }
-  while (!StopRequested()) std::this_thread::sleep_for(Millis(100));
-  MC_LOG(info) << "stopping";
+  while (!StopRequested() && !failed()) std::this_thread::sleep_for(Millis(100));
+  const bool failed_now = failed();
+  MC_LOG(info) << (failed_now ? "stopping after a failure" : "stopping");
   Stop();
-  return 0;
+  return failed_now ? 1 : 0;
+}
+
+bool Broker::failed() const { return control_failed_ || (content_ && content_->failed()); }
+
+void Broker::ControlThread() {
+  Status s = RunGuarded("control", [this] { return ControlLoop(); });
+  if (!s.ok()) {
+    MC_LOG(fatal) << "control loop ended: " << s.ToString();
+    control_failed_ = true;
+  }
 }
 
 void Broker::SendHeartbeat() {
@@ -201,7 +214,7 @@ void Broker::SendHeartbeat() {
   }
 }
 
-void Broker::ControlLoop() {
+Status Broker::ControlLoop() {
   auto next_heartbeat = std::chrono::steady_clock::now();
   while (!stop_) {
     if (std::chrono::steady_clock::now() >= next_heartbeat) {
@@ -214,8 +227,7 @@ void Broker::ControlLoop() {
       zmq::poll(items, 2, Millis(200));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
-      MC_LOG(error) << "control poll failed: " << e.what();
-      return;
+      return Status::Internal(std::string("control poll failed: ") + e.what());
     }
     if (items[0].revents & ZMQ_POLLIN) {
       for (int i = 0; i < 1000; ++i) {
@@ -232,11 +244,12 @@ void Broker::ControlLoop() {
         const std::string sub = frames[0].to_string();
         if (!sub.empty()) {
           MC_LOG(debug) << (sub[0] == 1 ? "subscribe " : "unsubscribe ")
-                        << sub.substr(1, sub.find('\0', 1) - 1);
+                        << EscapeForLog(sub.substr(1, sub.find('\0', 1) - 1));
         }
       }
     }
   }
+  return Status::Ok();
 }
 
 void Broker::HandleControl(std::vector<zmq::message_t>& frames) {

@@ -75,9 +75,14 @@ class Broker {
   uint16_t control_port() const { return control_port_; }
   uint16_t events_port() const { return events_port_; }
   uint16_t content_port() const { return content_port_; }
+  // True once a thread of the broker has ended on an error (logged).
+  bool failed() const;
 
  private:
-  void ControlLoop();
+  // The control thread: ControlLoop() through RunGuarded; a failure stops
+  // the daemon (Run() returns 1) instead of leaving it up and deaf.
+  void ControlThread();
+  Status ControlLoop();
   void HandleControl(std::vector<zmq::message_t>& frames);
   v1::ControlReply Dispatch(const v1::ControlRequest& request);
   v1::ControlReply HandlePublish(const v1::PublishRequest& request);
@@ -120,6 +125,7 @@ class Broker {
   uint16_t events_port_ = 0;
   uint16_t content_port_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> control_failed_{false};
   std::thread control_thread_;
 };
 

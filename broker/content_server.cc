@@ -9,6 +9,7 @@
 #include <system_error>
 
 #include "core/base/log.h"
+#include "core/base/thread_guard.h"
 #include "core/crypto/sha256.h"
 #include "core/delta/delta.h"
 #include "core/fs/atomic.h"
@@ -108,9 +109,11 @@ Status ContentServer::Start() {
     readers_.push_back(std::move(*reader));
   }
   stop_ = false;
-  io_thread_ = std::thread([this] { IoLoop(); });
+  failed_ = false;
+  io_thread_ = std::thread([this] { Guarded("content io", [this] { IoLoop(); }); });
   for (auto& reader : readers_) {
-    workers_.emplace_back([this, r = reader.get()] { WorkerLoop(r); });
+    workers_.emplace_back(
+        [this, r = reader.get()] { Guarded("content worker", [this, r] { WorkerLoop(r); }); });
   }
   return Status::Ok();
 }
@@ -132,6 +135,20 @@ void ContentServer::Stop() {
   std::lock_guard lock(deltas_mu_);
   transfers_.clear();
   delta_cache_.clear();
+}
+
+void ContentServer::Guarded(std::string_view name, const std::function<void()>& loop) {
+  Status s = RunGuarded(name, [&] {
+    loop();
+    return Status::Ok();
+  });
+  // A loop ends only when asked to; ending otherwise (an error it logged, an
+  // exception) leaves nobody serving, so the broker stops with a failure.
+  if (s.ok() && !stop_) s = Status::Internal(std::string(name) + " loop ended");
+  if (!s.ok()) {
+    MC_LOG(fatal) << s.ToString();
+    failed_ = true;
+  }
 }
 
 void ContentServer::IoLoop() {

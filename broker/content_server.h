@@ -25,11 +25,13 @@
 #include <cstdint>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 #include <zmq.hpp>
@@ -63,6 +65,8 @@ class ContentServer {
   Status Start();
   void Stop();
   uint16_t port() const { return port_; }
+  // True once a thread of the server has ended on an error (logged).
+  bool failed() const { return failed_; }
 
  private:
   struct Job {
@@ -97,6 +101,8 @@ class ContentServer {
     std::string tree_path;         // empty when served from the retained object
   };
 
+  // Runs a thread's loop; an exception or an unasked end sets failed_.
+  void Guarded(std::string_view name, const std::function<void()>& loop);
   void IoLoop();
   void WorkerLoop(ServableVersionReader* versions);
   v1::ContentReply Handle(const v1::ContentRequest& request, ServableVersionReader& versions);
@@ -121,6 +127,7 @@ class ContentServer {
   zmq::socket_t router_;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> failed_{false};
   std::thread io_thread_;
   std::vector<std::thread> workers_;
   std::vector<std::unique_ptr<ServableVersionReader>> readers_;  // one per worker

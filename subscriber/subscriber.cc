@@ -5,6 +5,7 @@
 
 #include "core/base/clock.h"
 #include "core/base/log.h"
+#include "core/base/thread_guard.h"
 #include "core/cli/signals.h"
 #include "core/mirror/follower.h"
 #include "core/net/content_client.h"
@@ -341,13 +342,16 @@ Status Subscriber::Start() {
 }
 
 void Subscriber::Loop() {
-  Status s = session_->Init();
-  if (!s.ok()) {
-    if (!stop_) MC_LOG(error) << "cannot start: " << s.ToString();
-    stop_ = true;
-    return;
-  }
-  session_->Serve();
+  Status s = RunGuarded("subscriber", [this] {
+    MC_RETURN_IF_ERROR(session_->Init().WithContext("cannot start"));
+    session_->Serve();
+    return Status::Ok();
+  });
+  // Serve() returns only when asked to stop; anything else is a failure
+  // that ends the daemon (Run() returns 1), never a live-looking process
+  // that follows nothing.
+  if (!s.ok() && !stop_) MC_LOG(error) << s.ToString();
+  stop_ = true;
 }
 
 void Subscriber::Stop() {
@@ -357,7 +361,10 @@ void Subscriber::Stop() {
 }
 
 int Subscriber::Run() {
-  Start();
+  if (Status started = Start(); !started.ok()) {
+    MC_LOG(error) << "cannot start: " << started.ToString();
+    return 1;
+  }
   while (!StopRequested() && !stop_.load()) std::this_thread::sleep_for(Millis(100));
   const bool failed = stop_.load() && !StopRequested();
   if (!failed) MC_LOG(info) << "stopping";

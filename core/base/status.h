@@ -1,38 +1,42 @@
 // Status and Result<T>: how everything that can fail in mirrorcast reports it.
 //
 // A peer or the disk can cause a failure: it comes back as a Status and is
-// handled (logged with context, counted, ACKed). Our own bugs are asserts.
+// handled (logged with context, counted, ACKed); ignoring one does not
+// compile. Our own bugs are MC_CHECKs (core/base/check.h), on in every build.
 // Exceptions are used only at start-up and config parsing, caught in main().
 #pragma once
 
-#include <cassert>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <variant>
 
+#include "core/base/check.h"
+
 namespace mirrorcast {
 
-class Status {
+class [[nodiscard]] Status {
  public:
   enum class Code {
     kOk = 0,
-    kInvalidArgument,   // malformed input from a user or a peer
+    kInvalidArgument,  // malformed input from a user or a peer
     kNotFound,
     kAlreadyExists,
-    kIoError,           // the disk or the OS said no
-    kCorruption,        // data does not match its signed hash or format
-    kRejected,          // verification refused it (signature, serial, expiry)
-    kUnavailable,       // a peer could not be reached
+    kIoError,      // the disk or the OS said no
+    kCorruption,   // data does not match its signed hash or format
+    kRejected,     // verification refused it (signature, serial, expiry)
+    kUnavailable,  // a peer could not be reached
     kTimeout,
-    kResourceExhausted, // too large, disk full, too many
+    kResourceExhausted,  // too large, disk full, too many
     kFailedPrecondition,
     kInternal,
   };
 
   Status() = default;
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string msg) { return {Code::kInvalidArgument, std::move(msg)}; }
+  static Status InvalidArgument(std::string msg) {
+    return {Code::kInvalidArgument, std::move(msg)};
+  }
   static Status NotFound(std::string msg) { return {Code::kNotFound, std::move(msg)}; }
   static Status AlreadyExists(std::string msg) { return {Code::kAlreadyExists, std::move(msg)}; }
   static Status IoError(std::string msg) { return {Code::kIoError, std::move(msg)}; }
@@ -70,23 +74,23 @@ const char* CodeName(Status::Code code);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : data_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : data_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : data_(std::move(status)) {  // NOLINT: implicit by design
-    assert(!std::get<Status>(data_).ok() && "Result built from an ok Status");
+    MC_CHECK(!std::get<Status>(data_).ok(), "Result built from an ok Status");
   }
 
   bool ok() const { return std::holds_alternative<T>(data_); }
   Status status() const { return ok() ? Status::Ok() : std::get<Status>(data_); }
   T& value() & {
-    assert(ok());
+    MC_CHECK(ok(), "value() of a failed Result");
     return std::get<T>(data_);
   }
   const T& value() const& {
-    assert(ok());
+    MC_CHECK(ok(), "value() of a failed Result");
     return std::get<T>(data_);
   }
   T&& value() && {
-    assert(ok());
+    MC_CHECK(ok(), "value() of a failed Result");
     return std::get<T>(std::move(data_));
   }
   T* operator->() { return &value(); }
@@ -104,10 +108,10 @@ class [[nodiscard]] Result {
 #define MC_STATUS_CONCAT(a, b) MC_STATUS_CONCAT_INNER(a, b)
 
 // Returns the Status from the enclosing function if `expr` is not ok.
-#define MC_RETURN_IF_ERROR(expr)                      \
-  do {                                                \
-    ::mirrorcast::Status mc_status_ = (expr);         \
-    if (!mc_status_.ok()) return mc_status_;          \
+#define MC_RETURN_IF_ERROR(expr)              \
+  do {                                        \
+    ::mirrorcast::Status mc_status_ = (expr); \
+    if (!mc_status_.ok()) return mc_status_;  \
   } while (0)
 
 // `lhs = value of expr`, or return its Status.

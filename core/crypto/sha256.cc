@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <vector>
 
+#include "core/base/check.h"
 #include "core/fs/atomic.h"
 
 namespace mirrorcast {
@@ -18,24 +19,26 @@ struct Sha256::Impl {
 
 Sha256::Sha256() : impl_(std::make_unique<Impl>()) {
   // Failure here means OpenSSL itself is broken: a bug, not input.
-  [[maybe_unused]] int ok = EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr);
-  assert(ok == 1);
+  int ok = EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr);
+  MC_CHECK(ok == 1, "OpenSSL SHA-256 failed");
 }
 
 Sha256::~Sha256() = default;
 
 void Sha256::Update(const void* data, size_t size) {
   if (size == 0) return;
-  [[maybe_unused]] int ok = EVP_DigestUpdate(impl_->ctx, data, size);
-  assert(ok == 1);
+  int ok = EVP_DigestUpdate(impl_->ctx, data, size);
+  MC_CHECK(ok == 1, "OpenSSL SHA-256 failed");
 }
 
 std::string Sha256::Finish() {
   std::string out(kSha256Size, '\0');
   unsigned int len = 0;
-  EVP_DigestFinal_ex(impl_->ctx, reinterpret_cast<unsigned char*>(out.data()), &len);
-  assert(len == kSha256Size);
-  EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr);
+  const int done =
+      EVP_DigestFinal_ex(impl_->ctx, reinterpret_cast<unsigned char*>(out.data()), &len);
+  MC_CHECK(done == 1 && len == kSha256Size, "OpenSSL SHA-256 final failed");
+  const int again = EVP_DigestInit_ex(impl_->ctx, EVP_sha256(), nullptr);
+  MC_CHECK(again == 1, "OpenSSL SHA-256 init failed");
   return out;
 }
 

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "core/base/log.h"
+#include "core/base/thread_guard.h"
 #include "core/fs/atomic.h"
 #include "core/fs/path.h"
 
@@ -154,24 +155,30 @@ class ChangeQueue {
         todo_.pop_front();
       }
       const std::string& path = item->file->path();
-      const size_t slash = path.rfind('/');
-      const std::string_view parent =
-          slash == std::string::npos ? std::string_view() : std::string_view(path).substr(0, slash);
-      if (!dir.valid() || parent != dir_rel) {
-        dir_rel.assign(parent);
-        dir.reset(::open((root_ / dir_rel).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-      }
-      const fs::path full = root_ / path;
       ScanStats counts;
       Result<std::string> sha = Status::Unavailable("not hashed");
-      if (dir.valid()) {
-        // Taken only when it is exactly the file the walk saw; anything else
-        // (the directory replaced meanwhile, the file changing) is hashed
-        // again by its full path, with retries.
-        struct stat st = item->st;
-        sha = HashStableFileAt(dir.get(), path.c_str() + (slash + 1), full, &st, &counts, 1);
-      }
-      if (!sha.ok()) sha = HashStableFile(full, &item->st, &counts);
+      // An exception (bad_alloc) fails this file, never the process.
+      Status guarded = RunGuarded("scan hash", [&] {
+        const size_t slash = path.rfind('/');
+        const std::string_view parent = slash == std::string::npos
+                                            ? std::string_view()
+                                            : std::string_view(path).substr(0, slash);
+        if (!dir.valid() || parent != dir_rel) {
+          dir_rel.assign(parent);
+          dir.reset(::open((root_ / dir_rel).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        }
+        const fs::path full = root_ / path;
+        if (dir.valid()) {
+          // Taken only when it is exactly the file the walk saw; anything
+          // else (the directory replaced meanwhile, the file changing) is
+          // hashed again by its full path, with retries.
+          struct stat st = item->st;
+          sha = HashStableFileAt(dir.get(), path.c_str() + (slash + 1), full, &st, &counts, 1);
+        }
+        if (!sha.ok()) sha = HashStableFile(full, &item->st, &counts);
+        return Status::Ok();
+      });
+      if (!guarded.ok()) sha = guarded;
       if (sha.ok()) {
         item->file->set_size(static_cast<uint64_t>(item->st.st_size));
         item->file->set_sha256(std::move(*sha));
@@ -658,11 +665,14 @@ class WalkThread {
   WalkThread(const fs::path& root, int root_fd, const ScanOptions& options, BatchPipe& pipe)
       : pipe_(pipe), thread_([this, &root, root_fd, &options] {
           ::pthread_setname_np(::pthread_self(), "mc-scan-walk");
-          TreeWalker walker(root, options,
-                            [this](std::unique_ptr<WalkBatch>& b) { return pipe_.Push(b); });
-          Status status = walker.WalkBelow(root_fd, "");
-          if (status.ok()) status = walker.Finish();
-          skipped_ = walker.skipped();
+          Status status = RunGuarded("scan walk", [&] {
+            TreeWalker walker(root, options,
+                              [this](std::unique_ptr<WalkBatch>& b) { return pipe_.Push(b); });
+            Status walked = walker.WalkBelow(root_fd, "");
+            if (walked.ok()) walked = walker.Finish();
+            skipped_ = walker.skipped();
+            return walked;
+          });
           pipe_.Close(std::move(status));
         }) {}
   ~WalkThread() {

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "core/base/check.h"
 #include "core/base/log.h"
 
 namespace mirrorcast {
@@ -59,30 +60,29 @@ Statement::~Statement() {
 // Bind errors (index out of range, misuse) are our own bugs: the SQL and the
 // indexes are written in our code, never taken from input.
 Statement& Statement::Bind(int index, int64_t value) {
-  [[maybe_unused]] int rc = sqlite3_bind_int64(stmt_, index, value);
-  assert(rc == SQLITE_OK);
+  int rc = sqlite3_bind_int64(stmt_, index, value);
+  MC_CHECK(rc == SQLITE_OK, "SQLite bind failed (our SQL or index)");
   return *this;
 }
 
 Statement& Statement::Bind(int index, std::string_view text) {
   // A non-null pointer even for an empty view, so "" binds as '' and not NULL.
   const char* data = text.data() != nullptr ? text.data() : "";
-  [[maybe_unused]] int rc =
-      sqlite3_bind_text64(stmt_, index, data, text.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
-  assert(rc == SQLITE_OK);
+  int rc = sqlite3_bind_text64(stmt_, index, data, text.size(), SQLITE_TRANSIENT, SQLITE_UTF8);
+  MC_CHECK(rc == SQLITE_OK, "SQLite bind failed (our SQL or index)");
   return *this;
 }
 
 Statement& Statement::BindBlob(int index, std::string_view blob) {
   const char* data = blob.data() != nullptr ? blob.data() : "";
-  [[maybe_unused]] int rc = sqlite3_bind_blob64(stmt_, index, data, blob.size(), SQLITE_TRANSIENT);
-  assert(rc == SQLITE_OK);
+  int rc = sqlite3_bind_blob64(stmt_, index, data, blob.size(), SQLITE_TRANSIENT);
+  MC_CHECK(rc == SQLITE_OK, "SQLite bind failed (our SQL or index)");
   return *this;
 }
 
 Statement& Statement::BindNull(int index) {
-  [[maybe_unused]] int rc = sqlite3_bind_null(stmt_, index);
-  assert(rc == SQLITE_OK);
+  int rc = sqlite3_bind_null(stmt_, index);
+  MC_CHECK(rc == SQLITE_OK, "SQLite bind failed (our SQL or index)");
   return *this;
 }
 
