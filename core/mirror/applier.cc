@@ -475,6 +475,7 @@ Status Applier::PlaceFile(const v1::Change& change, uint64_t index) {
   MC_ASSIGN_OR_RETURN(const int dir, ParentDir(entry.path()));
   const std::string name(entry.path().substr(entry.path().rfind('/') + 1));
   const std::string staged = std::to_string(index);
+  if (options_.before_tree_change) options_.before_tree_change(entry.path());
   // One rename relative to two open directories: no path walk per file.
   if (::renameat(staging_fd_.get(), staged.c_str(), dir, name.c_str()) == 0) return Status::Ok();
   int err = errno;
@@ -502,6 +503,7 @@ Status Applier::PlaceSymlink(const v1::FileEntry& entry) {
   ForgetDirs();  // a symlink may now stand where a directory was
   MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_SYMLINK));
   MC_RETURN_IF_ERROR(EnsureParent(entry.path()));
+  if (options_.before_tree_change) options_.before_tree_change(entry.path());
   const fs::path target = options_.tree / entry.path();
   const fs::path tmp = target.parent_path() / (".mirrorcast-link." + target.filename().string());
   ::unlink(tmp.c_str());
@@ -517,6 +519,7 @@ Status Applier::PlaceSymlink(const v1::FileEntry& entry) {
 Status Applier::Remove(const std::string& path, v1::EntryKind kind) {
   MC_RETURN_IF_ERROR(CheckWritable(path));
   MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, path));
+  if (options_.before_tree_change) options_.before_tree_change(path);
   const fs::path target = options_.tree / path;
   struct stat st {};
   if (::lstat(target.c_str(), &st) != 0) return Status::Ok();  // already gone
@@ -595,6 +598,7 @@ Status Applier::Commit(ChangeList& changes) {
 
   // 4. Directory modes last, so a read-only directory is filled first.
   MC_RETURN_IF_ERROR(changes.ForEach(ApplyStep::kDirectory, false, [&](uint64_t, const auto& c) {
+    if (options_.before_tree_change) options_.before_tree_change(c.entry().path());
     const fs::path dir = options_.tree / c.entry().path();
     if (::chmod(dir.c_str(), static_cast<mode_t>(c.entry().mode() & 07777)) != 0) {
       return Status::FromErrno("chmod " + dir.string(), errno);

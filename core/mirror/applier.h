@@ -147,6 +147,12 @@ struct ApplierOptions {
   // Test hook: runs after the signature of a delta basis is computed and
   // before the delta is fetched (lets a test change the basis underneath).
   std::function<void(const std::string& path)> after_signature;
+  // Test hook: runs during Commit() and Remove() once the parent directory
+  // of `path` has been opened (checked to be no symlink), just before `path`
+  // itself is written, has its mode or mtime set, or is deleted. Lets a test
+  // swap a parent for a symlink in that window, as a local attacker racing
+  // the apply would.
+  std::function<void(const std::string& path)> before_tree_change;
   // Called every `progress_interval` while whole files are fetched (a
   // bootstrap, a large apply), and once at the end of the fetch.
   std::function<void(const FetchProgress&)> progress;
