@@ -73,8 +73,12 @@ void HostileBroker::SetContentDelay(std::chrono::milliseconds delay) {
 }
 
 void HostileBroker::SetBroadcasts(std::vector<std::string> envelopes) {
+  SetBroadcasts([envelopes = std::move(envelopes)] { return envelopes; });
+}
+
+void HostileBroker::SetBroadcasts(std::function<std::vector<std::string>()> maker) {
   std::lock_guard lock(mu_);
-  broadcasts_ = std::move(envelopes);
+  broadcasts_ = std::move(maker);
 }
 
 std::vector<v1::Ack> HostileBroker::acks() const {
@@ -95,11 +99,12 @@ void HostileBroker::Loop() {
     SendDueReplies();
     if (std::chrono::steady_clock::now() >= next_broadcast) {
       next_broadcast = std::chrono::steady_clock::now() + 100ms;
-      std::vector<std::string> out;
+      std::function<std::vector<std::string>()> maker;
       {
         std::lock_guard lock(mu_);
-        out = broadcasts_;
+        maker = broadcasts_;
       }
+      const std::vector<std::string> out = maker ? maker() : std::vector<std::string>();
       for (const std::string& envelope : out) {
         std::string topic = repo_;
         topic.push_back('\0');

@@ -59,6 +59,8 @@ class HostileBroker {
 
   // Published on the event socket every 100 ms until replaced (empty: none).
   void SetBroadcasts(std::vector<std::string> envelopes);
+  // The same, made anew for every tick (fresh heartbeats).
+  void SetBroadcasts(std::function<std::vector<std::string>()> maker);
 
   std::vector<v1::Ack> acks() const;
   int events_requests() const { return events_requests_.load(); }
@@ -76,7 +78,7 @@ class HostileBroker {
   uint64_t hello_serial_ = 0;
   std::map<std::string, std::string> objects_;  // sha256 -> bytes (manifests and files)
   std::chrono::milliseconds content_delay_{0};
-  std::vector<std::string> broadcasts_;
+  std::function<std::vector<std::string>()> broadcasts_;
   std::vector<v1::Ack> acks_;
   std::atomic<int> events_requests_{0};
   struct Delayed {

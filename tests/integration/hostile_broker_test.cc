@@ -234,7 +234,7 @@ class RollbackTest : public ::testing::Test {
   void ExpectHonestPathWorks() {
     broker_.SetEvents(nullptr);
     broker_.SetHelloSerial(0);
-    broker_.SetBroadcasts({});
+    broker_.SetBroadcasts(std::vector<std::string>{});
     Publish(4, {{"Packages/e.rpm", "e4"}, {"repodata/repomd.xml", "r4"}});
     ASSERT_TRUE(WaitFor([&] { return HasAck(v1::ACK_APPLIED, 4); }, 60s)) << LogSinceAttack();
     EXPECT_EQ(ReadFile(dir_ / "tree/Packages/e.rpm"), "e4");
@@ -303,17 +303,18 @@ TEST_F(RollbackTest, OlderEventsInACatchUpAreRefused) {
 // Signed heartbeats that advertise an older head: refused, and no longer a
 // proof of freshness (the mirror reports itself stale).
 TEST_F(RollbackTest, HeartbeatAdvertisingAnOlderHeadIsRefused) {
-  broker_.SetBroadcasts({Heartbeat(3)});
+  // Heartbeats signed afresh every 100 ms, as the origin's would be.
+  broker_.SetBroadcasts([&] { return std::vector<std::string>{Heartbeat(3)}; });
   FollowToSerial3({"--heartbeat-trust", (dir_ / "heartbeat.pub").string(), "--stale-after", "2"});
   AttackStarts();
   broker_.SetHelloSerial(3);
-  broker_.SetBroadcasts({Heartbeat(1)});
+  broker_.SetBroadcasts([&] { return std::vector<std::string>{Heartbeat(1)}; });
   ExpectRefusedOnce("heartbeat says the head is serial 1");
   EXPECT_TRUE(WaitFor([&] { return LogSinceAttack().find("stale") != std::string::npos; }, 20s))
       << "heartbeats naming an older head must not keep the mirror fresh\n"
       << LogSinceAttack();
   // Honest heartbeats again: fresh, and serial 4 arrives.
-  broker_.SetBroadcasts({Heartbeat(3)});
+  broker_.SetBroadcasts([&] { return std::vector<std::string>{Heartbeat(3)}; });
   EXPECT_TRUE(
       WaitFor([&] { return LogSinceAttack().find("fresh again") != std::string::npos; }, 20s))
       << LogSinceAttack();
@@ -413,7 +414,7 @@ TEST_F(RollbackTest, StalenessAndHeartbeatExpiryRunOnAFakeClock) {
   };
 
   // 61 s of silence, without waiting for them: stale.
-  broker_.SetBroadcasts({});
+  broker_.SetBroadcasts(std::vector<std::string>{});
   clock.Advance(61s);
   EXPECT_TRUE(acked(v1::ACK_STALE, "no valid heartbeat for"));
 
