@@ -20,6 +20,14 @@
 
 namespace mirrorcast {
 
+namespace {
+
+const Clock& BrokerClock(const BrokerOptions& options) {
+  return options.clock ? *options.clock : Clock::Real();
+}
+
+}  // namespace
+
 namespace fs = std::filesystem;
 using Millis = std::chrono::milliseconds;
 
@@ -194,7 +202,7 @@ void Broker::ControlThread() {
 
 void Broker::SendHeartbeat() {
   if (!heartbeat_key_ || state_->repos().empty()) return;
-  const int64_t now = Clock::Real().NowUnix();
+  const int64_t now = BrokerClock(options_).NowUnix();
   v1::SignedPayload payload;
   auto* hb = payload.mutable_heartbeat();
   hb->set_origin(options_.broker_id);
@@ -215,11 +223,11 @@ void Broker::SendHeartbeat() {
 }
 
 Status Broker::ControlLoop() {
-  auto next_heartbeat = std::chrono::steady_clock::now();
+  auto next_heartbeat = BrokerClock(options_).Steady();
   while (!stop_) {
-    if (std::chrono::steady_clock::now() >= next_heartbeat) {
+    if (BrokerClock(options_).Steady() >= next_heartbeat) {
       SendHeartbeat();
-      next_heartbeat = std::chrono::steady_clock::now() + options_.heartbeat_interval;
+      next_heartbeat = BrokerClock(options_).Steady() + options_.heartbeat_interval;
     }
     zmq::pollitem_t items[] = {{static_cast<void*>(control_), 0, ZMQ_POLLIN, 0},
                                {static_cast<void*>(events_), 0, ZMQ_POLLIN, 0}};
@@ -311,10 +319,10 @@ v1::ControlReply Broker::HandleHello(const v1::HelloRequest& request) {
 }
 
 v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
-  const int64_t now = Clock::Real().NowUnix();
-  const auto t0 = std::chrono::steady_clock::now();
-  auto since = [&t0] {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t now = BrokerClock(options_).NowUnix();
+  const auto t0 = BrokerClock(options_).Steady();
+  auto since = [this, &t0] {
+    return std::chrono::duration<double>(BrokerClock(options_).Steady() - t0).count();
   };
   auto opened = OpenEnvelope(request.envelope(), trust_);
   if (!opened.ok()) {
@@ -706,7 +714,7 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request) {
                 " is above the broker's latest serial " + std::to_string(head.serial) + " of " +
                 ack.repo());
   }
-  if (Status s = state_->RecordAck(ack, Clock::Real().NowUnix()); !s.ok()) {
+  if (Status s = state_->RecordAck(ack, BrokerClock(options_).NowUnix()); !s.ok()) {
     MC_LOG(error) << "cannot record ACK: " << s.ToString();
     return Fail("broker could not record the ACK");
   }
@@ -724,7 +732,7 @@ v1::ControlReply Broker::HandleStatus() {
   v1::ControlReply reply = Ok();
   auto* status = reply.mutable_status();
   status->set_broker_id(options_.broker_id);
-  status->set_now_unix(Clock::Real().NowUnix());
+  status->set_now_unix(BrokerClock(options_).NowUnix());
   for (const auto& [repo, head] : state_->repos()) {
     auto* r = status->add_repos();
     r->set_repo(repo);

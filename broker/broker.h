@@ -27,6 +27,7 @@
 #include "broker/broker_state.h"
 #include "broker/content_server.h"
 #include "broker/object_store.h"
+#include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/crypto/keys.h"
 #include "core/net/endpoint.h"
@@ -54,6 +55,9 @@ struct BrokerOptions {
   // without it. Subscribers trust it for heartbeats only.
   std::optional<std::filesystem::path> heartbeat_key;
   std::chrono::seconds heartbeat_interval{10};
+  // Wall and steady time for heartbeats, expiry checks, ACK and status
+  // times. Not owned; must outlive the broker. nullptr: the real clock.
+  const Clock* clock = nullptr;
   // A publish checks and retains its new files this many at a time, and
   // moves version rows to the state's staging tables once this many wait:
   // memory stays bounded for a change of any size (tests set them small).

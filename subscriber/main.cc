@@ -47,6 +47,11 @@ int SubscriberMain(int argc, char** argv) {
        "seconds between checks of the broker's latest serial (besides events)")
       ("stall-timeout", po::value<int>()->default_value(30),
        "seconds without data after which a transfer is aborted and retried")
+      ("min-rate", po::value<uint64_t>()->default_value(4096),
+       "slow-retrieval floor: a transfer receiving fewer than this many bytes per second over "
+       "--min-rate-window is aborted and retried, resuming what arrived (0: no floor)")
+      ("min-rate-window", po::value<int>()->default_value(60),
+       "seconds over which --min-rate is judged")
       ("once", po::bool_switch(), "bring the tree to the broker's latest serial, then exit")
       ("connect-timeout", po::value<int>()->default_value(60),
        "with --once: give up (exit 1) when the broker has not answered for this many seconds");
@@ -85,6 +90,8 @@ int SubscriberMain(int argc, char** argv) {
   opts.delete_delay = std::chrono::seconds(std::max(0, (*vm)["delete-delay"].as<int>()));
   opts.poll_interval = std::chrono::seconds(std::max(1, (*vm)["poll-interval"].as<int>()));
   opts.stall_timeout = std::chrono::seconds(std::max(1, (*vm)["stall-timeout"].as<int>()));
+  opts.min_rate_bytes = (*vm)["min-rate"].as<uint64_t>();
+  opts.min_rate_window = std::chrono::seconds(std::max(1, (*vm)["min-rate-window"].as<int>()));
   opts.once_connect_timeout = std::chrono::seconds(std::max(0, (*vm)["connect-timeout"].as<int>()));
 
   InstallStopSignals();

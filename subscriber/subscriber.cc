@@ -67,6 +67,7 @@ class Subscriber::Session : public BrokerLink {
     }
   }
   bool ShouldStop() const { return stop_.load(); }
+  const Clock& clock() const { return options_.clock ? *options_.clock : Clock::Real(); }
 
   const SubscriberOptions& options_;
   std::atomic<bool>& stop_;
@@ -88,6 +89,7 @@ class Subscriber::Session : public BrokerLink {
   bool stale_ = false;
   SteadyClock::time_point next_ack_try_{};
   Millis ack_backoff_{1000};
+  std::string last_failure_;  // the last catch-up failure logged
 };
 
 Status Subscriber::Session::Init(bool once) {
@@ -99,7 +101,7 @@ Status Subscriber::Session::Init(bool once) {
     MC_RETURN_IF_ERROR(
         heartbeat_trust_.AddFile(file).WithContext("heartbeat key " + file.string()));
   }
-  started_unix_ = Clock::Real().NowUnix();
+  started_unix_ = clock().NowUnix();
   FollowerOptions follow;
   follow.repo = options_.repo;
   follow.mirror_id = options_.id;
@@ -110,6 +112,7 @@ Status Subscriber::Session::Init(bool once) {
   follow.delta_min_bytes = options_.delta_min_bytes;
   follow.delete_delay = options_.delete_delay;
   follow.after_signature = options_.after_signature;
+  follow.clock = options_.clock;
   MC_ASSIGN_OR_RETURN(follower_, Follower::Open(std::move(follow), std::move(trust)));
   follower_->on_applied = [this](uint64_t serial) { serial_out_ = serial; };
   follower_->on_ack_queued = [this] {
@@ -125,7 +128,7 @@ Status Subscriber::Session::Init(bool once) {
 Status Subscriber::Session::Connect(bool once) {
   control_ = std::make_unique<ControlClient>(context_, options_.broker);
   auto backoff = Millis(200);
-  const auto give_up = SteadyClock::now() + options_.once_connect_timeout;
+  const auto give_up = clock().Steady() + options_.once_connect_timeout;
   for (;;) {
     auto hello = control_->Hello("subscriber " + options_.id, kControlTimeout);
     if (hello.ok()) {
@@ -135,13 +138,13 @@ Status Subscriber::Session::Connect(bool once) {
       FlushAcks();  // whatever a previous run could not deliver
       return Status::Ok();
     }
-    if (once && SteadyClock::now() >= give_up) {
+    if (once && clock().Steady() >= give_up) {
       return hello.status();
     }
     MC_LOG(warning) << "broker " << options_.broker.ToString()
                     << " not answering: " << hello.status().ToString() << "; retrying";
-    const auto until = SteadyClock::now() + backoff;
-    while (SteadyClock::now() < until) {
+    const auto until = clock().Steady() + backoff;
+    while (clock().Steady() < until) {
       if (ShouldStop()) return Status::Unavailable("stopped before the broker answered");
       std::this_thread::sleep_for(Millis(50));
     }
@@ -152,6 +155,9 @@ Status Subscriber::Session::Connect(bool once) {
 void Subscriber::Session::Attach(const v1::HelloReply& hello) {
   ContentClientOptions content;
   content.stall_timeout = options_.stall_timeout;
+  content.min_rate_bytes = options_.min_rate_bytes;
+  content.min_rate_window = options_.min_rate_window;
+  content.clock = options_.clock;
   content.credit = options_.fetch_credit;
   content.fsync_each_file = false;  // Applier::Stage syncs the staging filesystem once
   content_ = std::make_unique<ContentClient>(
@@ -183,7 +189,7 @@ Result<uint64_t> Subscriber::Session::Head() {
 }
 
 void Subscriber::Session::FlushAcks() {
-  if (SteadyClock::now() < next_ack_try_) return;
+  if (clock().Steady() < next_ack_try_) return;
   auto pending = follower_->state().PendingAcks();
   if (!pending.ok()) return;
   for (const auto& [id, ack] : *pending) {
@@ -192,7 +198,7 @@ void Subscriber::Session::FlushAcks() {
       // Retried with backoff; duplicates are harmless (the broker upserts).
       MC_LOG(debug) << "ACK not confirmed yet: " << sent.ToString() << "; retrying in "
                     << ack_backoff_.count() << " ms";
-      next_ack_try_ = SteadyClock::now() + ack_backoff_;
+      next_ack_try_ = clock().Steady() + ack_backoff_;
       ack_backoff_ = std::min(ack_backoff_ * 2, Millis(30000));
       return;
     }
@@ -218,24 +224,32 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
       return;
     }
     const v1::Heartbeat& hb = opened->payload.heartbeat();
-    const int64_t now = Clock::Real().NowUnix();
-    if (hb.expires_unix() != 0 && now > hb.expires_unix()) {
-      MC_LOG(warning) << "ignoring expired heartbeat issued at " << hb.issued_unix();
-      return;
-    }
-    if (hb.issued_unix() > now + 300) {
-      MC_LOG(warning) << "ignoring heartbeat from the future (clock skew?)";
+    // The same time checks as every event (no expiry, expired, from the
+    // future), against one time for this heartbeat.
+    if (Status checked = CheckHeartbeat(hb, clock().NowUnix()); !checked.ok()) {
+      follower_->Reject(0, checked);
       return;
     }
     if (hb.issued_unix() < last_heartbeat_issued_) return;  // replayed or reordered
-    last_heartbeat_issued_ = hb.issued_unix();
     for (const auto& r : hb.repos()) {
-      if (r.repo() == options_.repo && r.serial() > follower_->serial()) {
+      if (r.repo() != options_.repo) continue;
+      if (r.serial() < follower_->serial()) {
+        // A head older than this mirror's: a broker replaying history or
+        // restored from an old backup. It proves no freshness and moves
+        // nothing.
+        follower_->Reject(
+            r.serial(),
+            Status::Rejected("heartbeat says the head is serial " + std::to_string(r.serial()) +
+                             ", older than this mirror's " + std::to_string(follower_->serial())));
+        return;
+      }
+      if (r.serial() > follower_->serial()) {
         MC_LOG(info) << "heartbeat says serial " << r.serial() << ", this mirror has "
                      << follower_->serial() << ": catching up";
         NoteNewer(r.serial(), need_sync);
       }
     }
+    last_heartbeat_issued_ = hb.issued_unix();
     CheckFreshness();
     return;
   }
@@ -244,12 +258,21 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
     follower_->Reject(0, event.status());
     return;
   }
-  if (event->serial() > follower_->serial()) NoteNewer(event->serial(), need_sync);
+  if (event->serial() > follower_->serial()) {
+    NoteNewer(event->serial(), need_sync);
+  } else if (Status forward = follower_->CheckForward(event->serial(), event->manifest_sha256());
+             forward.code() == Status::Code::kRejected && event->serial() == follower_->serial()) {
+    // The applied serial with another manifest: a fork of history.
+    follower_->Reject(event->serial(), forward.WithContext("broadcast event"));
+  }
+  // An older broadcast is ignored: broadcasts race with catch-up (a mirror
+  // that caught up from the log still drains the events it had queued), so
+  // one is no sign of an attack; a catch-up or jump to it is refused.
 }
 
 void Subscriber::Session::CheckFreshness() {
   if (heartbeat_trust_.empty()) return;
-  const int64_t now = Clock::Real().NowUnix();
+  const int64_t now = clock().NowUnix();
   const int64_t since = last_heartbeat_issued_ ? last_heartbeat_issued_ : started_unix_;
   const bool stale = now - since > options_.stale_after.count();
   if (stale == stale_) return;
@@ -269,21 +292,30 @@ void Subscriber::Session::CheckFreshness() {
 }
 
 void Subscriber::Session::Serve() {
-  auto next_sync = SteadyClock::now();  // catch up right away
-  auto next_poll = SteadyClock::now() + options_.poll_interval;
-  auto next_ack = SteadyClock::now() + Millis(1000);
+  auto next_sync = clock().Steady();  // catch up right away
+  auto next_poll = clock().Steady() + options_.poll_interval;
+  auto next_ack = clock().Steady() + Millis(1000);
   auto backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
   bool need_sync = true;
   while (!ShouldStop()) {
-    if (need_sync && SteadyClock::now() >= next_sync) {
+    if (need_sync && clock().Steady() >= next_sync) {
       Status s = CatchUp();
       if (s.ok()) {
         need_sync = false;
+        last_failure_.clear();
         backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
       } else if (!ShouldStop()) {
-        MC_LOG(warning) << "catch-up failed: " << s.ToString() << "; retrying in "
-                        << backoff.count() << " ms";
-        next_sync = SteadyClock::now() + backoff;
+        // The same failure again (a broker that keeps offering what this
+        // mirror refuses) is logged once; the retries back off regardless.
+        const std::string failure = s.ToString();
+        if (failure != last_failure_) {
+          MC_LOG(warning) << "catch-up failed: " << EscapeForLog(failure, 1024) << "; retrying in "
+                          << backoff.count() << " ms";
+        } else {
+          MC_LOG(debug) << "catch-up failed again; retrying in " << backoff.count() << " ms";
+        }
+        last_failure_ = failure;
+        next_sync = clock().Steady() + backoff;
         backoff = std::min(backoff * 2, std::chrono::duration_cast<Millis>(options_.retry_max));
       }
     }
@@ -305,12 +337,12 @@ void Subscriber::Session::Serve() {
         if (poked_) {
           // News of a serial not seen before: retry now, whatever the backoff said.
           poked_ = false;
-          next_sync = SteadyClock::now();
+          next_sync = clock().Steady();
           backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
         }
       }
     }
-    const auto now = SteadyClock::now();
+    const auto now = clock().Steady();
     if (now >= next_poll) {
       // A stale mirror asks more often: the broker may be back on new ports.
       next_poll = now + (stale_ ? std::min<std::chrono::seconds>(options_.poll_interval,
@@ -318,6 +350,13 @@ void Subscriber::Session::Serve() {
                                 : options_.poll_interval);
       auto head = Head();
       if (head.ok() && *head > follower_->serial()) need_sync = true;
+      if (head.ok() && *head < follower_->serial()) {
+        follower_->Reject(
+            *head,
+            Status::Rejected("broker's head is serial " + std::to_string(*head) +
+                             ", older than this mirror's serial " +
+                             std::to_string(follower_->serial()) + "; keeping the newer tree"));
+      }
     }
     if (now >= next_ack) {
       next_ack = now + Millis(1000);

@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/crypto/keys.h"
 #include "core/manifest/metadata.h"
@@ -57,6 +58,9 @@ struct SubscriberOptions {
   std::chrono::seconds delete_delay{0};
   std::chrono::seconds poll_interval{30};  // ask the broker for its head this often
   std::chrono::milliseconds stall_timeout{30000};
+  // Slow retrieval: see ContentClientOptions::min_rate_bytes (0: no floor).
+  uint64_t min_rate_bytes = 4096;
+  std::chrono::seconds min_rate_window{60};
   std::chrono::seconds retry_min{2};  // after a failed apply
   std::chrono::seconds retry_max{60};
   int fetch_credit = 16;
@@ -65,6 +69,9 @@ struct SubscriberOptions {
   std::chrono::seconds once_connect_timeout{60};
   // Test hook, see ApplierOptions::after_signature.
   std::function<void(const std::string&)> after_signature;
+  // Wall and steady time for expiries, staleness, polls, retries and ACK
+  // backoff. Not owned; must outlive the subscriber. nullptr: the real clock.
+  const Clock* clock = nullptr;
 };
 
 struct SyncReport {

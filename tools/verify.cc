@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -126,6 +127,15 @@ std::string Printable(std::string_view text) {
     }
   }
   return out;
+}
+
+std::string FormatUnix(int64_t unix_seconds) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
 }
 
 std::string Octal(uint32_t mode) {
@@ -658,9 +668,18 @@ int VerifyMain(int argc, char** argv) {
               << manifest.serial() << "\n";
   }
 
+  // What the follower refused (rollback, conflict, expired or badly signed
+  // offers): shown here because the broker that caused it may hide it.
+  std::vector<MirrorState::Refusal> refusals;
+  if (auto recorded = (*local)->Refusals(); recorded.ok()) refusals = std::move(*recorded);
   if (!json) {
     std::cout << "verifying repo " << repo << " at serial " << manifest.serial() << " ("
               << manifest.size() << " entries) in " << tree.string() << std::endl;
+    for (const auto& r : refusals) {
+      std::cout << "REFUSED serial " << r.serial << ": " << Printable(r.reason) << " (first "
+                << FormatUnix(r.first_unix) << ", last " << FormatUnix(r.last_unix) << ", "
+                << r.count << " time(s)); this mirror refused it from its broker" << std::endl;
+    }
   }
   std::set<std::string> pending_deletion;
   if (auto deferred = (*local)->DueDeletions(INT64_MAX); deferred.ok()) {
@@ -728,6 +747,15 @@ int VerifyMain(int argc, char** argv) {
                           {"repaired", repaired},
                           {"extra_kept", kept_extra},
                           {"remaining", remaining}};
+    nlohmann::json refused = nlohmann::json::array();
+    for (const auto& r : refusals) {
+      refused.push_back({{"serial", r.serial},
+                         {"reason", r.reason},
+                         {"first_unix", r.first_unix},
+                         {"last_unix", r.last_unix},
+                         {"count", r.count}});
+    }
+    doc["refused"] = std::move(refused);
     std::cout << doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
   } else {
     if (repair) {

@@ -12,6 +12,7 @@
 #include "core/crypto/sha256.h"
 #include "core/delta/delta.h"
 #include "core/fs/atomic.h"
+#include "core/fs/dir_ops.h"
 #include "core/fs/path.h"
 
 namespace mirrorcast {
@@ -174,7 +175,7 @@ Status Applier::CheckPath(std::string_view path) { return CheckWritable(path); }
 // What one Stage() carries from batch to batch: the progress of the whole.
 struct Applier::Staging {
   FetchProgress progress;  // files_done/bytes_done: every file change dealt with so far
-  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point started;
   std::chrono::steady_clock::time_point next_report;
   bool reported = false;
 };
@@ -192,6 +193,7 @@ Status Applier::Stage(LocalTree& local, ChangeList& changes, ContentClient* cont
                       ApplyStats* stats, const std::function<bool()>& should_stop) {
   MC_RETURN_IF_ERROR(ClearStaging(/*keep_content=*/true));
   Staging staging;
+  staging.started = clock().Steady();
   staging.progress.files_total = changes.files();
   staging.progress.bytes_total = changes.file_bytes();
   staging.next_report = staging.started + options_.progress_interval;
@@ -213,7 +215,7 @@ Status Applier::Stage(LocalTree& local, ChangeList& changes, ContentClient* cont
   MC_RETURN_IF_ERROR(flush());
   if (options_.progress && staging.reported) {
     staging.progress.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - staging.started).count();
+        std::chrono::duration<double>(clock().Steady() - staging.started).count();
     staging.progress.finished = true;
     options_.progress(staging.progress);
   }
@@ -353,17 +355,16 @@ Status Applier::StageBatch(LocalTree& local,
     auto report = [&]() {
       progress.files_done = files_before + fetch.files_fetched;
       progress.bytes_done = bytes_before + fetch.bytes_fetched;
-      progress.seconds =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - staging.started).count();
+      progress.seconds = std::chrono::duration<double>(clock().Steady() - staging.started).count();
       progress.finished = false;
       staging.reported = true;
       options_.progress(progress);
     };
     // Polled between replies: reports progress, and passes the stop on.
     auto poll = [&]() {
-      if (options_.progress && std::chrono::steady_clock::now() >= staging.next_report) {
+      if (options_.progress && clock().Steady() >= staging.next_report) {
         report();
-        staging.next_report = std::chrono::steady_clock::now() + options_.progress_interval;
+        staging.next_report = clock().Steady() + options_.progress_interval;
       }
       return should_stop && should_stop();
     };
@@ -431,20 +432,26 @@ Status Applier::StageBatch(LocalTree& local,
 
 Status Applier::PrepareSlot(const std::string& path, v1::EntryKind new_kind) {
   MC_RETURN_IF_ERROR(CheckWritable(path));
-  MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, path));
+  // Relative to the parent's descriptor (opened without following a
+  // symlink), so what is removed here is inside the tree.
+  MC_ASSIGN_OR_RETURN(const int dir, ParentDir(path));
+  const std::string name(BaseName(path));
   const fs::path target = options_.tree / path;
   struct stat st {};
-  if (::lstat(target.c_str(), &st) != 0) return Status::Ok();
+  if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return Status::Ok();
   const bool is_dir = S_ISDIR(st.st_mode);
   if (is_dir && new_kind != v1::ENTRY_DIRECTORY) {
     // A directory becomes a file or link: everything below it was deleted by
     // the same change list.
-    ForgetDirs();
-    std::error_code ec;
-    fs::remove_all(target, ec);
-    if (ec) return Status::IoError("remove " + target.string() + ": " + ec.message());
-  } else if (!is_dir && new_kind == v1::ENTRY_DIRECTORY) {
-    if (::unlink(target.c_str()) != 0) return Status::FromErrno("unlink " + target.string(), errno);
+    ForgetDirsUnder(path);
+    if (options_.before_tree_change) options_.before_tree_change(path);
+    return RemoveAllAt(dir, name, target.string());
+  }
+  if (!is_dir && new_kind == v1::ENTRY_DIRECTORY) {
+    if (options_.before_tree_change) options_.before_tree_change(path);
+    if (::unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) {
+      return Status::FromErrno("unlink " + target.string(), errno);
+    }
   }
   return Status::Ok();
 }
@@ -457,7 +464,6 @@ Result<int> Applier::ParentDir(const std::string& path) {
   // a symlink: what the descriptor names is inside the tree, so a rename
   // relative to it cannot escape.
   MC_ASSIGN_OR_RETURN(UniqueFd dir, OpenDirsUnder(options_.tree, parent));
-  made_dirs_.insert(std::string(parent));
   parent_fd_ = std::move(dir);
   parent_path_ = std::string(parent);
   return parent_fd_.get();
@@ -466,15 +472,26 @@ Result<int> Applier::ParentDir(const std::string& path) {
 void Applier::ForgetDirs() {
   parent_fd_.reset();
   parent_path_.clear();
-  made_dirs_.clear();
+}
+
+void Applier::ForgetDirsUnder(const std::string& path) {
+  auto under = [&](std::string_view p) {
+    return p == path || (p.size() > path.size() && p.compare(0, path.size(), path) == 0 &&
+                         p[path.size()] == '/');
+  };
+  if (under(parent_path_)) {
+    parent_fd_.reset();
+    parent_path_.clear();
+  }
 }
 
 Status Applier::PlaceFile(const v1::Change& change, uint64_t index) {
   const v1::FileEntry& entry = change.entry();
   MC_RETURN_IF_ERROR(CheckWritable(entry.path()));
   MC_ASSIGN_OR_RETURN(const int dir, ParentDir(entry.path()));
-  const std::string name(entry.path().substr(entry.path().rfind('/') + 1));
+  const std::string name(BaseName(entry.path()));
   const std::string staged = std::to_string(index);
+  if (options_.before_tree_change) options_.before_tree_change(entry.path());
   // One rename relative to two open directories: no path walk per file.
   if (::renameat(staging_fd_.get(), staged.c_str(), dir, name.c_str()) == 0) return Status::Ok();
   int err = errno;
@@ -494,51 +511,59 @@ Status Applier::PlaceFile(const v1::Change& change, uint64_t index) {
       static_cast<uint64_t>(st.st_size) != entry.size()) {
     return Status::Corruption("no staged content for " + entry.path());
   }
-  return SetModeAndTime(target, entry);
+  // Mode and mtime relative to the parent's descriptor, never by path: a
+  // parent swapped for a symlink since it was opened changes nothing.
+  return SetModeAndMtimeAt(dir, name, static_cast<mode_t>(entry.mode()), entry.mtime(),
+                           target.string());
 }
 
 Status Applier::PlaceSymlink(const v1::FileEntry& entry) {
   MC_RETURN_IF_ERROR(ValidateSymlinkTarget(entry.path(), entry.symlink_target()));
-  ForgetDirs();  // a symlink may now stand where a directory was
   MC_RETURN_IF_ERROR(PrepareSlot(entry.path(), v1::ENTRY_SYMLINK));
-  MC_RETURN_IF_ERROR(EnsureParent(entry.path()));
+  ForgetDirsUnder(entry.path());  // a symlink may now stand where a directory was
+  MC_ASSIGN_OR_RETURN(const int dir, ParentDir(entry.path()));
+  const std::string name(BaseName(entry.path()));
   const fs::path target = options_.tree / entry.path();
-  const fs::path tmp = target.parent_path() / (".mirrorcast-link." + target.filename().string());
-  ::unlink(tmp.c_str());
-  if (::symlink(entry.symlink_target().c_str(), tmp.c_str()) != 0) {
-    return Status::FromErrno("symlink " + tmp.string(), errno);
+  std::string tmp = ".mirrorcast-link." + name;
+  if (tmp.size() > kMaxComponentBytes) tmp.resize(kMaxComponentBytes);
+  if (options_.before_tree_change) options_.before_tree_change(entry.path());
+  ::unlinkat(dir, tmp.c_str(), 0);
+  if (::symlinkat(entry.symlink_target().c_str(), dir, tmp.c_str()) != 0) {
+    return Status::FromErrno("symlink " + (target.parent_path() / tmp).string(), errno);
   }
-  if (::rename(tmp.c_str(), target.c_str()) != 0) {
-    return Status::FromErrno("rename into " + target.string(), errno);
+  if (::renameat(dir, tmp.c_str(), dir, name.c_str()) != 0) {
+    const int err = errno;
+    ::unlinkat(dir, tmp.c_str(), 0);
+    return Status::FromErrno("rename into " + target.string(), err);
   }
   return Status::Ok();
 }
 
 Status Applier::Remove(const std::string& path, v1::EntryKind kind) {
   MC_RETURN_IF_ERROR(CheckWritable(path));
-  MC_RETURN_IF_ERROR(CheckNoSymlinkParents(options_.tree, path));
+  // The parent as it is now (a deferred deletion runs long after the apply
+  // that recorded it), opened without following a symlink and creating
+  // nothing: a missing parent means the path is gone already.
+  auto parent = OpenDirUnder(options_.tree, ParentOf(path));
+  if (!parent.ok()) {
+    if (parent.status().code() == Status::Code::kNotFound) return Status::Ok();
+    return parent.status().WithContext("delete " + path);
+  }
+  const int dir = parent->get();
+  const std::string name(BaseName(path));
   const fs::path target = options_.tree / path;
+  if (options_.before_tree_change) options_.before_tree_change(path);
   struct stat st {};
-  if (::lstat(target.c_str(), &st) != 0) return Status::Ok();  // already gone
+  if (::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return Status::Ok();
   if (S_ISDIR(st.st_mode)) {
     if (kind != v1::ENTRY_DIRECTORY) return Status::Ok();  // replaced by a directory since
-    ForgetDirs();
-    std::error_code ec;
-    fs::remove_all(target, ec);  // never follows symlinks below
-    if (ec) return Status::IoError("delete " + target.string() + ": " + ec.message());
-  } else if (kind == v1::ENTRY_DIRECTORY) {
-    return Status::Ok();  // replaced by a file or link since
-  } else if (::unlink(target.c_str()) != 0 && errno != ENOENT) {
+    ForgetDirsUnder(path);
+    return RemoveAllAt(dir, name, target.string());  // never follows symlinks below
+  }
+  if (kind == v1::ENTRY_DIRECTORY) return Status::Ok();  // replaced by a file or link since
+  if (::unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) {
     return Status::FromErrno("delete " + target.string(), errno);
   }
-  return Status::Ok();
-}
-
-Status Applier::EnsureParent(const std::string& path) {
-  const std::string parent(ParentOf(path));
-  if (parent.empty() || made_dirs_.count(parent)) return Status::Ok();
-  MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, parent));
-  made_dirs_.insert(parent);
   return Status::Ok();
 }
 
@@ -548,8 +573,7 @@ Status Applier::Commit(const std::vector<v1::Change>& changes) {
 }
 
 Status Applier::Commit(ChangeList& changes) {
-  // Directories this Commit made or found (MakeDirsUnder refuses symlinks on
-  // the way), and the one the last file went to.
+  // The directory the last file went to is opened afresh by each Commit.
   ForgetDirs();
   staging_fd_.reset(::open(options_.staging.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!staging_fd_.valid()) return Status::FromErrno("open " + options_.staging.string(), errno);
@@ -558,7 +582,6 @@ Status Applier::Commit(ChangeList& changes) {
   MC_RETURN_IF_ERROR(changes.ForEach(ApplyStep::kDirectory, false, [&](uint64_t, const auto& c) {
     MC_RETURN_IF_ERROR(PrepareSlot(c.entry().path(), v1::ENTRY_DIRECTORY));
     MC_RETURN_IF_ERROR(MakeDirsUnder(options_.tree, c.entry().path()));
-    made_dirs_.insert(c.entry().path());
     sync.Changed();
     return Status::Ok();
   }));
@@ -595,10 +618,17 @@ Status Applier::Commit(ChangeList& changes) {
 
   // 4. Directory modes last, so a read-only directory is filled first.
   MC_RETURN_IF_ERROR(changes.ForEach(ApplyStep::kDirectory, false, [&](uint64_t, const auto& c) {
-    const fs::path dir = options_.tree / c.entry().path();
-    if (::chmod(dir.c_str(), static_cast<mode_t>(c.entry().mode() & 07777)) != 0) {
-      return Status::FromErrno("chmod " + dir.string(), errno);
+    const std::string& path = c.entry().path();
+    MC_ASSIGN_OR_RETURN(UniqueFd parent, OpenDirUnder(options_.tree, ParentOf(path)));
+    if (options_.before_tree_change) options_.before_tree_change(path);
+    const std::string name(BaseName(path));
+    struct stat st {};
+    if (::fstatat(parent.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISDIR(st.st_mode)) {
+      return Status::Rejected("not a directory: " + (options_.tree / path).string());
     }
+    MC_RETURN_IF_ERROR(SetModeAt(parent.get(), name, static_cast<mode_t>(c.entry().mode()),
+                                 (options_.tree / path).string()));
     sync.Changed();
     return Status::Ok();
   }));

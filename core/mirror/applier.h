@@ -39,6 +39,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/fs/atomic.h"
 #include "core/manifest/manifest.h"
@@ -147,10 +148,18 @@ struct ApplierOptions {
   // Test hook: runs after the signature of a delta basis is computed and
   // before the delta is fetched (lets a test change the basis underneath).
   std::function<void(const std::string& path)> after_signature;
+  // Test hook: runs during Commit() and Remove() once the parent directory
+  // of `path` has been opened (checked to be no symlink), just before `path`
+  // itself is written, has its mode or mtime set, or is deleted. Lets a test
+  // swap a parent for a symlink in that window, as a local attacker racing
+  // the apply would.
+  std::function<void(const std::string& path)> before_tree_change;
   // Called every `progress_interval` while whole files are fetched (a
   // bootstrap, a large apply), and once at the end of the fetch.
   std::function<void(const FetchProgress&)> progress;
   std::chrono::milliseconds progress_interval{5000};
+  // Steady time for the progress reports. Not owned; nullptr: the real clock.
+  const Clock* clock = nullptr;
 };
 
 class Applier {
@@ -189,6 +198,7 @@ class Applier {
   Status Remove(const std::string& path, v1::EntryKind kind);
 
   const ApplierOptions& options() const { return options_; }
+  const Clock& clock() const { return options_.clock ? *options_.clock : Clock::Real(); }
 
  private:
   struct Staging;  // the state of one Stage() across its batches
@@ -200,17 +210,15 @@ class Applier {
   Status PlaceFile(const v1::Change& change, uint64_t index);
   Status PlaceSymlink(const v1::FileEntry& entry);
   Status PrepareSlot(const std::string& path, v1::EntryKind new_kind);
-  // MakeDirsUnder of path's parent, once per Commit.
-  Status EnsureParent(const std::string& path);
   // An open descriptor of path's parent (made if missing), reached without
   // following a symlink; kept while consecutive files share it.
   Result<int> ParentDir(const std::string& path);
-  // Drops what ParentDir and EnsureParent remember (after anything that may
-  // have replaced a directory).
+  // Drops the directory ParentDir remembers (after anything that may have
+  // replaced a directory): always, or when it is at or below `path`.
   void ForgetDirs();
+  void ForgetDirsUnder(const std::string& path);
 
   ApplierOptions options_;
-  std::set<std::string> made_dirs_;
   UniqueFd staging_fd_;  // during Commit
   UniqueFd parent_fd_;
   std::string parent_path_;

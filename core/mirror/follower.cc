@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "core/base/log.h"
+#include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
 #include "core/manifest/hash_cache.h"
 #include "core/manifest/scanner.h"
@@ -20,9 +21,11 @@ namespace mirrorcast {
 
 namespace fs = std::filesystem;
 using Millis = std::chrono::milliseconds;
-using SteadyClock = std::chrono::steady_clock;
 
 namespace {
+
+// Distinct refusal reasons remembered per run (each is reported once).
+constexpr size_t kMaxReportedRefusals = 1024;
 
 constexpr Millis kControlTimeout{5000};
 constexpr uint32_t kEventsPerRequest = 100;
@@ -101,6 +104,7 @@ Status Follower::Init() {
   apply.delta_min_bytes = options_.delta_min_bytes;
   apply.defer_deletions = options_.delete_delay.count() > 0;
   apply.after_signature = options_.after_signature;
+  apply.clock = options_.clock;
   apply.progress = [this](const FetchProgress& p) { ReportProgress(p); };
   applier_ = std::make_unique<Applier>(std::move(apply));
 
@@ -168,15 +172,35 @@ Status Follower::ResumeJournal() {
 }
 
 Result<v1::RepoChanged> Follower::Verify(const std::string& envelope) const {
+  return Verify(envelope, clock().NowUnix());
+}
+
+Result<v1::RepoChanged> Follower::Verify(const std::string& envelope, int64_t now_unix) const {
   MC_ASSIGN_OR_RETURN(OpenedEnvelope opened, OpenEnvelope(envelope, trust_));
   if (!opened.payload.has_repo_changed()) return Status::Rejected("not a RepoChanged event");
   v1::RepoChanged event = std::move(*opened.payload.mutable_repo_changed());
   if (event.repo() != options_.repo) {
-    return Status::Rejected("event for repo '" + event.repo() + "', expected '" + options_.repo +
-                            "'");
+    return Status::Rejected("event for repo '" + EscapeForLog(event.repo(), 64) + "', expected '" +
+                            options_.repo + "'");
   }
-  MC_RETURN_IF_ERROR(CheckRepoChanged(event, clock().NowUnix()));
+  MC_RETURN_IF_ERROR(CheckRepoChanged(event, now_unix));
   return event;
+}
+
+Status Follower::CheckForward(uint64_t serial, const std::string& digest) const {
+  const uint64_t local = state_->serial();
+  if (serial > local) return Status::Ok();
+  if (serial < local) {
+    return Status::Rejected("rollback: serial " + std::to_string(serial) +
+                            " is older than this mirror's serial " + std::to_string(local));
+  }
+  if (digest == state_->digest()) {
+    return Status::AlreadyExists("serial " + std::to_string(serial) + " is already applied");
+  }
+  return Status::Rejected("conflict: serial " + std::to_string(serial) +
+                          " is already applied here with manifest " +
+                          ToHex(state_->digest()).substr(0, 16) + ", the broker offers manifest " +
+                          ToHex(digest).substr(0, 16));
 }
 
 Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should_stop) {
@@ -187,25 +211,42 @@ Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should
     if (stopping()) return Status::Unavailable("stopping");
     MC_RETURN_IF_ERROR(broker.Head().status());
     const uint64_t local = state_->serial();
+    // One verification pass, one time: every expiry and skew check of the
+    // events this pass looks at is judged against the same `now`.
+    const int64_t now = clock().NowUnix();
     MC_ASSIGN_OR_RETURN(
         v1::EventsReply reply,
         broker.control().Events(options_.repo, local, kEventsPerRequest, kControlTimeout));
     if (reply.latest_serial() <= local) {
       if (reply.latest_serial() < local) {
-        MC_LOG(warning) << "broker is at serial " << reply.latest_serial()
-                        << ", behind this mirror (" << local << "); keeping the newer tree";
+        // A broker restored from an old backup, or one replaying history:
+        // this mirror keeps its newer tree, and says so (once).
+        Reject(reply.latest_serial(),
+               Status::Rejected("broker's head is serial " + std::to_string(reply.latest_serial()) +
+                                ", older than this mirror's serial " + std::to_string(local) +
+                                "; keeping the newer tree"));
       }
       return Status::Ok();
     }
-    // Verify what the log gives; stop at the first bad event.
+    // Verify what the log gives; stop at the first bad event. Every event
+    // must move forward from this mirror's serial, in strictly increasing
+    // order: an older or conflicting one is refused, never applied.
     std::vector<v1::RepoChanged> chain;
     size_t total_changes = 0;
     bool omitted = false;
     for (const auto& envelope : reply.envelopes()) {
-      auto event = Verify(envelope);
-      if (!event.ok()) {
-        Reject(0, event.status());
-        return event.status();
+      auto event = Verify(envelope, now);
+      if (!event.ok()) return Refuse(0, event.status());
+      const uint64_t after = chain.empty() ? local : chain.back().serial();
+      if (Status forward = CheckForward(event->serial(), event->manifest_sha256()); !forward.ok()) {
+        if (forward.code() == Status::Code::kAlreadyExists && chain.empty()) continue;
+        return Refuse(event->serial(), forward.WithContext("catch-up"));
+      }
+      if (event->serial() <= after) {
+        return Refuse(event->serial(),
+                      Status::Rejected("catch-up: event " + std::to_string(event->serial()) +
+                                       " follows event " + std::to_string(after) +
+                                       " in the broker's log (out of order)"));
       }
       total_changes += static_cast<size_t>(event->change_count());
       omitted = omitted || event->changes_omitted();
@@ -229,10 +270,16 @@ Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should
         v1::EventsReply latest,
         broker.control().Events(options_.repo, reply.latest_serial() - 1, 1, kControlTimeout));
     if (latest.envelopes_size() == 0) return Status::Unavailable("broker has no latest event");
-    auto event = Verify(latest.envelopes(0));
-    if (!event.ok()) {
-      Reject(0, event.status());
-      return event.status();
+    auto event = Verify(latest.envelopes(0), now);
+    if (!event.ok()) return Refuse(0, event.status());
+    // The broker said its head is reply.latest_serial(): what it serves as
+    // the head must be newer than this mirror (a replayed older event would
+    // roll the tree back), and every jump must make progress.
+    if (Status forward = CheckForward(event->serial(), event->manifest_sha256()); !forward.ok()) {
+      return Refuse(
+          event->serial(),
+          Status::Rejected("jump to the broker's head (said to be serial " +
+                           std::to_string(reply.latest_serial()) + "): " + forward.message()));
     }
     MC_RETURN_IF_ERROR(JumpTo(broker, *event, should_stop));
   }
@@ -305,6 +352,9 @@ class FetchedChunks : public ChunkSource {
 
 Status Follower::JumpTo(BrokerLink& broker, const v1::RepoChanged& event,
                         const std::function<bool()>& should_stop) {
+  if (Status forward = CheckForward(event.serial(), event.manifest_sha256()); !forward.ok()) {
+    return Refuse(event.serial(), forward.WithContext("jump"));
+  }
   FetchStats stats;
   auto fail = [&](const Status& why) {
     ApplyStats none;
@@ -374,13 +424,16 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
                               const AppliedManifest& target, ChangeList& list,
                               const std::vector<v1::Change>* changes,
                               const std::function<bool()>& should_stop) {
-  const auto started = SteadyClock::now();
+  if (serial <= state_->serial()) {
+    // Every caller checked CheckForward; this is the last line before the tree.
+    return Status::Internal("apply of serial " + std::to_string(serial) + " at serial " +
+                            std::to_string(state_->serial()) + ": serials never go backwards");
+  }
+  const auto started = clock().Steady();
   applying_serial_ = serial;
   const uint64_t total = list.size();
   ApplyStats stats;
-  auto seconds = [&] {
-    return std::chrono::duration<double>(SteadyClock::now() - started).count();
-  };
+  auto seconds = [&] { return std::chrono::duration<double>(clock().Steady() - started).count(); };
   Status staged = changes
                       ? applier_->Stage(*state_, *changes, &broker.content(), &stats, should_stop)
                       : applier_->Stage(*state_, list, &broker.content(), &stats, should_stop);
@@ -507,13 +560,27 @@ v1::Ack Follower::MakeAck(v1::AckState state, uint64_t serial, uint64_t target,
   return ack;
 }
 
-void Follower::Reject(uint64_t serial, const Status& why) {
-  MC_LOG(warning) << "rejected event" << (serial ? " " + std::to_string(serial) : std::string())
-                  << ": " << why.ToString() << " (tree unchanged at serial " << state_->serial()
-                  << ")";
-  if (serial != 0 && serial == last_rejected_) return;  // already reported
-  last_rejected_ = serial;
-  Ack(v1::ACK_REJECTED, serial, ApplyStats{}, 0.0, why.ToString());
+void Follower::Reject(uint64_t serial, const Status& why) { (void)Refuse(serial, why); }
+
+Status Follower::Refuse(uint64_t serial, const Status& why) {
+  // The reason may quote a peer: escaped and capped before it is logged,
+  // recorded or ACKed.
+  const std::string reason = EscapeForLog(why.ToString(), 1024);
+  if (reported_.count(reason) != 0) {
+    // Already logged, recorded and ACKed: a refusal repeated on every retry
+    // must not become a log flood, a durable write or an ACK each time.
+    MC_LOG(debug) << "refused again: " << reason;
+    return why;
+  }
+  if (reported_.size() >= kMaxReportedRefusals) reported_.clear();
+  reported_.insert(reason);
+  MC_LOG(warning) << "refused" << (serial ? " serial " + std::to_string(serial) : std::string())
+                  << ": " << reason << " (tree unchanged at serial " << state_->serial() << ")";
+  if (Status s = state_->RecordRefusal(serial, reason, clock().NowUnix()); !s.ok()) {
+    MC_LOG(error) << "cannot record the refusal in the state: " << s.ToString();
+  }
+  Ack(v1::ACK_REJECTED, serial, ApplyStats{}, 0.0, reason);
+  return why;
 }
 
 void Follower::SweepDeletions() {

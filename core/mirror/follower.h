@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -90,8 +91,18 @@ class Follower {
   // there was none.
   Status ResumeJournal();
 
-  // Verifies a RepoChanged envelope for this repo against `trust`.
+  // Verifies a RepoChanged envelope for this repo against `trust`, with
+  // expiry and publish time judged at `now_unix` (one fixed time for every
+  // check of one verification pass), or at the clock's now.
+  Result<v1::RepoChanged> Verify(const std::string& envelope, int64_t now_unix) const;
   Result<v1::RepoChanged> Verify(const std::string& envelope) const;
+
+  // Whether an event of `serial` with manifest root `digest` moves this
+  // mirror forward: ok when `serial` is newer than the recorded one;
+  // AlreadyExists for the recorded serial and digest (nothing to do);
+  // Rejected for an older serial (rollback) or the recorded serial with
+  // another digest (conflict). Serials never go backwards on any path.
+  Status CheckForward(uint64_t serial, const std::string& digest) const;
 
   // Whether `key_id` may sign events for this repo.
   bool Trusts(std::string_view key_id) const { return trust_.Find(key_id) != nullptr; }
@@ -100,7 +111,11 @@ class Follower {
   // on_ack_queued so the owner can deliver it.
   void Ack(v1::AckState state, uint64_t target, const ApplyStats& stats, double seconds,
            const std::string& error);
-  // Logs a refused event and ACKs it as rejected (once per serial).
+  // Reports a refusal: logged, recorded in the state (MirrorState::Refusals)
+  // and ACKed as rejected, once per distinct reason per run (a refusal
+  // repeated on every retry is neither a log flood nor a durable write nor
+  // an ACK each time). Returns `why`.
+  Status Refuse(uint64_t serial, const Status& why);
   void Reject(uint64_t serial, const Status& why);
 
   // Carries out the deferred deletions that are due.
@@ -144,7 +159,7 @@ class Follower {
   TrustStore trust_;
   std::unique_ptr<MirrorState> state_;
   std::unique_ptr<Applier> applier_;
-  uint64_t last_rejected_ = 0;
+  std::set<std::string> reported_;  // refusal reasons reported this run
   uint64_t applying_serial_ = 0;
 };
 

@@ -72,6 +72,15 @@ Status CreateSchema(Database& db) {
     CREATE TABLE IF NOT EXISTS pending_acks(
       id INTEGER PRIMARY KEY AUTOINCREMENT, ack BLOB NOT NULL);
   )sql"));
+  // Refusals (rollback, conflict, expiry...) the follower reported: what an
+  // operator reads to learn that a broker offered something it must not.
+  // Additive, so no version change: older states simply gain the table.
+  MC_RETURN_IF_ERROR(db.Exec(R"sql(
+    CREATE TABLE IF NOT EXISTS refusals(
+      repo TEXT NOT NULL, reason TEXT NOT NULL, serial INTEGER NOT NULL,
+      first_unix INTEGER NOT NULL, last_unix INTEGER NOT NULL, count INTEGER NOT NULL,
+      PRIMARY KEY(repo, reason));
+  )sql"));
   if (have == 2) {
     // Version 3 only adds: the journal learns where a large change list is.
     MC_RETURN_IF_ERROR(db.Exec(R"sql(
@@ -501,6 +510,14 @@ Status MirrorState::CommitApply(uint64_t serial, const std::string& digest,
                                 const std::vector<v1::Change>& changes, const v1::Ack* ack,
                                 int64_t delete_after_unix,
                                 const std::optional<AppliedManifest>& applied) {
+  // Serials never go backwards, whatever a broker offered: the follower
+  // refuses older and conflicting events before this, so reaching here is
+  // our own bug, and it must not become a rollback.
+  if (initialized_ && serial <= serial_) {
+    return Status::Internal("refusing to record serial " + std::to_string(serial) +
+                            " over serial " + std::to_string(serial_) +
+                            ": serials never go backwards");
+  }
   MemoryChunks derived(&chunks_);
   ManifestIndex next;
   ChunkSource* next_chunks = nullptr;
@@ -540,6 +557,14 @@ Status MirrorState::CommitApply(uint64_t serial, const std::string& digest,
 Status MirrorState::CommitApply(uint64_t serial, const std::string& digest, ChangeList& changes,
                                 const v1::Ack* ack, int64_t delete_after_unix,
                                 const AppliedManifest& applied) {
+  // Serials never go backwards, whatever a broker offered: the follower
+  // refuses older and conflicting events before this, so reaching here is
+  // our own bug, and it must not become a rollback.
+  if (initialized_ && serial <= serial_) {
+    return Status::Internal("refusing to record serial " + std::to_string(serial) +
+                            " over serial " + std::to_string(serial_) +
+                            ": serials never go backwards");
+  }
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
   MC_RETURN_IF_ERROR(RecordChanges(
@@ -611,6 +636,58 @@ Status MirrorState::DropAck(int64_t id) {
   MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("DELETE FROM pending_acks WHERE id = ?"));
   st.Bind(1, id);
   return st.Run();
+}
+
+namespace {
+constexpr int64_t kMaxRefusalsKept = 100;
+}  // namespace
+
+Status MirrorState::RecordRefusal(uint64_t serial, const std::string& reason, int64_t now_unix) {
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  {
+    MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(R"sql(
+      INSERT INTO refusals(repo, reason, serial, first_unix, last_unix, count)
+      VALUES(?, ?, ?, ?, ?, 1)
+      ON CONFLICT(repo, reason) DO UPDATE SET
+        serial = excluded.serial, last_unix = excluded.last_unix, count = count + 1)sql"));
+    st.Bind(1, repo_)
+        .Bind(2, reason)
+        .Bind(3, static_cast<int64_t>(serial))
+        .Bind(4, now_unix)
+        .Bind(5, now_unix);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  {
+    // Bounded: a broker that keeps inventing reasons cannot grow the state.
+    MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(R"sql(
+      DELETE FROM refusals WHERE repo = ?1 AND reason NOT IN (
+        SELECT reason FROM refusals WHERE repo = ?1 ORDER BY last_unix DESC, rowid DESC
+        LIMIT ?2))sql"));
+    st.Bind(1, repo_).Bind(2, kMaxRefusalsKept);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  return tx.Commit();
+}
+
+Result<std::vector<MirrorState::Refusal>> MirrorState::Refusals(size_t limit) {
+  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(R"sql(
+    SELECT serial, reason, first_unix, last_unix, count FROM refusals WHERE repo = ?
+    ORDER BY last_unix DESC, rowid DESC LIMIT ?)sql"));
+  st.Bind(1, repo_).Bind(2, static_cast<int64_t>(limit));
+  std::vector<Refusal> out;
+  for (;;) {
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    Refusal r;
+    r.serial = static_cast<uint64_t>(st.ColumnInt(0));
+    r.reason = st.ColumnText(1);
+    r.first_unix = st.ColumnInt(2);
+    r.last_unix = st.ColumnInt(3);
+    r.count = static_cast<uint64_t>(st.ColumnInt(4));
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 }  // namespace mirrorcast

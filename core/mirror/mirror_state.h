@@ -108,12 +108,12 @@ class MirrorState : public LocalTree {
   ChunkSource& fetched_chunks() { return fetched_; }
 
   // Applies `changes` to the recorded manifest and records `serial` and
-  // `digest`, removing the journal and queueing `ack` (when given), in one
-  // transaction: a crash can never record the serial but lose its ACK.
-  // With `delete_after_unix` > 0 the deleted paths stay in the tree and are
-  // recorded as deferred deletions due at that time (re-added paths are
-  // taken off that list). `applied`, when given, is the resulting manifest
-  // already derived and checked; otherwise it is derived here from the
+  // `digest` (`serial` must be above the recorded one once initialized:
+  // anything else is refused as kInternal, never recorded), removing the journal and queueing `ack`
+  // (when given), in one transaction: a crash can never record the serial but lose its ACK. With
+  // `delete_after_unix` > 0 the deleted paths stay in the tree and are recorded as deferred
+  // deletions due at that time (re-added paths are taken off that list). `applied`, when given, is
+  // the resulting manifest already derived and checked; otherwise it is derived here from the
   // recorded chunks and its root checked against `digest`.
   Status CommitApply(uint64_t serial, const std::string& digest,
                      const std::vector<v1::Change>& changes, const v1::Ack* ack = nullptr,
@@ -133,6 +133,21 @@ class MirrorState : public LocalTree {
   // Those due at `now_unix` (all of them with now_unix = INT64_MAX).
   Result<std::vector<DeferredDeletion>> DueDeletions(int64_t now_unix);
   Status DropDeferred(const std::string& path);
+
+  // What the follower refused (rollback, conflict, expired or badly signed
+  // events, a broker behind this mirror), newest first: recorded once per
+  // distinct reason per run and shown by `mirrorcast verify`, so a refusal
+  // is visible on the mirror even when the broker that caused it hides it.
+  // At most 100 reasons are kept per repo.
+  struct Refusal {
+    uint64_t serial = 0;  // the serial offered (0: none or unknown)
+    std::string reason;   // escaped, capped text
+    int64_t first_unix = 0;
+    int64_t last_unix = 0;
+    uint64_t count = 0;  // runs (or distinct occasions) it was recorded in
+  };
+  Status RecordRefusal(uint64_t serial, const std::string& reason, int64_t now_unix);
+  Result<std::vector<Refusal>> Refusals(size_t limit = 10);
 
   // ACKs that the broker has not confirmed yet, oldest first.
   Status QueueAck(const v1::Ack& ack);

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <vector>
@@ -35,6 +36,54 @@ Status WriteAllAt(int fd, std::string_view data, uint64_t offset, const std::str
   }
   return Status::Ok();
 }
+
+// The slow-retrieval floor of one transfer: at least `min_rate_bytes` per
+// second over every window of `min_rate_window`, counted from the start of
+// the transfer (and of each window after it).
+class RateFloor {
+ public:
+  RateFloor(const ContentClientOptions& options, std::string what)
+      : options_(options),
+        clock_(options.clock ? *options.clock : Clock::Real()),
+        what_(std::move(what)),
+        window_start_(clock_.Steady()) {}
+
+  // `received`: bytes of the transfer so far. Timeout once a window closed
+  // below the floor.
+  Status Check(uint64_t received) {
+    if (options_.min_rate_bytes == 0 || options_.min_rate_window.count() <= 0) {
+      return Status::Ok();
+    }
+    const auto now = clock_.Steady();
+    if (now - window_start_ < options_.min_rate_window) return Status::Ok();
+    const uint64_t got = received - at_window_start_;
+    const auto window_s = static_cast<uint64_t>(options_.min_rate_window.count());
+    if (got < options_.min_rate_bytes * window_s) {
+      return Status::Timeout(what_ + ": " + std::to_string(got) + " bytes in the last " +
+                             std::to_string(window_s) + " s, under the minimum rate of " +
+                             std::to_string(options_.min_rate_bytes) +
+                             " bytes/s (slow retrieval); aborted");
+    }
+    window_start_ = now;
+    at_window_start_ = received;
+    return Status::Ok();
+  }
+
+  // How long to wait for a reply before the window must be judged.
+  Millis Wait(Millis stall) const {
+    if (options_.min_rate_bytes == 0 || options_.min_rate_window.count() <= 0) return stall;
+    const auto left = std::chrono::duration_cast<Millis>(window_start_ + options_.min_rate_window -
+                                                         clock_.Steady());
+    return std::max(Millis(1), std::min(stall, left));
+  }
+
+ private:
+  const ContentClientOptions& options_;
+  const Clock& clock_;
+  std::string what_;
+  std::chrono::steady_clock::time_point window_start_;
+  uint64_t at_window_start_ = 0;
+};
 
 Result<UniqueFd> CreateDest(const std::filesystem::path& dest) {
   UniqueFd fd(::open(dest.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
@@ -90,9 +139,10 @@ Result<v1::ContentReply> ContentClient::Request(v1::ContentRequest request) {
   if (!SendRequest(socket_, request)) {
     return Status::Unavailable("content server " + content_.ToString() + " not accepting requests");
   }
-  const auto deadline = std::chrono::steady_clock::now() + options_.stall_timeout;
+  const Clock& clock = options_.clock ? *options_.clock : Clock::Real();
+  const auto deadline = clock.Steady() + options_.stall_timeout;
   for (;;) {
-    auto left = std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<Millis>(deadline - clock.Steady());
     if (left.count() <= 0) {
       return Status::Timeout("no reply from content server " + content_.ToString());
     }
@@ -205,6 +255,7 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
   std::deque<size_t> unbatched;  // small files sent again one range at a time
   size_t remaining = files.size();
 
+  uint64_t received_total = 0;  // bytes of this call, for the rate floor
   auto batchable = [&](size_t i) {
     return batching_ && !files[i].resume && files[i].size > 0 &&
            files[i].size <= options_.batch_file_bytes;
@@ -315,23 +366,23 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
   };
 
   // Issues requests while credit lasts.
+  size_t streaming = files.size();  // the file being requested range by range
   auto fill = [&]() -> Status {
     while (static_cast<int>(pending.size()) < options_.credit) {
-      // A file already in flight with bytes left to request comes first.
+      // The file already started with bytes left to request comes first
+      // (files are started one at a time, so there is at most one). Kept
+      // here, not found among the requests in flight: with a credit of 1 none
+      // is in flight between two chunks of the same file.
       size_t i = files.size();
-      for (auto& [id, p] : pending) {
-        (void)id;
-        if (!p.batch.empty()) continue;
-        const FileState& st = state[p.file];
-        if (!st.done && st.next_offset < files[p.file].size) {
-          i = p.file;
-          break;
-        }
+      if (streaming < files.size() && !state[streaming].done &&
+          state[streaming].next_offset < files[streaming].size) {
+        i = streaming;
       }
       if (i == files.size()) {
         bool sent_batch = false;
         MC_ASSIGN_OR_RETURN(i, start_next(&sent_batch));
         if (sent_batch) continue;
+        streaming = i;
       }
       if (i == files.size()) return Status::Ok();  // nothing left to request
       FileState& st = state[i];
@@ -378,6 +429,7 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
           WriteWholeFile(file, reply.parts(static_cast<int>(k)).data(), options_.fsync_each_file));
       state[p.batch[k]].done = true;
       --remaining;
+      received_total += file.size;
       if (stats) {
         ++stats->files_fetched;
         stats->bytes_fetched += file.size;
@@ -386,6 +438,9 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
     return Status::Ok();
   };
 
+  const Clock& clock = options_.clock ? *options_.clock : Clock::Real();
+  RateFloor floor(options_, "content transfer from " + content_.ToString());
+  auto last_reply = clock.Steady();
   MC_RETURN_IF_ERROR(fill());
   while (remaining > 0) {
     if (should_stop && should_stop()) return Status::Unavailable("stopping");
@@ -396,11 +451,14 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
                                    " not accepting requests");
       }
     }
-    MC_ASSIGN_OR_RETURN(auto reply, AwaitReply(socket_, options_.stall_timeout));
+    MC_ASSIGN_OR_RETURN(auto reply, AwaitReply(socket_, floor.Wait(options_.stall_timeout)));
+    MC_RETURN_IF_ERROR(floor.Check(received_total));
     if (!reply) {
+      if (clock.Steady() - last_reply < options_.stall_timeout) continue;
       return Status::Timeout("content transfer from " + content_.ToString() + " stalled for " +
                              std::to_string(options_.stall_timeout.count()) + " ms");
     }
+    last_reply = clock.Steady();
     auto it = pending.find(reply->request_id());
     if (it == pending.end()) continue;
     const Pending p = std::move(it->second);
@@ -434,6 +492,7 @@ Status ContentClient::FetchFiles(const std::vector<FileFetch>& files, FetchStats
       st.early.emplace(p.offset, std::move(*reply->mutable_data()));
     }
     st.received += p.length;
+    received_total += p.length;
     if (stats) stats->bytes_fetched += p.length;
     if (st.received == file.size) MC_RETURN_IF_ERROR(finish_file(p.file));
     MC_RETURN_IF_ERROR(fill());
@@ -464,9 +523,17 @@ Status FetchObject(zmq::socket_t& socket, uint64_t& next_id, const std::string& 
   };
   if (!send(0, options.chunk_bytes)) return Status::Unavailable(what + ": server not reachable");
   next_offset = options.chunk_bytes;
+  const Clock& clock = options.clock ? *options.clock : Clock::Real();
+  RateFloor floor(options, what);
+  auto last_reply = clock.Steady();
   while (!pending.empty()) {
-    MC_ASSIGN_OR_RETURN(auto reply, AwaitReply(socket, options.stall_timeout));
-    if (!reply) return Status::Timeout(what + ": transfer stalled");
+    MC_ASSIGN_OR_RETURN(auto reply, AwaitReply(socket, floor.Wait(options.stall_timeout)));
+    MC_RETURN_IF_ERROR(floor.Check(received));
+    if (!reply) {
+      if (clock.Steady() - last_reply < options.stall_timeout) continue;
+      return Status::Timeout(what + ": transfer stalled");
+    }
+    last_reply = clock.Steady();
     auto it = pending.find(reply->request_id());
     if (it == pending.end()) continue;
     auto [offset, length] = it->second;

@@ -8,7 +8,11 @@
 // and kMaxChunk bytes), so a bootstrap of a million of them costs a few
 // thousand round trips, not a million; a broker that does not know the
 // batched request gets one RangeRequest per file instead. A fetch
-// that sees no reply for `stall_timeout` fails (slow-retrieval defence).
+// that sees no reply for `stall_timeout` fails, and so does one that
+// receives less than `min_rate_bytes` per second over a `min_rate_window`
+// (slow retrieval: a broker trickling replies just under the stall timeout
+// cannot hold a mirror for ever). What an aborted transfer wrote stays
+// unverified: a resumed fetch hashes it again with the rest.
 // Every byte is bounded by the size the caller expects (the signed size), so
 // endless data is refused. Owns its socket: one thread only.
 #pragma once
@@ -21,6 +25,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/net/endpoint.h"
 #include "core/wire/envelope.h"
@@ -48,6 +53,15 @@ struct ContentClientOptions {
   // Files of at most this many bytes are fetched several to a request
   // (RangesRequest); 0 sends one RangeRequest per chunk of every file.
   uint32_t batch_file_bytes = 64 * 1024;
+  // Slow-retrieval floor: a transfer that receives fewer than this many
+  // bytes per second, measured over each `min_rate_window` while requests
+  // are in flight, is aborted (kTimeout) and left to the caller to retry
+  // (resuming what arrived). 0 turns the floor off.
+  uint64_t min_rate_bytes = 4096;
+  std::chrono::seconds min_rate_window{60};
+  // Steady time for the stall timeout and the rate window. Not owned; must
+  // outlive the client. nullptr: the real clock.
+  const Clock* clock = nullptr;
 };
 
 struct FetchStats {

@@ -195,6 +195,28 @@ Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix) {
   return Status::Ok();
 }
 
+Status CheckHeartbeat(const v1::Heartbeat& heartbeat, int64_t now_unix) {
+  const std::string where = "heartbeat issued at " + std::to_string(heartbeat.issued_unix());
+  if (heartbeat.expires_unix() == 0) {
+    return Status::Rejected(where +
+                            ": has no expiry time (expires_unix 0); heartbeats must expire");
+  }
+  if (heartbeat.issued_unix() > now_unix + kMaxClockSkewSeconds) {
+    return Status::Rejected(where + ": more than " + std::to_string(kMaxClockSkewSeconds) +
+                            " s in the future (now " + std::to_string(now_unix) +
+                            "); check the origin broker's clock");
+  }
+  if (now_unix > heartbeat.expires_unix()) {
+    return Status::Rejected(where + ": expired at " + std::to_string(heartbeat.expires_unix()) +
+                            " (now " + std::to_string(now_unix) + ")");
+  }
+  if (heartbeat.expires_unix() < heartbeat.issued_unix()) {
+    return Status::Rejected(where + ": expires (" + std::to_string(heartbeat.expires_unix()) +
+                            ") before it was issued");
+  }
+  return Status::Ok();
+}
+
 Status ValidateRepoName(std::string_view repo) {
   if (repo.empty() || repo.size() > 64) {
     return Status::InvalidArgument("repo name must be 1-64 characters, got " +

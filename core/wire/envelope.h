@@ -54,6 +54,12 @@ inline constexpr int64_t kMaxClockSkewSeconds = 600;
 
 Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix);
 
+// The same time checks for a Heartbeat (the freshness proof): an expiry is
+// required (0 is refused: a heartbeat that never expires proves nothing),
+// not expired at now_unix, issued at most kMaxClockSkewSeconds ahead of it,
+// and not expiring before it was issued.
+Status CheckHeartbeat(const v1::Heartbeat& heartbeat, int64_t now_unix);
+
 // Repo names: 1-64 of [A-Za-z0-9._-], not starting with '.'.
 Status ValidateRepoName(std::string_view repo);
 
