@@ -190,10 +190,8 @@ Status FetchBrokerManifest(const PublisherOptions& options, zmq::context_t& cont
                         options.repo, content_options);
   Result<ManifestIndex> index = FetchManifestIndex(content, latest.root);
   if (!index.ok()) {
-    return index.status().code() == Status::Code::kCorruption
-               ? index.status()
-               : BrokerFailure(index.status(), options,
-                               "the manifest index of serial " + std::to_string(latest.serial));
+    return BrokerFailure(index.status(), options,
+                         "the manifest index of serial " + std::to_string(latest.serial));
   }
   RemoteChunks chunks(content);
   // Every chunk is read (and checked against the index) before it is kept.

@@ -183,12 +183,12 @@ TEST(Recall, EveryMirrorGoesBackToTheRecalledTreeFetchingOnlyWhatItLacks) {
   EXPECT_EQ(status.recalls(0).reason(), kReason);
   ASSERT_EQ(status.recall_windows_size(), 1);
   EXPECT_EQ(status.recall_windows(0).head_recall().recall_of(), 2u);
-  const RunResult shown =
-      Run({BinPath("mirrorcast").string(), "status", "--broker", c.broker_address()}, 30s);
+  const RunResult shown = mirrorcast::testing::Run(
+      {BinPath("mirrorcast").string(), "status", "--broker", c.broker_address()}, 30s);
   ASSERT_EQ(shown.exit_code, 0) << shown.err;
   EXPECT_NE(shown.out.find("recall of serial 2: " + kReason), std::string::npos) << shown.out;
   EXPECT_NE(shown.out.find("4 (recall of 2)"), std::string::npos) << shown.out;
-  const RunResult json = Run(
+  const RunResult json = mirrorcast::testing::Run(
       {BinPath("mirrorcast").string(), "status", "--broker", c.broker_address(), "--json"}, 30s);
   EXPECT_NE(json.out.find("\"recall_of\":2"), std::string::npos) << json.out;
 
