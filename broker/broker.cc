@@ -82,6 +82,8 @@ Broker::Broker(BrokerOptions options)
       control_(context_, zmq::socket_type::router),
       events_(context_, zmq::socket_type::xpub) {
   if (options_.broker_id.empty()) options_.broker_id = Hostname();
+  // A recall needs the manifest of every serial whose versions are kept.
+  options_.keep_manifests = std::max(options_.keep_manifests, options_.keep_versions + 1);
 }
 
 Broker::~Broker() { Stop(); }
@@ -103,6 +105,7 @@ Status Broker::Start() {
     return Status::NotFound("tree root " + options_.tree_root.string() + " is not a directory");
   }
   MC_ASSIGN_OR_RETURN(state_, BrokerState::Open(options_.state_dir));
+  MC_ASSIGN_OR_RETURN(recall_versions_, ServableVersionReader::Open(options_.state_dir));
   objects_ = std::make_unique<ObjectStore>(options_.state_dir / "objects");
   // Objects linked for a publish that never committed (a crash in between).
   MC_ASSIGN_OR_RETURN(auto uncommitted, state_->UncommittedObjects());
@@ -314,6 +317,7 @@ v1::ControlReply Broker::HandleHello(const v1::HelloRequest& request) {
     r->set_repo(repo);
     r->set_serial(head.serial);
     r->set_manifest_sha256(head.manifest_sha256);
+    *hello->add_recall_windows() = RecallWindowOf(repo, head);
   }
   return reply;
 }
@@ -342,6 +346,14 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
                 std::to_string(head.serial) + ", event is " + std::to_string(event.serial()) +
                 " after " + std::to_string(event.previous_serial()) +
                 " (another publish happened first? re-run the publisher)");
+  }
+  const bool recall = event.recall_of() != 0;
+  if (recall) {
+    if (Status s = CheckRecall(event, head); !s.ok()) {
+      MC_LOG(warning) << "refused recall of " << repo << " to serial " << event.recall_of() << ": "
+                      << s.ToString();
+      return Fail("refused: " + s.message());
+    }
   }
   // The new manifest must be exactly the signed root, derived from (or, for
   // an omitted change list, diffed against) the previous one, or every
@@ -421,8 +433,10 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   auto record = [&]() -> Status {
     if (!new_files.empty()) {
       const size_t objects_before = versions.objects.size();
-      recorded = RecordFiles(repo, new_files, &versions, reply.mutable_publish()->mutable_linked(),
-                             &tally);
+      // A recall names versions the broker keeps, not the tree's current files.
+      recorded = recall ? RecordRecalledFiles(repo, event.recall_of(), new_files, &versions)
+                        : RecordFiles(repo, new_files, &versions,
+                                      reply.mutable_publish()->mutable_linked(), &tally);
       if (!recorded.ok()) return recorded;
       published_count += new_files.size();
       retained_count += versions.objects.size() - objects_before;
@@ -501,7 +515,18 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   }
   const double t_store = since();
   RepoHead next{event.serial(), event.manifest_sha256(), event.manifest_entries()};
-  if (Status s = state_->CommitEvent(repo, next, request.envelope(), now, versions); !s.ok()) {
+  v1::RecallRecord recalled;
+  if (recall) {
+    recalled.set_repo(repo);
+    recalled.set_serial(event.serial());
+    recalled.set_recall_of(event.recall_of());
+    recalled.set_reason(event.recall_reason());
+    recalled.set_published_unix(event.published_unix());
+    recalled.set_key_id(opened->key_id);
+  }
+  if (Status s = state_->CommitEvent(repo, next, request.envelope(), now, versions,
+                                     recall ? &recalled : nullptr);
+      !s.ok()) {
     MC_LOG(error) << "cannot commit event: " << s.ToString();
     undo();
     return Fail("broker could not store the event: " + s.message());
@@ -514,6 +539,13 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
                << " seconds=" << since() << " (manifest " << t_manifest << ", diff and files "
                << t_files - t_manifest << ", store " << t_store - t_files << ", commit "
                << since() - t_store << ")";
+  if (recall) {
+    MC_LOG(warning) << "recall: repo=" << repo << " serial=" << event.serial()
+                    << " is a recall of serial " << event.recall_of() << " ("
+                    << event.change_count() << " changes back from serial " << head.serial
+                    << ", key=" << opened->key_id
+                    << "): " << EscapeForLog(event.recall_reason(), 256);
+  }
   FanOut(repo, request.envelope());
   if (Status s = state_->Prune(repo, options_.keep_events, options_.keep_manifests); !s.ok()) {
     MC_LOG(warning) << "prune " << repo << ": " << s.ToString();
@@ -616,6 +648,102 @@ Status Broker::RecordFiles(const std::string& repo, const std::vector<v1::FileEn
           if (tally->refused_links++ == 0) tally->first_refusal = why_not;
         }
       }
+    }
+    versions->published.push_back(std::move(version));
+  }
+  return Status::Ok();
+}
+
+v1::RecallWindow Broker::RecallWindowOf(const std::string& repo, const RepoHead& head) {
+  v1::RecallWindow window;
+  window.set_repo(repo);
+  window.set_keep_versions(options_.keep_versions);
+  // A version serial N names and the head does not was retired at some
+  // serial after N; it stays servable while retired + keep_versions > head,
+  // so N >= head - keep_versions. The manifests (keep_manifests is at least
+  // keep_versions + 1) and the event log must reach back that far too.
+  if (head.serial >= 2 && options_.keep_versions > 0) {
+    uint64_t oldest =
+        head.serial > options_.keep_versions ? head.serial - options_.keep_versions : 1;
+    auto logged = state_->OldestEventSerial(repo);
+    if (!logged.ok()) {
+      MC_LOG(warning) << "recall window of " << repo << ": " << logged.status().ToString();
+    } else if (*logged != 0) {
+      oldest = std::max(oldest, *logged);
+      if (oldest < head.serial) {
+        window.set_oldest(oldest);
+        window.set_newest(head.serial - 1);
+      }
+    }
+  }
+  auto recalled = state_->RecallAt(repo, head.serial);
+  if (!recalled.ok()) {
+    MC_LOG(warning) << "recalls of " << repo << ": " << recalled.status().ToString();
+  } else if (*recalled) {
+    *window.mutable_head_recall() = std::move(**recalled);
+  }
+  return window;
+}
+
+Status Broker::CheckRecall(const v1::RepoChanged& event, const RepoHead& head) {
+  const std::string& repo = event.repo();
+  const uint64_t target = event.recall_of();
+  const v1::RecallWindow window = RecallWindowOf(repo, head);
+  if (target < window.oldest() || target > window.newest() || window.oldest() == 0) {
+    std::string kept = "the broker keeps replaced versions for " +
+                       std::to_string(options_.keep_versions) + " serials (--keep-versions)";
+    return Status::Rejected(
+        "serial " + std::to_string(target) + " is outside the recall window of " + repo + ": " +
+        (window.oldest() == 0
+             ? std::string("no serial can be recalled at serial ") + std::to_string(head.serial)
+             : "serials " + std::to_string(window.oldest()) + " to " +
+                   std::to_string(window.newest()) + " can be recalled") +
+        " (" + kept + ")");
+  }
+  auto stored = state_->StoredEvent(repo, target);
+  if (!stored.ok()) {
+    MC_LOG(error) << "cannot read event " << target << " of " << repo << ": "
+                  << stored.status().ToString();
+    return Status::Unavailable("the broker cannot read its event of serial " +
+                               std::to_string(target));
+  }
+  if (!*stored) {
+    return Status::Rejected("serial " + std::to_string(target) + " of " + repo +
+                            " is no longer in the event log");
+  }
+  if ((*stored)->manifest_sha256() != event.manifest_sha256() ||
+      (*stored)->manifest_entries() != event.manifest_entries()) {
+    return Status::Rejected(
+        "the recall does not carry serial " + std::to_string(target) + "'s manifest (root " +
+        ToHex((*stored)->manifest_sha256()).substr(0, 16) + ", the recall names " +
+        ToHex(event.manifest_sha256()).substr(0, 16) + ")");
+  }
+  return Status::Ok();
+}
+
+Status Broker::RecordRecalledFiles(const std::string& repo, uint64_t recall_of,
+                                   const std::vector<v1::FileEntry>& files,
+                                   VersionChanges* versions) {
+  for (const v1::FileEntry& e : files) {
+    // The same lookup and checks a content worker makes before serving it.
+    auto found = recall_versions_->Find(repo, e.sha256(), e.path(), options_.keep_versions);
+    if (!found.ok()) return found.status().WithContext("the version table");
+    auto open = content_->OpenPublished(*recall_versions_, repo, e.sha256(), e.path());
+    if (!open.ok()) {
+      return Status::Rejected("cannot recall serial " + std::to_string(recall_of) + ": " +
+                              open.status().message());
+    }
+    if (open->identity.size != e.size()) {
+      return Status::Rejected("cannot recall serial " + std::to_string(recall_of) + ": " +
+                              EscapeForLog(e.path()) + " has " +
+                              std::to_string(open->identity.size) + " bytes, the signed size is " +
+                              std::to_string(e.size()));
+    }
+    // Current again at its path: its row there (retired by the bad push)
+    // comes back as it was; at a new path it names what was opened.
+    PublishedVersion version{e.sha256(), e.path(), open->identity};
+    for (const PublishedVersion& at : found->paths) {
+      if (at.path == e.path()) version.identity = at.identity;
     }
     versions->published.push_back(std::move(version));
   }
@@ -738,7 +866,11 @@ v1::ControlReply Broker::HandleStatus() {
     r->set_repo(repo);
     r->set_serial(head.serial);
     r->set_manifest_sha256(head.manifest_sha256);
+    *status->add_recall_windows() = RecallWindowOf(repo, head);
   }
+  auto recalls = state_->Recalls(20);
+  if (!recalls.ok()) return Fail("recalls: " + recalls.status().message());
+  for (auto& r : *recalls) *status->add_recalls() = std::move(r);
   auto mirrors = state_->Mirrors();
   if (!mirrors.ok()) return Fail("mirror table: " + mirrors.status().message());
   for (auto& m : *mirrors) *status->add_mirrors() = std::move(m);

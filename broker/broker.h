@@ -45,7 +45,10 @@ struct BrokerOptions {
   uint16_t content_port = 0;
   int content_workers = 4;
   uint64_t keep_events = 10000;  // per repo, for catch-up (older: manifest jump)
-  uint64_t keep_manifests = 4;   // per repo, for bootstrap and diffs
+  // Per repo, for bootstrap, diffs and recalls; at least keep_versions + 1
+  // (the broker raises it), so every serial whose versions are kept can be
+  // recalled.
+  uint64_t keep_manifests = 4;
   // Serials for which a file version replaced or deleted by a publish stays
   // servable (from the retained store, <state>/objects). 0: none are kept
   // and only the head's versions are served, from the tree.
@@ -105,6 +108,15 @@ class Broker {
                      google::protobuf::RepeatedPtrField<v1::LinkedFile>* linked,
                      RecordTally* tally);
   v1::ControlReply HandleLinked(const v1::LinkedRequest& request);
+  // A recall (RepoChanged.recall_of, docs/protocol.md "Recall"): its target
+  // must be in the recall window and the event must carry exactly that
+  // serial's manifest; every version it names anew must be one the broker
+  // still serves (retained object, or a tree file that kept its identity),
+  // recorded as current again in `versions`.
+  Status CheckRecall(const v1::RepoChanged& event, const RepoHead& head);
+  Status RecordRecalledFiles(const std::string& repo, uint64_t recall_of,
+                             const std::vector<v1::FileEntry>& files, VersionChanges* versions);
+  v1::RecallWindow RecallWindowOf(const std::string& repo, const RepoHead& head);
   void PruneVersions(const std::string& repo);
   v1::ControlReply HandleEvents(const v1::EventsRequest& request);
   v1::ControlReply HandleAck(const v1::AckRequest& request);
@@ -123,6 +135,8 @@ class Broker {
   std::unique_ptr<ObjectStore> objects_;
   std::unique_ptr<ContentServer> content_;
   std::unique_ptr<BrokerState> state_;
+  // The control thread's own reader of the version table (recall checks).
+  std::unique_ptr<ServableVersionReader> recall_versions_;
   TrustStore trust_;
   std::optional<SigningKey> heartbeat_key_;
   uint16_t control_port_ = 0;

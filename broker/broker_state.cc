@@ -78,6 +78,10 @@ Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir
       repo TEXT NOT NULL, id BLOB NOT NULL, last_serial INTEGER NOT NULL,
       PRIMARY KEY(repo, id));
     CREATE INDEX IF NOT EXISTS manifest_objects_by_serial ON manifest_objects(repo, last_serial);
+    CREATE TABLE IF NOT EXISTS recalls(
+      repo TEXT NOT NULL, serial INTEGER NOT NULL, recall_of INTEGER NOT NULL,
+      reason TEXT NOT NULL, published_unix INTEGER NOT NULL, key_id TEXT NOT NULL,
+      PRIMARY KEY(repo, serial));
   )sql"));
   // Added after 0.1's first schema; an older broker.db gets the column here.
   if (Status s = db->Exec("ALTER TABLE mirrors ADD COLUMN bytes_signature INTEGER NOT NULL "
@@ -147,7 +151,7 @@ RepoHead BrokerState::Head(const std::string& repo) const {
 
 Status BrokerState::CommitEvent(const std::string& repo, const RepoHead& head,
                                 const std::string& envelope, int64_t now_unix,
-                                const VersionChanges& versions) {
+                                const VersionChanges& versions, const v1::RecallRecord* recall) {
   Transaction tx(*db_);
   MC_RETURN_IF_ERROR(tx.status());
   {
@@ -170,6 +174,15 @@ Status BrokerState::CommitEvent(const std::string& repo, const RepoHead& head,
     MC_RETURN_IF_ERROR(up.Run());
     MC_RETURN_IF_ERROR(WriteVersions(repo, head.serial, versions));
     MC_RETURN_IF_ERROR(WriteLinked(repo, head.serial, versions.linked));
+    if (recall != nullptr) {
+      MC_ASSIGN_OR_RETURN(Statement put,
+                          db_->Prepare("INSERT OR REPLACE INTO recalls(repo, serial, recall_of, "
+                                       "reason, published_unix, key_id) VALUES(?, ?, ?, ?, ?, ?)"));
+      put.Bind(1, repo).Bind(2, static_cast<int64_t>(head.serial));
+      put.Bind(3, static_cast<int64_t>(recall->recall_of())).Bind(4, recall->reason());
+      put.Bind(5, recall->published_unix()).Bind(6, recall->key_id());
+      MC_RETURN_IF_ERROR(put.Run());
+    }
     MC_ASSIGN_OR_RETURN(Statement old_links,
                         db_->Prepare("DELETE FROM linked_files WHERE repo = ? AND serial < ?"));
     old_links.Bind(1, repo).Bind(2, static_cast<int64_t>(head.serial));
@@ -626,6 +639,73 @@ Result<StoredEvents> BrokerState::EventsSince(const std::string& repo, uint64_t 
   return out;
 }
 
+Result<std::optional<v1::RepoChanged>> BrokerState::StoredEvent(const std::string& repo,
+                                                                uint64_t serial) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT envelope FROM events WHERE repo = ? AND serial = ?"));
+  st.Bind(1, repo).Bind(2, static_cast<int64_t>(serial));
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return std::optional<v1::RepoChanged>();
+  v1::Envelope envelope;
+  v1::SignedPayload payload;
+  if (!envelope.ParseFromString(st.ColumnBlob(0)) || !payload.ParseFromString(envelope.payload()) ||
+      !payload.has_repo_changed()) {
+    return Status::Corruption("the stored event of " + repo + " serial " + std::to_string(serial) +
+                              " does not parse");
+  }
+  return std::optional<v1::RepoChanged>(std::move(*payload.mutable_repo_changed()));
+}
+
+Result<uint64_t> BrokerState::OldestEventSerial(const std::string& repo) {
+  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT MIN(serial) FROM events WHERE repo = ?"));
+  st.Bind(1, repo);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row || st.ColumnIsNull(0)) return uint64_t{0};
+  return static_cast<uint64_t>(st.ColumnInt(0));
+}
+
+namespace {
+
+constexpr const char* kRecallColumns = "repo, serial, recall_of, reason, published_unix, key_id";
+
+v1::RecallRecord RecallFromRow(const Statement& st) {
+  v1::RecallRecord r;
+  r.set_repo(st.ColumnText(0));
+  r.set_serial(static_cast<uint64_t>(st.ColumnInt(1)));
+  r.set_recall_of(static_cast<uint64_t>(st.ColumnInt(2)));
+  r.set_reason(st.ColumnText(3));
+  r.set_published_unix(st.ColumnInt(4));
+  r.set_key_id(st.ColumnText(5));
+  return r;
+}
+
+}  // namespace
+
+Result<std::optional<v1::RecallRecord>> BrokerState::RecallAt(const std::string& repo,
+                                                              uint64_t serial) {
+  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(std::string("SELECT ") + kRecallColumns +
+                                                 " FROM recalls WHERE repo = ? AND serial = ?"));
+  st.Bind(1, repo).Bind(2, static_cast<int64_t>(serial));
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return std::optional<v1::RecallRecord>();
+  return std::optional<v1::RecallRecord>(RecallFromRow(st));
+}
+
+Result<std::vector<v1::RecallRecord>> BrokerState::Recalls(size_t per_repo) {
+  std::vector<v1::RecallRecord> out;
+  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(std::string("SELECT ") + kRecallColumns +
+                                                 " FROM recalls r WHERE (SELECT count(*) FROM "
+                                                 "recalls n WHERE n.repo = r.repo AND n.serial > "
+                                                 "r.serial) < ? ORDER BY repo, serial DESC"));
+  st.Bind(1, static_cast<int64_t>(per_repo));
+  for (;;) {
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (!row) break;
+    out.push_back(RecallFromRow(st));
+  }
+  return out;
+}
+
 Status BrokerState::RecordAck(const v1::Ack& ack, int64_t now_unix) {
   MC_ASSIGN_OR_RETURN(
       Statement st,
@@ -700,10 +780,12 @@ Status BrokerState::Prune(const std::string& repo, uint64_t keep_events, uint64_
   keep_manifests = std::max<uint64_t>(keep_manifests, 1);
   const uint64_t head = Head(repo).serial;
   if (head > keep_events) {
-    MC_ASSIGN_OR_RETURN(Statement st,
-                        db_->Prepare("DELETE FROM events WHERE repo = ? AND serial <= ?"));
-    st.Bind(1, repo).Bind(2, static_cast<int64_t>(head - keep_events));
-    MC_RETURN_IF_ERROR(st.Run());
+    for (const char* table : {"events", "recalls"}) {
+      MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(std::string("DELETE FROM ") + table +
+                                                     " WHERE repo = ? AND serial <= ?"));
+      st.Bind(1, repo).Bind(2, static_cast<int64_t>(head - keep_events));
+      MC_RETURN_IF_ERROR(st.Run());
+    }
   }
   if (head <= keep_manifests) return Status::Ok();
   // Objects no serial in the window names go, unless another repo's does.

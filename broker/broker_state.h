@@ -96,11 +96,12 @@ class BrokerState {
                       const std::vector<std::string>& ids);
 
   // Records a published event durably (one transaction): the event row, the
-  // repo's new head, and its servable-version changes (retired at
-  // head.serial); clears the repo's pending objects. The manifest objects
-  // must already be durable.
+  // repo's new head, its servable-version changes (retired at head.serial)
+  // and, for a recall, its record; clears the repo's pending objects. The
+  // manifest objects must already be durable.
   Status CommitEvent(const std::string& repo, const RepoHead& head, const std::string& envelope,
-                     int64_t now_unix, const VersionChanges& versions = {});
+                     int64_t now_unix, const VersionChanges& versions = {},
+                     const v1::RecallRecord* recall = nullptr);
 
   // A large publish hands its version changes over in batches as it goes,
   // so that memory stays bounded: each batch is written to staging tables
@@ -141,6 +142,17 @@ class BrokerState {
 
   // Events with serial > since, oldest first, at most `max`.
   Result<StoredEvents> EventsSince(const std::string& repo, uint64_t since, uint32_t max);
+  // The RepoChanged of the stored event of `serial` (nullopt when the log no
+  // longer holds it). Parsed, not verified again: it was when published.
+  Result<std::optional<v1::RepoChanged>> StoredEvent(const std::string& repo, uint64_t serial);
+  // The oldest serial the event log of `repo` holds (0: none).
+  Result<uint64_t> OldestEventSerial(const std::string& repo);
+
+  // Recalls committed (CommitEvent with a record): the one published as
+  // `serial`, if it was a recall; the newest `per_repo` of every repo,
+  // newest first. Kept as long as their events.
+  Result<std::optional<v1::RecallRecord>> RecallAt(const std::string& repo, uint64_t serial);
+  Result<std::vector<v1::RecallRecord>> Recalls(size_t per_repo);
 
   // Upserts the mirror row from an ACK.
   Status RecordAck(const v1::Ack& ack, int64_t now_unix);

@@ -93,7 +93,8 @@ class ContentServer {
     std::chrono::steady_clock::time_point created;
   };
 
-  // A published version opened for serving.
+  // A published version opened for serving (public for OpenPublished).
+ public:
   struct OpenVersion {
     OpenedFile file;
     FileIdentity identity;         // as recorded; the file must keep it while read
@@ -101,6 +102,7 @@ class ContentServer {
     std::string tree_path;         // empty when served from the retained object
   };
 
+ private:
   // Runs a thread's loop; an exception or an unasked end sets failed_.
   void Guarded(std::string_view name, const std::function<void()>& loop);
   void IoLoop();
@@ -110,10 +112,16 @@ class ContentServer {
   v1::ContentReply ServeObject(const v1::ContentRequest& request);
   v1::ContentReply StartDelta(const v1::ContentRequest& request, ServableVersionReader& versions);
   v1::ContentReply ServeDeltaRange(const v1::ContentRequest& request);
+
+ public:
   // The version `sha256` of `repo`, from its retained object or the tree.
-  // Refusals are kRejected with the reason for the client.
+  // Refusals are kRejected with the reason for the client. Thread-safe with
+  // a reader of the calling thread's own: the control thread asks too, to
+  // check that a recall names only versions that can still be served.
   Result<OpenVersion> OpenPublished(ServableVersionReader& versions, const std::string& repo,
                                     const std::string& sha256, const std::string& path);
+
+ private:
   // Whether `open` still names the bytes it was opened with.
   bool StillPublished(const std::string& repo, const OpenVersion& open) const;
   // Logs a refused request once per (repo, version, reason) a minute, so a

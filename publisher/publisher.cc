@@ -22,6 +22,7 @@
 #include "core/manifest/tree_diff.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
+#include "core/net/publish_client.h"
 #include "core/store/sqlite.h"
 #include "core/wire/envelope.h"
 
@@ -30,12 +31,6 @@ namespace {
 
 constexpr int64_t kSecondsPerDay = 24 * 60 * 60;
 constexpr int kMaxExpiryDays = 3650;
-
-std::string Seconds(std::chrono::milliseconds d) {
-  std::ostringstream out;
-  out << static_cast<double>(d.count()) / 1000.0 << " s";
-  return out.str();
-}
 
 std::filesystem::path StateManifestPath(const PublisherOptions& options) {
   return options.state_dir / (options.repo + ".manifest.db");
@@ -74,39 +69,8 @@ Status CheckOptions(const PublisherOptions& options) {
 }
 
 // Network failures keep their code (exit 3) but get a message naming the broker.
-Status BrokerFailure(const Status& s, const PublisherOptions& options, std::string_view what,
-                     std::optional<std::chrono::milliseconds> waited = std::nullopt) {
-  const std::string where = "broker " + options.broker.ToString();
-  const std::string wait = Seconds(waited.value_or(options.timeout));
-  switch (s.code()) {
-    case Status::Code::kTimeout:
-      return Status::Timeout(where + " did not answer " + std::string(what) + " within " + wait);
-    case Status::Code::kUnavailable:
-      return Status::Unavailable(s.message() + " (" + std::string(what) + ", waited " + wait + ")");
-    case Status::Code::kRejected:
-      return Status::Rejected(where + " refused " + std::string(what) + ": " + s.message());
-    default:
-      return s.WithContext(std::string(what) + " via " + where);
-  }
-}
-
-struct BrokerRepoState {
-  uint64_t serial = 0;
-  std::string digest;  // empty when the broker does not know the repo
-};
-
-Result<BrokerRepoState> FindRepo(const v1::HelloReply& hello, const std::string& repo) {
-  BrokerRepoState state;
-  for (const v1::RepoSerial& r : hello.repos()) {
-    if (r.repo() != repo) continue;
-    state.serial = r.serial();
-    state.digest = r.manifest_sha256();
-    if (state.serial > 0 && state.digest.size() != kSha256Size) {
-      return Status::Corruption("broker announced a malformed manifest digest for repo " + repo);
-    }
-    break;
-  }
-  return state;
+Status BrokerFailure(const Status& s, const PublisherOptions& options, std::string_view what) {
+  return DescribeBrokerFailure(s, options.broker, what, options.timeout);
 }
 
 // The publisher's copy of the last manifest it saw confirmed
@@ -149,6 +113,8 @@ class ManifestState : public ChunkSource {
     return valid_ && serial_ == serial && index_.Root() == root;
   }
   const ManifestIndex& index() const { return index_; }
+  bool valid() const { return valid_; }
+  uint64_t serial() const { return serial_; }
 
   Result<std::string> LoadChunk(std::string_view id) override {
     MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT bytes FROM chunks WHERE id = ?"));
@@ -209,29 +175,10 @@ class ManifestState : public ChunkSource {
   bool valid_ = false;
 };
 
-// Chunks fetched from the broker, each checked against its id by the
-// reader; kept in memory until they are saved.
-class BrokerChunks : public ChunkSource {
- public:
-  explicit BrokerChunks(ContentClient& content) : content_(content) {}
-  Result<std::string> LoadChunk(std::string_view id) override {
-    if (auto it = chunks_.find(id); it != chunks_.end()) return it->second;
-    FetchStats stats;
-    MC_ASSIGN_OR_RETURN(std::string bytes,
-                        content_.FetchManifestObject(std::string(id), kMaxChunkBytes, &stats));
-    chunks_.emplace(std::string(id), bytes);
-    return bytes;
-  }
-
- private:
-  ContentClient& content_;
-  std::map<std::string, std::string, std::less<>> chunks_;
-};
-
 // The manifest the broker holds at its latest serial, fetched chunk by chunk
 // and verified against the root it announced, recorded in `state`.
 Status FetchBrokerManifest(const PublisherOptions& options, zmq::context_t& context,
-                           uint32_t content_port, const BrokerRepoState& latest,
+                           uint32_t content_port, const BrokerRepoHead& latest,
                            ManifestState& state) {
   if (content_port == 0 || content_port > 65535) {
     return Status::Unavailable("broker " + options.broker.ToString() +
@@ -241,24 +188,50 @@ Status FetchBrokerManifest(const PublisherOptions& options, zmq::context_t& cont
   content_options.stall_timeout = options.timeout;
   ContentClient content(context, options.broker.WithPort(static_cast<uint16_t>(content_port)),
                         options.repo, content_options);
-  FetchStats stats;
-  Result<std::string> bytes = content.FetchManifestObject(latest.digest, kMaxIndexBytes, &stats);
-  if (!bytes.ok()) {
-    return BrokerFailure(bytes.status(), options,
+  Result<ManifestIndex> index = FetchManifestIndex(content, latest.root);
+  if (!index.ok()) {
+    return BrokerFailure(index.status(), options,
                          "the manifest index of serial " + std::to_string(latest.serial));
   }
-  MC_ASSIGN_OR_RETURN(ManifestIndex index, ManifestIndex::Decode(*bytes));
-  BrokerChunks chunks(content);
+  RemoteChunks chunks(content);
   // Every chunk is read (and checked against the index) before it is kept.
   MC_RETURN_IF_ERROR(
-      ForEachEntry(index, chunks, [](v1::FileEntry) {
+      ForEachEntry(*index, chunks, [](v1::FileEntry) {
         return Status::Ok();
       }).WithContext("the broker's manifest of serial " + std::to_string(latest.serial)));
-  MC_RETURN_IF_ERROR(state.Save(latest.serial, index, chunks)
+  MC_RETURN_IF_ERROR(state.Save(latest.serial, *index, chunks)
                          .WithContext("keeping the broker's manifest in the state directory"));
   MC_LOG(info) << "fetched manifest repo=" << options.repo << " serial=" << latest.serial
-               << " entries=" << index.entries() << " chunks=" << index.refs.size();
+               << " entries=" << index->entries() << " chunks=" << index->refs.size();
   return Status::Ok();
+}
+
+// Says why this publish starts from the broker's manifest rather than the
+// one kept in the state directory. After a recall (`mirrorcast recall`) the
+// broker's head is an earlier serial's content published again: this publish
+// builds on that head, so the serials stay one line (never a fork from the
+// state's older serial), and whatever the tree still holds of the recalled
+// serials is published again — fix the tree first.
+void LogNewBase(const PublisherOptions& options, const ManifestState& state,
+                const BrokerRepoHead& latest) {
+  const v1::RecallRecord& recall = latest.recall.head_recall();
+  if (recall.serial() == latest.serial && recall.recall_of() != 0) {
+    MC_LOG(warning) << "the broker's latest serial of " << options.repo << ", " << latest.serial
+                    << ", is a recall of serial " << recall.recall_of() << " ("
+                    << EscapeForLog(recall.reason(), 200) << ")"
+                    << (state.valid()
+                            ? "; the state directory is at serial " + std::to_string(state.serial())
+                            : std::string())
+                    << ". This publish starts from serial " << latest.serial
+                    << "'s manifest (the recalled content): whatever in " << options.tree.string()
+                    << " still differs from it is published again as serial " << latest.serial + 1;
+    return;
+  }
+  MC_LOG(info) << "the state directory does not hold the broker's latest manifest (serial "
+               << latest.serial
+               << (state.valid() ? ", the state has serial " + std::to_string(state.serial())
+                                 : std::string())
+               << "); fetching it from the broker";
 }
 
 // Stores the manifest objects a publish without its change list refers to:
@@ -462,7 +435,7 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   ControlClient control(context, options.broker);
   Result<v1::HelloReply> hello = control.Hello(options.client_name, options.timeout);
   if (!hello.ok()) return BrokerFailure(hello.status(), options, "hello");
-  MC_ASSIGN_OR_RETURN(const BrokerRepoState latest, FindRepo(*hello, options.repo));
+  MC_ASSIGN_OR_RETURN(const BrokerRepoHead latest, FindRepoHead(*hello, options.repo));
   MC_LOG(info) << "broker=" << options.broker.ToString() << " id=" << hello->broker_id()
                << " repo=" << options.repo << " latest_serial=" << latest.serial;
 
@@ -486,11 +459,10 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   }
   ManifestIndex previous_index;
   if (latest.serial > 0) {
-    if (state.Matches(latest.serial, latest.digest)) {
+    if (state.Matches(latest.serial, latest.root)) {
       outcome.previous_from_state = true;
     } else {
-      MC_LOG(info) << "the state directory does not hold the broker's latest manifest (serial "
-                   << latest.serial << "); fetching it from the broker";
+      LogNewBase(options, state, latest);
       MC_RETURN_IF_ERROR(
           FetchBrokerManifest(options, context, hello->content_port(), latest, state));
     }
@@ -563,69 +535,33 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   outcome.scan.entries = next_index.entries();
 
   const int64_t now = options.clock->NowUnix();
-  v1::SignedPayload payload;
-  v1::RepoChanged& event = *payload.mutable_repo_changed();
-  event.set_repo(options.repo);
-  event.set_serial(latest.serial + 1);
-  event.set_previous_serial(latest.serial);
-  event.set_published_unix(now);
-  event.set_expires_unix(now + options.expiry_days * kSecondsPerDay);
-  event.set_manifest_sha256(next_index.Root());
-  event.set_manifest_entries(next_index.entries());
-  event.set_change_count(change_count);
-  // A change list too large to broadcast is left out: mirrors and the
-  // broker read it from the manifest chunks instead.
-  const bool omit = change_bytes > options.max_inline_change_bytes;
-  if (omit) {
-    event.set_changes_omitted(true);
-  } else {
-    for (v1::Change& change : changes) *event.add_changes() = std::move(change);
-  }
-  // What every mirror will check; failing here beats a broker refusal.
-  MC_RETURN_IF_ERROR(
-      CheckRepoChanged(event, now).WithContext("the event built for repo " + options.repo));
-
-  std::string envelope = SealEnvelope(std::move(payload), *key);
-  if (envelope.size() > kMaxEnvelopeBytes) {
-    return Status::Internal("the signed event is " + std::to_string(envelope.size()) +
-                            " bytes, over the " + std::to_string(kMaxEnvelopeBytes) +
-                            "-byte envelope limit");
-  }
+  RepoChangedDraft draft;
+  draft.repo = options.repo;
+  draft.previous_serial = latest.serial;
+  draft.root = next_index.Root();
+  draft.entries = next_index.entries();
+  draft.changes = std::move(changes);
+  draft.change_count = change_count;
+  draft.change_bytes = change_bytes;
+  draft.max_inline_change_bytes = options.max_inline_change_bytes;
+  draft.now_unix = now;
+  draft.expires_unix = now + options.expiry_days * kSecondsPerDay;
+  MC_ASSIGN_OR_RETURN(const SealedEvent sealed, SealRepoChanged(std::move(draft), *key));
+  const bool omit = sealed.changes_omitted;
   if (omit) {
     MC_RETURN_IF_ERROR(UploadManifest(options, control, previous_index, next_index, fresh));
   }
-  v1::ControlRequest request;
-  v1::PublishRequest& publish = *request.mutable_publish();
-  publish.set_envelope(std::move(envelope));
-
-  const uint64_t serial = latest.serial + 1;
+  const uint64_t serial = sealed.serial;
   MC_LOG(info) << "publishing repo=" << options.repo << " serial=" << serial
                << " changes=" << outcome.changes() << (omit ? " (change list left out)" : "")
                << " entries=" << next_index.entries()
                << " manifest_chunks=" << next_index.refs.size();
-  // The broker checks and records every new file before it confirms: a
-  // first publish of millions of files takes it minutes, not seconds.
-  // 1 ms per change: a first publish of 5 M files took a loaded broker
-  // 330 us per file (and 200 us per change was not enough).
-  const auto confirm_timeout = options.timeout + std::chrono::milliseconds(change_count);
-  Result<v1::ControlReply> reply = control.Call(std::move(request), confirm_timeout);
-  if (!reply.ok()) {
-    Status failure = BrokerFailure(reply.status(), options,
-                                   "publish of serial " + std::to_string(serial), confirm_timeout);
-    if (failure.code() == Status::Code::kTimeout) {
-      failure = Status::Timeout(failure.message() +
-                                "; it may still accept it (the next run will see its serial)");
-    }
-    return failure;
-  }
-  if (reply->has_publish() && reply->publish().serial() != serial) {
-    MC_LOG(warning) << "broker confirmed serial " << reply->publish().serial() << ", expected "
-                    << serial;
-  }
+  MC_ASSIGN_OR_RETURN(const v1::PublishReply reply,
+                      SubmitPublish(control, sealed, change_count, options.timeout));
   outcome.published = true;
   outcome.serial = serial;
   MC_LOG(info) << "published repo=" << options.repo << " serial=" << serial;
-  FollowBrokerLinks(options, control, serial, **hash_cache, reply->publish());
+  FollowBrokerLinks(options, control, serial, **hash_cache, reply);
 
   if (Status s = state.Save(serial, next_index, fresh); !s.ok()) {
     // The broker has it; the next run fetches it back from there.

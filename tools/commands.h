@@ -17,6 +17,10 @@ int KeygenMain(int argc, char** argv);
 // mirrorcast status --broker HOST:PORT [--json] [--timeout S]
 int StatusMain(int argc, char** argv);
 
+// mirrorcast recall --broker HOST:PORT --key KEYFILE --repo R --to N --reason TEXT
+//                   [--trust PUBFILE]... [--expiry-days D] [--timeout S]
+int RecallMain(int argc, char** argv);
+
 // mirrorcast verify --tree DIR --state DIR [--repo R] [--rate MBPS]
 //                   [--repair --broker HOST:PORT [--delete-extra]] [--json]
 int VerifyMain(int argc, char** argv);

@@ -22,6 +22,8 @@ constexpr Command kCommands[] = {
      "create an Ed25519 signing key pair (PREFIX.key, PREFIX.pub)"},
     {"status", "mirrorcast status", StatusMain,
      "show a broker's repos and the state every mirror last reported"},
+    {"recall", "mirrorcast recall", RecallMain,
+     "roll every mirror back to an earlier serial's content after a bad push"},
     {"verify", "mirrorcast verify", VerifyMain,
      "re-hash a mirror tree against its signed manifest; --repair fixes it"},
 };

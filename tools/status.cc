@@ -102,6 +102,29 @@ std::string RenderTable(const std::vector<std::vector<std::string>>& rows) {
   return out;
 }
 
+// A recall's reason in a table cell: one line, at most 200 bytes.
+std::string ShortReason(const std::string& reason) {
+  constexpr size_t kShown = 200;
+  if (reason.size() <= kShown) return OneLine(reason);
+  return OneLine(reason.substr(0, kShown)) + "...";
+}
+
+const v1::RecallWindow* WindowOf(const v1::StatusReply& status, const std::string& repo) {
+  for (const v1::RecallWindow& w : status.recall_windows()) {
+    if (w.repo() == repo) return &w;
+  }
+  return nullptr;
+}
+
+// The recall published as `serial` of `repo`, if the reply lists it.
+const v1::RecallRecord* RecallAt(const v1::StatusReply& status, const std::string& repo,
+                                 uint64_t serial) {
+  for (const v1::RecallRecord& r : status.recalls()) {
+    if (r.repo() == repo && r.serial() == serial) return &r;
+  }
+  return nullptr;
+}
+
 std::vector<v1::MirrorStatus> SortedMirrors(const v1::StatusReply& status) {
   std::vector<v1::MirrorStatus> mirrors(status.mirrors().begin(), status.mirrors().end());
   std::sort(mirrors.begin(), mirrors.end(), [](const auto& a, const auto& b) {
@@ -127,13 +150,41 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
   if (repos.empty()) {
     out << "no repos published yet\n";
   } else {
-    std::vector<std::vector<std::string>> rows{{"REPO", "LATEST SERIAL", "MANIFEST SHA256"}};
+    std::vector<std::vector<std::string>> rows{
+        {"REPO", "LATEST SERIAL", "MANIFEST SHA256", "RECALLABLE", "NOTE"}};
     for (const v1::RepoSerial& r : repos) {
-      rows.push_back({OneLine(r.repo()), std::to_string(r.serial()), ToHex(r.manifest_sha256())});
+      const v1::RecallWindow* w = WindowOf(status, r.repo());
+      std::string recallable = "-";
+      if (w != nullptr && w->oldest() != 0) {
+        recallable = std::to_string(w->oldest()) + "-" + std::to_string(w->newest());
+      }
+      std::string note = "-";
+      if (w != nullptr && w->has_head_recall() && w->head_recall().serial() == r.serial()) {
+        note = "recall of serial " + std::to_string(w->head_recall().recall_of()) + ": " +
+               ShortReason(w->head_recall().reason());
+      }
+      rows.push_back({OneLine(r.repo()), std::to_string(r.serial()), ToHex(r.manifest_sha256()),
+                      recallable, note});
     }
     out << RenderTable(rows);
   }
   out << "\n";
+  if (status.recalls_size() > 0) {
+    std::vector<v1::RecallRecord> recalls(status.recalls().begin(), status.recalls().end());
+    std::sort(recalls.begin(), recalls.end(), [](const auto& a, const auto& b) {
+      if (a.repo() != b.repo()) return a.repo() < b.repo();
+      return a.serial() > b.serial();  // newest first
+    });
+    std::vector<std::vector<std::string>> rows{
+        {"RECALL", "REPO", "SERIAL", "RESTORES", "PUBLISHED", "KEY", "REASON"}};
+    for (const v1::RecallRecord& r : recalls) {
+      rows.push_back({"recall", OneLine(r.repo()), std::to_string(r.serial()),
+                      "serial " + std::to_string(r.recall_of()),
+                      Age(now_unix - r.published_unix()) + " (" + IsoTime(r.published_unix()) + ")",
+                      OneLine(r.key_id().substr(0, 16)), ShortReason(r.reason())});
+    }
+    out << RenderTable(rows) << "\n";
+  }
 
   const std::vector<v1::MirrorStatus> mirrors = SortedMirrors(status);
   if (mirrors.empty()) {
@@ -146,6 +197,9 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
     std::string serial = std::to_string(m.serial());
     if (m.target_serial() != 0 && m.target_serial() != m.serial()) {
       serial += " -> " + std::to_string(m.target_serial());
+    }
+    if (const v1::RecallRecord* r = RecallAt(status, m.repo(), m.serial()); r != nullptr) {
+      serial += " (recall of " + std::to_string(r->recall_of()) + ")";
     }
     std::string last_ack = "never";
     if (m.last_ack_unix() != 0) {
@@ -165,9 +219,27 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
 std::string FormatStatusJson(const v1::StatusReply& status) {
   nlohmann::json repos = nlohmann::json::array();
   for (const v1::RepoSerial& r : SortedRepos(status)) {
-    repos.push_back({{"repo", r.repo()},
-                     {"serial", r.serial()},
-                     {"manifest_sha256", ToHex(r.manifest_sha256())}});
+    nlohmann::json repo = {{"repo", r.repo()},
+                           {"serial", r.serial()},
+                           {"manifest_sha256", ToHex(r.manifest_sha256())}};
+    if (const v1::RecallWindow* w = WindowOf(status, r.repo()); w != nullptr) {
+      repo["recall_window"] = {
+          {"oldest", w->oldest()}, {"newest", w->newest()}, {"keep_versions", w->keep_versions()}};
+      if (w->has_head_recall() && w->head_recall().serial() == r.serial()) {
+        repo["recall_of"] = w->head_recall().recall_of();
+        repo["recall_reason"] = w->head_recall().reason();
+      }
+    }
+    repos.push_back(std::move(repo));
+  }
+  nlohmann::json recalls = nlohmann::json::array();
+  for (const v1::RecallRecord& r : status.recalls()) {
+    recalls.push_back({{"repo", r.repo()},
+                       {"serial", r.serial()},
+                       {"recall_of", r.recall_of()},
+                       {"reason", r.reason()},
+                       {"published_unix", r.published_unix()},
+                       {"key_id", r.key_id()}});
   }
   nlohmann::json mirrors = nlohmann::json::array();
   for (const v1::MirrorStatus& m : SortedMirrors(status)) {
@@ -186,6 +258,7 @@ std::string FormatStatusJson(const v1::StatusReply& status) {
   nlohmann::json doc = {{"broker_id", status.broker_id()},
                         {"now_unix", status.now_unix()},
                         {"repos", std::move(repos)},
+                        {"recalls", std::move(recalls)},
                         {"mirrors", std::move(mirrors)}};
   // Peer-supplied strings may not be UTF-8: replace, never throw.
   return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -194,9 +267,11 @@ std::string FormatStatusJson(const v1::StatusReply& status) {
 int StatusMain(int argc, char** argv) {
   const ProgramInfo info{
       "mirrorcast status", "mirrorcast status --broker HOST:PORT [--json] [--timeout S]",
-      "Asks a broker for the latest serial of every repo it serves and for the last report of "
-      "every mirror (from their ACKs), and prints them as a table, or as one JSON object with "
-      "--json. Exit codes: 0 printed; 1 the broker refused; 2 usage error; 3 broker "
+      "Asks a broker for the latest serial of every repo it serves (with the serials a "
+      "'mirrorcast recall' can still go back to, and the recalls made, with their reasons) and "
+      "for the last report of every mirror (from their ACKs), and prints them as a table, or "
+      "as one JSON object with --json. Exit codes: 0 printed; 1 the broker refused; 2 usage error; "
+      "3 broker "
       "unreachable or timed out."};
   po::options_description options("Status options");
   options.add_options()("broker", po::value<std::string>()->required(),

@@ -38,6 +38,14 @@ constexpr size_t kMaxReplayChanges = 200000;
 // table as the diff produces it, and is staged and committed from there.
 constexpr size_t kMaxChangesInMemory = 20000;
 
+// A recall is applied like any event; the mirror's log says what it is.
+void LogRecall(const v1::RepoChanged& event) {
+  if (event.recall_of() == 0) return;
+  MC_LOG(warning) << "serial " << event.serial() << " of " << event.repo()
+                  << " is a recall of serial " << event.recall_of() << ": "
+                  << EscapeForLog(event.recall_reason(), 256) << "; applying it";
+}
+
 // Staged files reach the tree by rename(2), which is atomic only within one
 // mount: st_dev alone misses two bind mounts of one filesystem, so try it.
 Status CheckRenameWorks(const fs::path& staging, const fs::path& tree) {
@@ -307,6 +315,7 @@ Status Follower::ApplyChain(BrokerLink& broker, const std::vector<v1::RepoChange
     }
     index = std::move(*next);
   }
+  for (const auto& event : chain) LogRecall(event);
   // Several serials behind: the chain is squashed into one apply of its net
   // change list, so content replaced in between is never fetched.
   const v1::RepoChanged& last = chain.back();
@@ -412,6 +421,7 @@ Status Follower::JumpTo(BrokerLink& broker, const v1::RepoChanged& event,
   }
   ChangeVector in_memory(changes, metadata);
   ChangeList& list = stored ? state_->stored_changes() : in_memory;
+  LogRecall(event);
   MC_LOG(info) << "jumping from serial " << state_->serial() << " to " << event.serial() << " ("
                << list.size() << " changes" << (stored ? ", journaled as they came" : "") << ", "
                << target->refs.size() << " manifest chunks)";

@@ -171,6 +171,29 @@ Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix) {
     return Status::Rejected(where + ": carries " + std::to_string(event.changes_size()) +
                             " changes but counts " + std::to_string(event.change_count()));
   }
+  // A recall names an earlier serial and says why, in a bounded line of
+  // text that every log and status page shows (escaped).
+  if (event.recall_of() == 0) {
+    if (!event.recall_reason().empty()) {
+      return Status::Rejected(where + ": carries a recall reason but is not a recall");
+    }
+  } else {
+    if (event.recall_of() >= event.previous_serial()) {
+      return Status::Rejected(where + ": recalls serial " + std::to_string(event.recall_of()) +
+                              ", which is not before the serial it follows (" +
+                              std::to_string(event.previous_serial()) + ")");
+    }
+    if (event.recall_reason().empty() || event.recall_reason().size() > kMaxRecallReasonBytes) {
+      return Status::Rejected(where + ": a recall reason must be 1-" +
+                              std::to_string(kMaxRecallReasonBytes) + " bytes, got " +
+                              std::to_string(event.recall_reason().size()));
+    }
+    for (unsigned char c : event.recall_reason()) {
+      if (c < 0x20 || c == 0x7f) {
+        return Status::Rejected(where + ": the recall reason contains a control character");
+      }
+    }
+  }
   if (event.changes_size() > kMaxChanges) {
     return Status::Rejected(where + ": " + std::to_string(event.changes_size()) +
                             " changes exceed the limit of " + std::to_string(kMaxChanges));

@@ -52,6 +52,11 @@ Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const Trust
 // How far ahead of the checker's clock a publish time may be.
 inline constexpr int64_t kMaxClockSkewSeconds = 600;
 
+// A recall (recall_of set) also needs recall_of < previous_serial and a
+// reason of 1..kMaxRecallReasonBytes without control characters; an event
+// that is not a recall carries no reason.
+inline constexpr size_t kMaxRecallReasonBytes = 1024;
+
 Status CheckRepoChanged(const v1::RepoChanged& event, int64_t now_unix);
 
 // The same time checks for a Heartbeat (the freshness proof): an expiry is

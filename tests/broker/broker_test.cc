@@ -736,6 +736,130 @@ TEST_F(BrokerTest, SupersededVersionsComeFromTheRetainedStoreForKeepVersionsSeri
   EXPECT_EQ(Got(Fetch("a.rpm", "version 2")), "version 2");
 }
 
+// A recall of `target` published on top of `head`: serial head + 1 with
+// target's manifest, the change list leading back to it, and a reason.
+v1::RepoChanged RecallEvent(const Manifest& head, Manifest target, uint64_t recall_of) {
+  target.set_serial(head.serial() + 1);
+  v1::RepoChanged event = EventFor(head, target);
+  event.set_recall_of(recall_of);
+  event.set_recall_reason("bad push");
+  return event;
+}
+
+TEST_F(BrokerTest, RecallServesTheRecalledVersionsFromTheRetainedStore) {
+  Manifest s1(kRepo, 1);
+  s1.Put(PutFile("a.rpm", "version 1"));
+  s1.Put(PutFile("gone.rpm", "deleted at serial 2"));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), s1).ok());
+  Manifest s2 = s1;
+  s2.set_serial(2);
+  s2.Put(PutFile("a.rpm", "version 2"));
+  s2.Erase("gone.rpm");
+  fs::remove(dir_ / "tree/main/gone.rpm");
+  ASSERT_TRUE(Publish(s1, s2).ok());
+
+  // The tree keeps version 2; the recall names version 1 and the deleted file.
+  auto reply = SendPublish(Seal(RecallEvent(s2, s1, 1), *key_));
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  EXPECT_EQ(HelloSerial(), 3u);
+  EXPECT_EQ(ReadFile(dir_ / "tree/main/a.rpm"), "version 2");
+  EXPECT_EQ(Got(Fetch("a.rpm", "version 1")), "version 1");
+  EXPECT_EQ(Got(Fetch("gone.rpm", "deleted at serial 2")), "deleted at serial 2");
+
+  ControlClient control(context_, Control());
+  auto status = control.GetStatus(kTimeout);
+  ASSERT_TRUE(status.ok()) << status.status().ToString();
+  ASSERT_EQ(status->recalls_size(), 1);
+  EXPECT_EQ(status->recalls(0).serial(), 3u);
+  EXPECT_EQ(status->recalls(0).recall_of(), 1u);
+  EXPECT_EQ(status->recalls(0).reason(), "bad push");
+  EXPECT_EQ(status->recalls(0).key_id(), key_->public_key().key_id());
+  auto hello = control.Hello("test", kTimeout);
+  ASSERT_TRUE(hello.ok());
+  ASSERT_EQ(hello->recall_windows_size(), 1);
+  EXPECT_EQ(hello->recall_windows(0).head_recall().recall_of(), 1u);
+  EXPECT_EQ(hello->recall_windows(0).oldest(), 1u);
+  EXPECT_EQ(hello->recall_windows(0).newest(), 2u);
+
+  // Current again: still served once serial 2's retirements have expired.
+  Manifest s3 = s1;
+  s3.set_serial(3);
+  Manifest previous = s3;
+  for (uint64_t serial = 4; serial <= 8; ++serial) {
+    Manifest next = previous;
+    next.set_serial(serial);
+    next.Put(PutFile("n" + std::to_string(serial) + ".rpm", std::to_string(serial)));
+    ASSERT_TRUE(Publish(previous, next).ok());
+    previous = next;
+  }
+  EXPECT_EQ(Got(Fetch("a.rpm", "version 1")), "version 1");
+  // The recall survives a restart.
+  Restart();
+  auto again = ControlClient(context_, Control()).GetStatus(kTimeout);
+  ASSERT_TRUE(again.ok());
+  ASSERT_EQ(again->recalls_size(), 1);
+  EXPECT_EQ(again->recalls(0).recall_of(), 1u);
+}
+
+TEST_F(BrokerTest, RecallOutsideTheWindowOrOfAnotherManifestIsRefused) {
+  options_.keep_versions = 1;
+  Restart();
+  Manifest s1(kRepo, 1);
+  s1.Put(PutFile("a.rpm", "version 1"));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), s1).ok());
+  Manifest s2 = s1;
+  s2.set_serial(2);
+  s2.Put(PutFile("a.rpm", "version 2"));
+  ASSERT_TRUE(Publish(s1, s2).ok());
+  Manifest s3 = s2;
+  s3.set_serial(3);
+  s3.Put(PutFile("a.rpm", "version 3"));
+  ASSERT_TRUE(Publish(s2, s3).ok());
+
+  ExpectRefused(SendPublish(Seal(RecallEvent(s3, s1, 1), *key_)),
+                "serial 1 is outside the recall window of main: serials 2 to 2 can be recalled "
+                "(the broker keeps replaced versions for 1 serials (--keep-versions))",
+                3);
+  // Serial 1's content claimed to be serial 2's.
+  ExpectRefused(SendPublish(Seal(RecallEvent(s3, s1, 2), *key_)),
+                "the recall does not carry serial 2's manifest", 3);
+  // A recall is checked like any publish: signed by a trusted key, head + 1.
+  auto rogue = SigningKey::Generate();
+  ASSERT_TRUE(rogue.ok());
+  ExpectRefused(SendPublish(Seal(RecallEvent(s3, s2, 2), *rogue)), "unknown signing key", 3);
+  v1::RepoChanged stale = RecallEvent(s3, s2, 2);
+  stale.set_serial(5);
+  ExpectRefused(SendPublish(Seal(stale, *key_)), "serial conflict", 3);
+  ControlClient control(context_, Control());
+  auto status = control.GetStatus(kTimeout);
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(status->recalls_size(), 0);
+  // Within the window it goes through.
+  auto reply = SendPublish(Seal(RecallEvent(s3, s2, 2), *key_));
+  ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+  EXPECT_EQ(Got(Fetch("a.rpm", "version 2")), "version 2");
+}
+
+TEST_F(BrokerTest, RecallOfAVersionNoLongerServableIsRefused) {
+  Manifest s1(kRepo, 1);
+  s1.Put(PutFile("a.rpm", "version 1"));
+  s1.Put(PutFile("b.rpm", "stays"));
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), s1).ok());
+  // Edited in place: the retained object is the same inode, so version 1's
+  // bytes are gone everywhere.
+  OverwriteInPlace("a.rpm", "version 2");
+  ASSERT_TRUE(SetModeAndMtime(dir_ / "tree/main/a.rpm", 0644, kMtime + 1).ok());
+  Manifest s2 = s1;
+  s2.set_serial(2);
+  v1::FileEntry edited = FileEntryOf("a.rpm", "version 2");
+  edited.set_mtime(kMtime + 1);
+  s2.Put(edited);
+  ASSERT_TRUE(Publish(s1, s2).ok());
+
+  ExpectRefused(SendPublish(Seal(RecallEvent(s2, s1, 1), *key_)), "cannot recall serial 1: a.rpm",
+                2);
+}
+
 // A stop right after a start (the content workers not yet waiting) once
 // lost the workers' wake-up and hung for ever.
 TEST_F(BrokerTest, StopsAtOnceEvenRightAfterStarting) {

@@ -376,6 +376,36 @@ TEST(CheckRepoChangedTest, RejectsSerialNotAdvancing) {
   EXPECT_EQ(CheckRepoChanged(ev, kNow).code(), Status::Code::kRejected);
 }
 
+TEST(CheckRepoChangedTest, RecallNeedsAnEarlierSerialAndAOneLineReason) {
+  v1::RepoChanged ev = ValidEvent();  // serial 8 after 7
+  ev.set_recall_of(5);
+  ev.set_recall_reason("broken builds in serial 7");
+  EXPECT_TRUE(CheckRepoChanged(ev, kNow).ok());
+  ev.set_recall_reason(std::string(kMaxRecallReasonBytes, 'x'));
+  EXPECT_TRUE(CheckRepoChanged(ev, kNow).ok());
+
+  auto refused = [&](const v1::RepoChanged& e, const std::string& fragment) {
+    Status st = CheckRepoChanged(e, kNow);
+    EXPECT_EQ(st.code(), Status::Code::kRejected) << fragment;
+    EXPECT_NE(st.message().find(fragment), std::string::npos) << st.message();
+  };
+  v1::RepoChanged bad = ev;
+  bad.set_recall_reason(std::string(kMaxRecallReasonBytes + 1, 'x'));
+  refused(bad, "a recall reason must be 1-1024 bytes");
+  bad.set_recall_reason("");
+  refused(bad, "a recall reason must be 1-1024 bytes");
+  bad.set_recall_reason("two\nlines");
+  refused(bad, "control character");
+  bad = ev;
+  bad.set_recall_of(7);  // the serial it follows: nothing to go back to
+  refused(bad, "recalls serial 7, which is not before the serial it follows (7)");
+  bad.set_recall_of(9);
+  refused(bad, "recalls serial 9");
+  bad = ValidEvent();
+  bad.set_recall_reason("not a recall");
+  refused(bad, "carries a recall reason but is not a recall");
+}
+
 TEST(CheckRepoChangedTest, RejectsBadDigestLength) {
   for (size_t len : {0, 1, 31, 33, 64}) {
     v1::RepoChanged ev = ValidEvent();

@@ -240,5 +240,58 @@ TEST(StatusTable, OddStringsDoNotBreakTheLayout) {
   EXPECT_EQ(table[3].substr(state_column, 7), "applied") << text;
 }
 
+// SampleStatus with serial 3 of main a recall of serial 1 (its reason
+// hostile), and main's window 1..2.
+v1::StatusReply RecallStatus() {
+  v1::StatusReply status = SampleStatus();
+  v1::RecallRecord r;
+  r.set_repo("main");
+  r.set_serial(3);
+  r.set_recall_of(1);
+  r.set_reason("broken builds\n\x1b[31mforged");
+  r.set_published_unix(kNow - 90);
+  r.set_key_id("0123456789abcdef0123456789abcdef");
+  *status.add_recalls() = r;
+  v1::RecallWindow* w = status.add_recall_windows();
+  w->set_repo("main");
+  w->set_oldest(1);
+  w->set_newest(2);
+  w->set_keep_versions(4);
+  *w->mutable_head_recall() = r;
+  return status;
+}
+
+TEST(StatusTable, ShowsRecallsTheWindowAndWhichMirrorsHoldARecall) {
+  const std::string text = FormatStatusTable(RecallStatus(), kNow);
+  EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
+  std::string main_row, recall_row;
+  for (const std::string& line : Lines(text)) {
+    if (line.starts_with("main ")) main_row = line;
+    if (line.starts_with("recall ")) recall_row = line;
+  }
+  EXPECT_NE(main_row.find("1-2"), std::string::npos) << text;
+  EXPECT_TRUE(main_row.ends_with("recall of serial 1: broken builds  [31mforged")) << main_row;
+  EXPECT_NE(recall_row.find("serial 1"), std::string::npos) << text;
+  EXPECT_NE(recall_row.find("1m ago"), std::string::npos) << recall_row;
+  EXPECT_NE(recall_row.find("0123456789abcdef"), std::string::npos) << recall_row;
+  const std::vector<std::string> table = MirrorTable(text);
+  ASSERT_EQ(table.size(), 3u) << text;
+  EXPECT_NE(table[2].find("3 (recall of 1)"), std::string::npos) << table[2];  // mirror-b at 3
+  EXPECT_EQ(table[1].find("recall of"), std::string::npos) << table[1];        // mirror-a at 2
+}
+
+TEST(StatusJson, CarriesRecallsAndTheWindow) {
+  const nlohmann::json doc = nlohmann::json::parse(FormatStatusJson(RecallStatus()));
+  const auto& main = doc.at("repos")[1];
+  EXPECT_EQ(main.at("recall_window").at("oldest"), 1);
+  EXPECT_EQ(main.at("recall_window").at("newest"), 2);
+  EXPECT_EQ(main.at("recall_of"), 1);
+  EXPECT_EQ(main.at("recall_reason"), "broken builds\n\x1b[31mforged");
+  ASSERT_EQ(doc.at("recalls").size(), 1u);
+  EXPECT_EQ(doc.at("recalls")[0].at("serial"), 3);
+  EXPECT_EQ(doc.at("recalls")[0].at("recall_of"), 1);
+  EXPECT_FALSE(doc.at("repos")[0].contains("recall_of"));  // alpha: no window, no recall
+}
+
 }  // namespace
 }  // namespace mirrorcast::testing
