@@ -148,7 +148,7 @@ TEST_F(DeltaTest, Md4SignatureRefused) {
   for (rs_magic_number magic : {RS_MD4_SIG_MAGIC, RS_RK_MD4_SIG_MAGIC, RS_BLAKE2_SIG_MAGIC}) {
     const std::string sig = RawSignature(dir_ / "basis", magic);
     ASSERT_GE(sig.size(), 12u);
-    Status st = CheckSignature(sig, kSigLimit);
+    Status st = CheckSignature(sig, kSigLimit).status();
     ASSERT_FALSE(st.ok()) << std::hex << magic;
     EXPECT_EQ(st.code(), Status::Code::kRejected);
     st = ComputeDelta(sig, dir_ / "target", dir_ / "delta", nullptr);
@@ -191,7 +191,7 @@ TEST_F(DeltaTest, TruncatedGarbageAndOversizeSignaturesRefused) {
         ComputeDelta(with_be32(8, strong_len), dir_ / "target", dir_ / "delta", nullptr).ok());
   }
   // Oversize.
-  Status st = CheckSignature(*sig, sig->size() - 1);
+  Status st = CheckSignature(*sig, sig->size() - 1).status();
   EXPECT_EQ(st.code(), Status::Code::kResourceExhausted);
   EXPECT_TRUE(CheckSignature(*sig, sig->size()).ok());
 
