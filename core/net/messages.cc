@@ -59,10 +59,9 @@ Result<RequestPeek> PeekRequest(const zmq::message_t& frame, int max_fields) {
         if (!in.ReadVarint32(&length) || !in.Skip(static_cast<int>(length))) {
           return Status::Rejected("malformed request");
         }
-        if (length >= peek.body_bytes) {
-          peek.body_field = number;
-          peek.body_bytes = length;
-        }
+        peek.body_field = number;
+        peek.body_bytes = length;
+        ++peek.length_delimited_fields;
         break;
       }
       case WireFormatLite::WIRETYPE_FIXED32:

@@ -27,13 +27,14 @@ std::string PeerOf(const std::vector<zmq::message_t>& frames);
 
 // The top level of a request frame, read without parsing any submessage:
 // enough to refuse a frame before it costs a parse. `body_field` is the
-// number of the largest length-delimited field (the request's body in a
-// oneof), 0 when there is none.
+// number of the last length-delimited field (the one a oneof body keeps),
+// 0 when there is none.
 struct RequestPeek {
   uint32_t protocol_version = 0;
   uint64_t request_id = 0;
   uint32_t body_field = 0;
   size_t body_bytes = 0;
+  int length_delimited_fields = 0;
 };
 // Rejected for a frame that is not a protobuf message at its top level, or
 // that has more than `max_fields` top-level fields (ours have four).
