@@ -105,6 +105,9 @@ Status Broker::Start() {
 
   ConfigureSocket(control_, options_.listen, static_cast<int64_t>(kMaxControlMessageBytes));
   control_.set(zmq::sockopt::router_mandatory, 0);  // replies to vanished peers are dropped
+  // Per peer: what ZeroMQ holds of one peer while this thread is busy (a
+  // publish). Clients send one request at a time.
+  control_.set(zmq::sockopt::rcvhwm, 16);
   ConfigureSocket(events_, options_.listen, static_cast<int64_t>(4096));
   events_.set(zmq::sockopt::sndhwm, 10000);
   events_.set(zmq::sockopt::xpub_nodrop, 0);  // a slow subscriber loses messages, never us
@@ -339,13 +342,15 @@ void Broker::AdmitControl(std::vector<zmq::message_t>& frames) {
                            " a second from this peer; retry later");
     return;
   }
-  if (p.pending.size() >= limits.pending_per_peer || control_pending_ >= limits.pending) {
+  if (p.pending.size() >= limits.pending_per_peer || control_pending_ >= limits.pending ||
+      control_pending_bytes_ + frames[1].size() > limits.pending_bytes) {
     SendControlRefusal(frames[0], peek->request_id, peer, "requests waiting",
                        "refused: too many control requests waiting; retry later");
     forget_if_idle();
     return;
   }
   p.tokens -= 1;
+  control_pending_bytes_ += frames[1].size();
   p.pending.push_back(std::move(frames));
   ++control_pending_;
   if (!p.ready) {
@@ -363,6 +368,7 @@ void Broker::ServeControl(size_t max) {
     std::vector<zmq::message_t> frames = std::move(it->second.pending.front());
     it->second.pending.pop_front();
     --control_pending_;
+    control_pending_bytes_ -= std::min(control_pending_bytes_, frames[1].size());
     if (it->second.pending.empty()) {
       it->second.ready = false;
     } else {

@@ -50,6 +50,7 @@ struct ControlLimits {
   double burst = 200;               // per peer, at once
   size_t pending_per_peer = 16;     // received, not yet handled
   size_t pending = 4096;            // all peers
+  size_t pending_bytes = 128u << 20;  // of the requests waiting, all peers
 };
 
 struct BrokerOptions {
@@ -163,6 +164,7 @@ class Broker {
   std::map<std::string, ControlPeer> control_peers_;
   std::deque<std::string> control_ready_;
   size_t control_pending_ = 0;
+  size_t control_pending_bytes_ = 0;
   std::map<std::string, std::chrono::steady_clock::time_point> control_limits_logged_;
 };
 

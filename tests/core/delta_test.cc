@@ -321,10 +321,11 @@ std::string ShapedSignature(uint32_t block, uint32_t strong, size_t records, boo
 TEST_F(DeltaTest, SignatureIsBoundedByTheFileItDescribesBeforeAnyWork) {
   const uint64_t size = 4u << 20;
   // The bound: a basis of twice the file, in the signature's own blocks.
-  EXPECT_EQ(MaxSignatureBytes(size, 2048, 8), 12 + (2 * size / 2048) * 12);
+  EXPECT_EQ(MaxSignatureBytes(size, 256, 8), 12 + (2 * size / 256) * 12);
+  EXPECT_EQ(MaxSignatureBytes(size, 2048, 8), kSignatureBytesAllowance);  // the floor
   EXPECT_EQ(MaxSignatureBytes(0, 2048, 8), kSignatureBytesAllowance);
-  EXPECT_TRUE(CheckSignatureFor(ShapedSignature(2048, 8, 4096, false), size).ok());
-  auto over = CheckSignatureFor(ShapedSignature(2048, 8, 4097, false), size);
+  EXPECT_TRUE(CheckSignatureFor(ShapedSignature(256, 8, 32768, false), size).ok());
+  auto over = CheckSignatureFor(ShapedSignature(256, 8, 32769, false), size);
   ASSERT_FALSE(over.ok());
   EXPECT_EQ(over.status().code(), Status::Code::kRejected);
   EXPECT_NE(over.status().message().find("larger than the signature of a basis of 2x"),
@@ -356,7 +357,7 @@ TEST_F(DeltaTest, SignatureIsBoundedByTheFileItDescribesBeforeAnyWork) {
   // writes nothing.
   WriteFile(dir_ / "target", RandomBytes(size, 30));
   Status st =
-      ComputeDelta(ShapedSignature(2048, 8, 4097, false), dir_ / "target", dir_ / "delta", nullptr);
+      ComputeDelta(ShapedSignature(256, 8, 32769, false), dir_ / "target", dir_ / "delta", nullptr);
   EXPECT_EQ(st.code(), Status::Code::kRejected) << st.ToString();
   EXPECT_FALSE(fs::exists(dir_ / "delta"));
 }

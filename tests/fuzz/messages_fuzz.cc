@@ -3,6 +3,7 @@
 // sockets, with the limits the receivers use. What parses is handed on the
 // way the receiver would: nested envelopes and manifests to their decoders,
 // delta signatures to CheckSignature.
+#include <google/protobuf/unknown_field_set.h>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -220,7 +221,8 @@ extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
     if (Parse(frame, kMaxControlMessageBytes, &m)) {
       // A canonical request (as our clients write them): the peek reads it
       // too, and names its body.
-      if (m.SerializeAsString() == std::string(reinterpret_cast<const char*>(data), size)) {
+      if (m.GetReflection()->GetUnknownFields(m).empty() &&
+          m.SerializeAsString() == std::string(reinterpret_cast<const char*>(data), size)) {
         if (!peek.ok()) __builtin_trap();
         if (m.body_case() != 0 && peek->body_field != static_cast<uint32_t>(m.body_case())) {
           __builtin_trap();

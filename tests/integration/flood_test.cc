@@ -151,18 +151,25 @@ class Flood {
     std::vector<zmq::socket_t> content;
     for (int i = 0; i < 4; ++i) content.push_back(dealer(content_));
     zmq::socket_t control = dealer(control_);
+    // Built once: the loop only copies them (the sender is on the same
+    // machine as the broker and would otherwise measure itself).
+    std::vector<std::string> frames;
+    for (int kind = 0; kind < 8; ++kind) frames.push_back(ContentFrame(kind + 1, kind).to_string());
     uint64_t id = 1;
-    while (!stop_) {
+    for (uint64_t round = 0; !stop_; ++round) {
       for (size_t c = 0; c < content.size(); ++c) {
-        for (int kind = 0; kind < 8; ++kind) {
-          zmq::message_t frame = ContentFrame(id++, kind);
+        // Hostile signatures (1 to 2.4 MB each) every 20th round, ranges in every one.
+        for (int kind = round % 20 == 0 ? 0 : 4; kind < 8; ++kind) {
+          zmq::message_t frame(frames[static_cast<size_t>(kind)].data(),
+                               frames[static_cast<size_t>(kind)].size());
           if (content[c].send(frame, zmq::send_flags::dontwait)) ++sent_;
         }
         // Half of the connections never read: their replies pile up at the broker.
         if (c % 2 == 0) Drain(content[c]);
       }
-      for (int kind = 0; kind < 6; ++kind) {
-        zmq::message_t frame = ControlFrame(id++, kind % 3);
+      // An oversized Hello every 20th round; ACKs and Hellos in every one.
+      for (int i = round % 20 == 0 ? 0 : 1; i < 6; ++i) {
+        zmq::message_t frame = ControlFrame(id++, i == 0 ? 0 : 1 + i % 2);
         if (control.send(frame, zmq::send_flags::dontwait)) ++sent_;
       }
       // A frame that is not protobuf at all.
