@@ -27,6 +27,8 @@ namespace {
 
 constexpr auto kLogWindow = std::chrono::minutes(1);
 constexpr int kRefusalLinesPerPeer = 10;  // refused files logged per peer a minute
+// A peer whose reply queue was full gets no work for this long.
+constexpr auto kCongestedFor = std::chrono::seconds(1);
 constexpr size_t kTransferTokenBytes = 16;
 
 v1::ContentReply Error(const std::string& message) {
@@ -224,10 +226,14 @@ void ContentServer::SendReply(const std::string& identity, const std::string& pe
   try {
     if (!router_.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
       // Its queue is full: it is not reading. Its stall timeout and resume
-      // take care of an honest client; nobody else waits.
+      // take care of an honest client; nobody else waits. For a while its
+      // new requests get no work either.
       LogLimit(peer, "replies queued for it exceed " +
                          std::to_string(options_.limits.reply_bytes_per_peer) +
                          " bytes; dropping replies");
+      std::lock_guard lock(mu_);
+      if (congested_.size() > 4096) congested_.clear();  // bounded
+      congested_[peer] = std::chrono::steady_clock::now() + kCongestedFor;
       return;
     }
     (void)router_.send(reply, zmq::send_flags::dontwait);
@@ -242,9 +248,12 @@ void ContentServer::Admit(std::vector<zmq::message_t>& frames) {
   const std::string peer = PeerOf(frames);
   const size_t bytes = frames[1].size();
   const ContentLimits& limits = options_.limits;
-  auto refuse = [&](uint64_t request_id, const std::string& limit, const std::string& message) {
+  // Decided under mu_, sent after it (SendReply takes mu_ itself).
+  std::string limit;
+  std::string refusal;
+  auto refuse = [&](uint64_t request_id) {
     LogLimit(peer, limit);
-    zmq::message_t reply = RefusalFrame(request_id, message);
+    zmq::message_t reply = RefusalFrame(request_id, refusal);
     SendReply(identity, peer, reply);
   };
   // The cheap checks first, before the frame costs a parse.
@@ -252,19 +261,29 @@ void ContentServer::Admit(std::vector<zmq::message_t>& frames) {
   const uint64_t request_id = peek.ok() ? peek->request_id : 0;
   {
     std::lock_guard lock(mu_);
+    auto c = congested_.find(peer);
+    if (c != congested_.end() && std::chrono::steady_clock::now() >= c->second) {
+      congested_.erase(c);
+      c = congested_.end();
+    }
     auto it = peers_.find(peer);
     const size_t mine = it == peers_.end() ? 0 : it->second.in_flight;
-    if (mine >= limits.requests_per_peer) {
-      refuse(request_id, "requests in flight",
-             "refused: more than " + std::to_string(limits.requests_per_peer) +
-                 " requests in flight from this peer; wait for replies before sending more");
-      return;
+    if (c != congested_.end()) {
+      // Its reply would be dropped too; the refusal costs nothing more.
+      limit = "replies not read";
+      refusal = "refused: replies to this peer are not being read";
+    } else if (mine >= limits.requests_per_peer) {
+      limit = "requests in flight";
+      refusal = "refused: more than " + std::to_string(limits.requests_per_peer) +
+                " requests in flight from this peer; wait for replies before sending more";
+    } else if (in_flight_ >= limits.requests || in_flight_bytes_ + bytes > limits.request_bytes) {
+      limit = "server requests in flight";
+      refusal = "refused: the broker has too many requests in flight; retry later";
     }
-    if (in_flight_ >= limits.requests || in_flight_bytes_ + bytes > limits.request_bytes) {
-      refuse(request_id, "server requests in flight",
-             "refused: the broker has too many requests in flight; retry later");
-      return;
-    }
+  }
+  if (!refusal.empty()) {
+    refuse(request_id);
+    return;
   }
   Job job;
   job.identity = identity;
@@ -279,23 +298,29 @@ void ContentServer::Admit(std::vector<zmq::message_t>& frames) {
     return;
   }
   const bool delta = job.request.has_delta();
-  std::lock_guard lock(mu_);
-  Peer& p = peers_[peer];
-  if (delta && p.deltas >= limits.deltas_per_peer) {
-    refuse(request_id, "delta requests in flight",
-           "refused: more than " + std::to_string(limits.deltas_per_peer) +
-               " delta requests in flight from this peer");
-    ReleasePeerIfIdle(peer);
-    return;
+  {
+    std::lock_guard lock(mu_);
+    Peer& p = peers_[peer];
+    if (delta && p.deltas >= limits.deltas_per_peer) {
+      limit = "delta requests in flight";
+      refusal = "refused: more than " + std::to_string(limits.deltas_per_peer) +
+                " delta requests in flight from this peer";
+      ReleasePeerIfIdle(peer);
+    } else {
+      ++p.in_flight;
+      if (delta) ++p.deltas;
+      ++in_flight_;
+      in_flight_bytes_ += bytes;
+      p.queue.push_back(std::move(job));
+      if (!p.ready) {
+        p.ready = true;
+        ready_.push_back(peer);
+      }
+    }
   }
-  ++p.in_flight;
-  if (delta) ++p.deltas;
-  ++in_flight_;
-  in_flight_bytes_ += bytes;
-  p.queue.push_back(std::move(job));
-  if (!p.ready) {
-    p.ready = true;
-    ready_.push_back(peer);
+  if (!refusal.empty()) {
+    refuse(request_id);
+    return;
   }
   jobs_cv_.notify_one();
 }

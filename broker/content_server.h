@@ -31,7 +31,8 @@
 // Replies queued for one peer are bounded by the ROUTER's per-peer send
 // high-water mark (reply_bytes_per_peer / the largest reply); a reply over
 // it is dropped (the client's stall timeout and resume cover it) and logged
-// once per peer a minute.
+// once per peer a minute, and that peer's requests are refused without work
+// for a second.
 //
 // Delta transfers are named by 16 random bytes (OpenSSL RAND_bytes) and bound
 // to the peer that started them; another peer asking for or releasing one is
@@ -208,6 +209,8 @@ class ContentServer {
   uint64_t scratch_reserved_ = 0;              // bytes computations in progress may still write
   std::map<std::string, Transfer> transfers_;  // by token
   std::map<std::string, CachedDelta> delta_cache_;
+  // Peers whose reply queue was full, until when their requests are refused.
+  std::map<std::string, std::chrono::steady_clock::time_point> congested_;
   uint64_t next_delta_file_ = 1;
   // Bytes of delta files on disk (DeltaFile adds and subtracts; atomic since
   // a DeltaFile may die outside mu_).
