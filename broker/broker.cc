@@ -117,6 +117,9 @@ Status Broker::Start() {
 
   ConfigureSocket(control_, options_.listen, static_cast<int64_t>(kMaxControlMessageBytes));
   control_.set(zmq::sockopt::router_mandatory, 0);  // replies to vanished peers are dropped
+  // Per peer: what ZeroMQ holds of one peer while this thread is busy (a
+  // publish). Clients send one request at a time.
+  control_.set(zmq::sockopt::rcvhwm, 16);
   ConfigureSocket(events_, options_.listen, static_cast<int64_t>(4096));
   events_.set(zmq::sockopt::sndhwm, 10000);
   events_.set(zmq::sockopt::xpub_nodrop, 0);  // a slow subscriber loses messages, never us
@@ -149,6 +152,8 @@ Status Broker::Start() {
   content.objects_dir = options_.state_dir / "manifest-objects";
   content.scratch_dir = options_.state_dir / "scratch";
   content.workers = options_.content_workers;
+  content.limits = options_.content_limits;
+  content.before_job = options_.content_before_job;
   content_ = std::make_unique<ContentServer>(context_, content);
   MC_RETURN_IF_ERROR(content_->Start());
   content_port_ = content_->port();
@@ -235,7 +240,7 @@ Status Broker::ControlLoop() {
     zmq::pollitem_t items[] = {{static_cast<void*>(control_), 0, ZMQ_POLLIN, 0},
                                {static_cast<void*>(events_), 0, ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 2, Millis(200));
+      zmq::poll(items, 2, control_pending_ > 0 ? Millis(0) : Millis(200));
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
       return Status::Internal(std::string("control poll failed: ") + e.what());
@@ -244,9 +249,12 @@ Status Broker::ControlLoop() {
       for (int i = 0; i < 1000; ++i) {
         auto frames = ReceiveMultipart(control_);
         if (frames.empty()) break;
-        HandleControl(frames);
+        AdmitControl(frames);
       }
     }
+    // A bounded round, then back to the sockets: a request that arrives
+    // meanwhile joins the rotation behind at most one request per peer.
+    ServeControl(64);
     if (items[1].revents & ZMQ_POLLIN) {
       // Subscription changes; logged for operators.
       for (int i = 0; i < 1000; ++i) {
@@ -263,13 +271,155 @@ Status Broker::ControlLoop() {
   return Status::Ok();
 }
 
+namespace {
+
+const char* ControlRequestName(uint32_t field) {
+  switch (field) {
+    case v1::ControlRequest::kHello:
+      return "Hello";
+    case v1::ControlRequest::kPublish:
+      return "Publish";
+    case v1::ControlRequest::kEvents:
+      return "Events";
+    case v1::ControlRequest::kAck:
+      return "Ack";
+    case v1::ControlRequest::kStatus:
+      return "Status";
+    case v1::ControlRequest::kPutObjects:
+      return "PutObjects";
+    case v1::ControlRequest::kLinked:
+      return "Linked";
+    default:
+      return "unknown";
+  }
+}
+
+}  // namespace
+
+void Broker::SendControlRefusal(zmq::message_t& identity, uint64_t request_id,
+                                const std::string& peer, const std::string& limit,
+                                const std::string& message) {
+  const auto now = std::chrono::steady_clock::now();
+  if (control_limits_logged_.size() > 4096) control_limits_logged_.clear();  // bounded
+  auto [it, fresh] = control_limits_logged_.emplace(peer + '\0' + limit, now);
+  if (fresh || now - it->second >= std::chrono::minutes(1)) {
+    it->second = now;
+    MC_LOG(warning) << "control peer " << ToHex(peer).substr(0, 64) << " refused: " << limit
+                    << " (logged once a minute)";
+  }
+  v1::ControlReply reply = Fail(message);
+  reply.set_protocol_version(kProtocolVersion);
+  reply.set_request_id(request_id);
+  std::vector<zmq::message_t> out;
+  out.push_back(std::move(identity));
+  out.push_back(ToFrame(reply));
+  SendMultipartNoWait(control_, out);
+}
+
+void Broker::AdmitControl(std::vector<zmq::message_t>& frames) {
+  if (frames.size() != 2) return;  // not a DEALER speaking our protocol
+  const ControlLimits& limits = options_.control_limits;
+  const std::string peer = PeerOf(frames);
+  auto peek = PeekRequest(frames[1]);
+  if (!peek.ok()) {
+    SendControlRefusal(frames[0], 0, peer, "malformed request", peek.status().message());
+    return;
+  }
+  // Every length-delimited field of a ControlRequest is its oneof body:
+  // one, or a small body could hide behind a large one.
+  if (peek->length_delimited_fields > 1) {
+    SendControlRefusal(frames[0], peek->request_id, peer, "malformed request",
+                       "refused: a control request carries one body");
+    return;
+  }
+  // The size cap of its type, before the frame costs a parse.
+  const uint32_t type = peek->body_field;
+  const bool large =
+      type == v1::ControlRequest::kPublish || type == v1::ControlRequest::kPutObjects;
+  const size_t cap = large ? kMaxControlMessageBytes : limits.small_request_bytes;
+  if (frames[1].size() > cap) {
+    SendControlRefusal(frames[0], peek->request_id, peer,
+                       std::string("oversized ") + ControlRequestName(type) + " request",
+                       std::string("refused: a ") + ControlRequestName(type) + " request of " +
+                           std::to_string(frames[1].size()) + " bytes exceeds its cap of " +
+                           std::to_string(cap));
+    return;
+  }
+  const auto now = std::chrono::steady_clock::now();
+  auto [it, fresh] = control_peers_.try_emplace(peer);
+  ControlPeer& p = it->second;
+  if (fresh) {
+    p.tokens = limits.burst;
+    p.refilled = now;
+  }
+  const double seconds = std::chrono::duration<double>(now - p.refilled).count();
+  p.tokens = std::min(limits.burst, p.tokens + seconds * limits.requests_per_second);
+  p.refilled = now;
+  auto forget_if_idle = [&] {
+    if (p.pending.empty() && !p.ready && p.tokens >= limits.burst) control_peers_.erase(it);
+  };
+  if (p.tokens < 1) {
+    SendControlRefusal(frames[0], peek->request_id, peer, "request rate",
+                       "refused: more than " + std::to_string(static_cast<int>(limits.burst)) +
+                           " control requests at once or " +
+                           std::to_string(static_cast<int>(limits.requests_per_second)) +
+                           " a second from this peer; retry later");
+    return;
+  }
+  if (p.pending.size() >= limits.pending_per_peer || control_pending_ >= limits.pending ||
+      control_pending_bytes_ + frames[1].size() > limits.pending_bytes) {
+    SendControlRefusal(frames[0], peek->request_id, peer, "requests waiting",
+                       "refused: too many control requests waiting; retry later");
+    forget_if_idle();
+    return;
+  }
+  p.tokens -= 1;
+  control_pending_bytes_ += frames[1].size();
+  p.pending.push_back(std::move(frames));
+  ++control_pending_;
+  if (!p.ready) {
+    p.ready = true;
+    control_ready_.push_back(peer);
+  }
+}
+
+void Broker::ServeControl(size_t max) {
+  for (size_t served = 0; served < max && !control_ready_.empty(); ++served) {
+    std::string peer = std::move(control_ready_.front());
+    control_ready_.pop_front();
+    auto it = control_peers_.find(peer);
+    if (it == control_peers_.end() || it->second.pending.empty()) continue;
+    std::vector<zmq::message_t> frames = std::move(it->second.pending.front());
+    it->second.pending.pop_front();
+    --control_pending_;
+    control_pending_bytes_ -= std::min(control_pending_bytes_, frames[1].size());
+    if (it->second.pending.empty()) {
+      it->second.ready = false;
+    } else {
+      control_ready_.push_back(peer);
+    }
+    HandleControl(frames);
+  }
+  // Peers whose bucket refilled and who wait for nothing are forgotten.
+  if (control_peers_.size() > 1024) {
+    const auto now = std::chrono::steady_clock::now();
+    const ControlLimits& limits = options_.control_limits;
+    for (auto it = control_peers_.begin(); it != control_peers_.end();) {
+      const double seconds = std::chrono::duration<double>(now - it->second.refilled).count();
+      const bool full = it->second.tokens + seconds * limits.requests_per_second >= limits.burst;
+      it = (!it->second.ready && it->second.pending.empty() && full) ? control_peers_.erase(it)
+                                                                     : std::next(it);
+    }
+  }
+}
+
 void Broker::HandleControl(std::vector<zmq::message_t>& frames) {
   if (frames.size() != 2) return;  // not a DEALER speaking our protocol
   v1::ControlRequest request;
   v1::ControlReply reply;
   Status parsed = ParseFrame(frames[1], kMaxControlMessageBytes, &request);
   if (!parsed.ok()) {
-    MC_LOG(warning) << "bad control request: " << parsed.ToString();
+    MC_LOG(warning) << "bad control request: " << EscapeForLog(parsed.ToString());
     reply = Fail(parsed.message());
   } else if (request.protocol_version() != kProtocolVersion) {
     reply = Fail("unsupported protocol version " + std::to_string(request.protocol_version()));
@@ -330,13 +480,13 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   };
   auto opened = OpenEnvelope(request.envelope(), trust_);
   if (!opened.ok()) {
-    MC_LOG(warning) << "refused publish: " << opened.status().ToString();
+    MC_LOG(warning) << "refused publish: " << EscapeForLog(opened.status().ToString(), 1024);
     return Fail("refused: " + opened.status().message());
   }
   if (!opened->payload.has_repo_changed()) return Fail("refused: publish carries no RepoChanged");
   const v1::RepoChanged& event = opened->payload.repo_changed();
   if (Status s = CheckRepoChanged(event, now); !s.ok()) {
-    MC_LOG(warning) << "refused publish: " << s.ToString();
+    MC_LOG(warning) << "refused publish: " << EscapeForLog(s.ToString(), 1024);
     return Fail("refused: " + s.message());
   }
   const std::string& repo = event.repo();
@@ -820,7 +970,14 @@ v1::ControlReply Broker::HandleEvents(const v1::EventsRequest& request) {
   if (!stored.ok()) return Fail("event log: " + stored.status().message());
   v1::ControlReply reply = Ok();
   auto* events = reply.mutable_events();
-  for (auto& e : stored->envelopes) events->add_envelopes(std::move(e));
+  // A reply stays well inside a client's message limit; the client asks
+  // again from where it got to.
+  size_t bytes = 0;
+  for (auto& e : stored->envelopes) {
+    if (events->envelopes_size() > 0 && bytes + e.size() > kMaxControlMessageBytes / 2) break;
+    bytes += e.size();
+    events->add_envelopes(std::move(e));
+  }
   events->set_latest_serial(state_->Head(request.repo()).serial);
   events->set_oldest_serial(stored->oldest_serial);
   events->set_gap(stored->oldest_serial > request.since_serial() + 1);
@@ -846,11 +1003,11 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request) {
     MC_LOG(error) << "cannot record ACK: " << s.ToString();
     return Fail("broker could not record the ACK");
   }
-  MC_LOG(info) << "ack mirror=" << ack.mirror_id() << " repo=" << ack.repo()
-               << " serial=" << ack.serial() << " state=" << v1::AckState_Name(ack.state())
-               << " fetched=" << ack.bytes_fetched() << " reused=" << ack.bytes_reused()
-               << " seconds=" << ack.seconds() << (ack.error().empty() ? "" : " error=")
-               << EscapeForLog(ack.error(), 512);
+  MC_LOG(info) << "ack mirror=" << EscapeForLog(ack.mirror_id(), kMaxMirrorIdBytes)
+               << " repo=" << ack.repo() << " serial=" << ack.serial()
+               << " state=" << v1::AckState_Name(ack.state()) << " fetched=" << ack.bytes_fetched()
+               << " reused=" << ack.bytes_reused() << " seconds=" << ack.seconds()
+               << (ack.error().empty() ? "" : " error=") << EscapeForLog(ack.error(), 512);
   v1::ControlReply reply = Ok();
   reply.mutable_ack();
   return reply;

@@ -16,7 +16,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +37,23 @@
 
 namespace mirrorcast {
 
+// Limits on the control socket, per peer (PeerOf(), core/net/messages.h)
+// and in all. Checked before a request is parsed: its size against its
+// type's cap (read from the frame's top level, PeekRequest), the peer's
+// rate and its requests waiting. Requests are then served round-robin, one
+// per peer in turn, so a peer's storm of Hellos or ACKs delays a publish by
+// at most one request of that peer.
+struct ControlLimits {
+  // Hello, Events, Ack, Status, Linked (and anything unknown); Publish and
+  // PutObjects may use the socket's whole kMaxControlMessageBytes.
+  size_t small_request_bytes = 64u << 10;
+  double requests_per_second = 50;  // per peer, sustained
+  double burst = 200;               // per peer, at once
+  size_t pending_per_peer = 16;     // received, not yet handled
+  size_t pending = 4096;            // all peers
+  size_t pending_bytes = 128u << 20;  // of the requests waiting, all peers
+};
+
 struct BrokerOptions {
   HostPort listen;  // control socket; port 0 = any free port
   std::filesystem::path state_dir;
@@ -44,6 +64,10 @@ struct BrokerOptions {
   uint16_t events_port = 0;
   uint16_t content_port = 0;
   int content_workers = 4;
+  ContentLimits content_limits;  // per peer and in all; see content_server.h
+  ControlLimits control_limits;
+  // Tests only: ContentServerOptions::before_job.
+  std::function<void(const std::string&, const v1::ContentRequest&)> content_before_job;
   uint64_t keep_events = 10000;  // per repo, for catch-up (older: manifest jump)
   // Per repo, for bootstrap, diffs and recalls; at least keep_versions + 1
   // (the broker raises it), so every serial whose versions are kept can be
@@ -90,7 +114,14 @@ class Broker {
   // the daemon (Run() returns 1) instead of leaving it up and deaf.
   void ControlThread();
   Status ControlLoop();
+  // Queues one received request under its peer, or refuses it (size cap,
+  // rate, queue) without parsing it.
+  void AdmitControl(std::vector<zmq::message_t>& frames);
+  // Handles up to `max` queued requests, one per peer in turn.
+  void ServeControl(size_t max);
   void HandleControl(std::vector<zmq::message_t>& frames);
+  void SendControlRefusal(zmq::message_t& identity, uint64_t request_id, const std::string& peer,
+                          const std::string& limit, const std::string& message);
   v1::ControlReply Dispatch(const v1::ControlRequest& request);
   v1::ControlReply HandlePublish(const v1::PublishRequest& request);
   // Checks that every file version the publish names anew is in the tree
@@ -145,6 +176,20 @@ class Broker {
   std::atomic<bool> stop_{false};
   std::atomic<bool> control_failed_{false};
   std::thread control_thread_;
+
+  // Control requests waiting, per peer, and the peers' rate buckets: the
+  // control thread only.
+  struct ControlPeer {
+    std::deque<std::vector<zmq::message_t>> pending;
+    double tokens = 0;
+    std::chrono::steady_clock::time_point refilled;
+    bool ready = false;  // in control_ready_
+  };
+  std::map<std::string, ControlPeer> control_peers_;
+  std::deque<std::string> control_ready_;
+  size_t control_pending_ = 0;
+  size_t control_pending_bytes_ = 0;
+  std::map<std::string, std::chrono::steady_clock::time_point> control_limits_logged_;
 };
 
 }  // namespace mirrorcast

@@ -3,6 +3,7 @@
 #include "broker/manifest_store.h"
 
 #include <fcntl.h>
+#include <openssl/rand.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,7 +26,11 @@ using Millis = std::chrono::milliseconds;
 
 namespace {
 
-constexpr size_t kMaxQueuedJobs = 100000;
+constexpr auto kLogWindow = std::chrono::minutes(1);
+constexpr int kRefusalLinesPerPeer = 10;  // refused files logged per peer a minute
+// A peer whose reply queue was full gets no work for this long.
+constexpr auto kCongestedFor = std::chrono::seconds(1);
+constexpr size_t kTransferTokenBytes = 16;
 
 v1::ContentReply Error(const std::string& message) {
   v1::ContentReply reply;
@@ -71,6 +76,23 @@ std::string Describe(const std::string& path, const std::string& sha256) {
   return EscapeForLog(path) + " (sha256 " + ToHex(sha256).substr(0, 16) + "...)";
 }
 
+// 16 bytes from OpenSSL's CSPRNG; empty if it fails (the delta is refused).
+std::string NewTransferToken() {
+  std::string token(kTransferTokenBytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(token.data()), static_cast<int>(token.size())) !=
+      1) {
+    return std::string();
+  }
+  return token;
+}
+
+zmq::message_t RefusalFrame(uint64_t request_id, const std::string& message) {
+  v1::ContentReply reply = Error(message);
+  reply.set_request_id(request_id);
+  reply.set_protocol_version(kProtocolVersion);
+  return ToFrame(reply);
+}
+
 std::string ReplyEndpoint(const void* self) {
   return "inproc://mirrorcast-content-replies-" + std::to_string(reinterpret_cast<uintptr_t>(self));
 }
@@ -92,8 +114,14 @@ Status ContentServer::Start() {
     fs::remove(entry.path(), rm);
   }
   ConfigureSocket(router_, options_.bind, static_cast<int64_t>(kMaxContentRequestBytes));
-  router_.set(zmq::sockopt::sndhwm, 10000);
-  router_.set(zmq::sockopt::rcvhwm, 10000);
+  // The send high-water mark is per peer: it bounds the replies queued for
+  // one peer that does not read them. Mandatory routing makes a full queue
+  // an error we see (and log) instead of a silent drop.
+  const uint64_t replies =
+      std::max<uint64_t>(1, options_.limits.reply_bytes_per_peer / kMaxContentReplyBytes);
+  router_.set(zmq::sockopt::sndhwm, static_cast<int>(std::min<uint64_t>(replies, 100000)));
+  router_.set(zmq::sockopt::rcvhwm, 100);  // per peer; the I/O thread drains it at once
+  router_.set(zmq::sockopt::router_mandatory, 1);
   try {
     router_.bind(options_.bind.Endpoint());
   } catch (const zmq::error_t& e) {
@@ -123,7 +151,7 @@ void ContentServer::Stop() {
   {
     // Under the lock: a worker between its check and its wait would
     // otherwise miss the wake-up and sleep forever.
-    std::lock_guard lock(jobs_mu_);
+    std::lock_guard lock(mu_);
     stop_ = true;
   }
   jobs_cv_.notify_all();
@@ -132,9 +160,20 @@ void ContentServer::Stop() {
   readers_.clear();
   io_thread_.join();
   router_.close();
-  std::lock_guard lock(deltas_mu_);
+  std::lock_guard lock(mu_);
   transfers_.clear();
   delta_cache_.clear();
+  peers_.clear();
+  ready_.clear();
+  in_flight_ = 0;
+  in_flight_bytes_ = 0;
+  running_deltas_ = 0;
+  scratch_reserved_ = 0;
+}
+
+size_t ContentServer::MaxDeltas() const {
+  if (options_.limits.deltas > 0) return options_.limits.deltas;
+  return static_cast<size_t>(std::max(1, options_.workers / 2));
 }
 
 void ContentServer::Guarded(std::string_view name, const std::function<void()>& loop) {
@@ -155,6 +194,7 @@ void ContentServer::IoLoop() {
   zmq::socket_t replies(context_, zmq::socket_type::pull);
   replies.set(zmq::sockopt::linger, 0);
   replies.bind(ReplyEndpoint(this));
+  auto next_expiry = std::chrono::steady_clock::now();
   while (!stop_) {
     zmq::pollitem_t items[] = {{static_cast<void*>(router_), 0, ZMQ_POLLIN, 0},
                                {static_cast<void*>(replies), 0, ZMQ_POLLIN, 0}};
@@ -167,11 +207,19 @@ void ContentServer::IoLoop() {
     }
     if (items[1].revents & ZMQ_POLLIN) {
       for (int i = 0; i < 1000; ++i) {
+        // [identity, peer, reply] from a worker.
         auto frames = ReceiveMultipart(replies);
-        if (frames.empty()) break;
-        // A peer over its high-water mark loses this reply; its stall timeout
-        // and resume take care of it, and nobody else waits.
-        SendMultipartNoWait(router_, frames);
+        if (frames.size() != 3) break;
+        const std::string identity = frames[0].to_string();
+        const std::string peer = frames[1].to_string();
+        {
+          std::lock_guard lock(mu_);
+          auto it = peers_.find(peer);
+          if (it != peers_.end() && it->second.in_flight > 0) --it->second.in_flight;
+          if (in_flight_ > 0) --in_flight_;
+          ReleasePeerIfIdle(peer);
+        }
+        SendReply(identity, peer, frames[2]);
       }
     }
     if (items[0].revents & ZMQ_POLLIN) {
@@ -179,27 +227,155 @@ void ContentServer::IoLoop() {
         auto frames = ReceiveMultipart(router_);
         if (frames.empty()) break;
         if (frames.size() != 2) continue;  // not our protocol
-        Job job;
-        job.identity = frames[0].to_string();
-        Status parsed = ParseFrame(frames[1], kMaxContentRequestBytes, &job.request);
-        if (!parsed.ok() || job.request.protocol_version() != kProtocolVersion) {
-          v1::ContentReply reply =
-              Error(parsed.ok() ? "unsupported protocol version" : parsed.message());
-          reply.set_request_id(job.request.request_id());
-          reply.set_protocol_version(kProtocolVersion);
-          std::vector<zmq::message_t> out;
-          out.emplace_back(job.identity.data(), job.identity.size());
-          out.push_back(ToFrame(reply));
-          SendMultipartNoWait(router_, out);
-          continue;
-        }
-        std::lock_guard lock(jobs_mu_);
-        if (jobs_.size() >= kMaxQueuedJobs) continue;  // overloaded: the client retries
-        jobs_.push_back(std::move(job));
-        jobs_cv_.notify_one();
+        Admit(frames);
+      }
+    }
+    if (std::chrono::steady_clock::now() >= next_expiry) {
+      ExpireDeltas();
+      next_expiry = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    }
+  }
+}
+
+void ContentServer::SendReply(const std::string& identity, const std::string& peer,
+                              zmq::message_t& reply) {
+  zmq::message_t id(identity.data(), identity.size());
+  try {
+    if (!router_.send(id, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+      // Its queue is full: it is not reading. Its stall timeout and resume
+      // take care of an honest client; nobody else waits. For a while its
+      // new requests get no work either.
+      LogLimit(peer, "replies queued for it exceed " +
+                         std::to_string(options_.limits.reply_bytes_per_peer) +
+                         " bytes; dropping replies");
+      std::lock_guard lock(mu_);
+      if (congested_.size() > 4096) congested_.clear();  // bounded
+      congested_[peer] = std::chrono::steady_clock::now() + kCongestedFor;
+      return;
+    }
+    (void)router_.send(reply, zmq::send_flags::dontwait);
+  } catch (const zmq::error_t& e) {
+    // EHOSTUNREACH: the peer is gone; nobody is left to answer.
+    if (e.num() != EHOSTUNREACH) MC_LOG(warning) << "content reply dropped: " << e.what();
+  }
+}
+
+void ContentServer::Admit(std::vector<zmq::message_t>& frames) {
+  const std::string identity = frames[0].to_string();
+  const std::string peer = PeerOf(frames);
+  const size_t bytes = frames[1].size();
+  const ContentLimits& limits = options_.limits;
+  // Decided under mu_, sent after it (SendReply takes mu_ itself).
+  std::string limit;
+  std::string refusal;
+  auto refuse = [&](uint64_t request_id) {
+    LogLimit(peer, limit);
+    zmq::message_t reply = RefusalFrame(request_id, refusal);
+    SendReply(identity, peer, reply);
+  };
+  // The cheap checks first, before the frame costs a parse.
+  auto peek = PeekRequest(frames[1]);
+  const uint64_t request_id = peek.ok() ? peek->request_id : 0;
+  {
+    std::lock_guard lock(mu_);
+    auto c = congested_.find(peer);
+    if (c != congested_.end() && std::chrono::steady_clock::now() >= c->second) {
+      congested_.erase(c);
+      c = congested_.end();
+    }
+    auto it = peers_.find(peer);
+    const size_t mine = it == peers_.end() ? 0 : it->second.in_flight;
+    if (c != congested_.end()) {
+      // Its reply would be dropped too; the refusal costs nothing more.
+      limit = "replies not read";
+      refusal = "refused: replies to this peer are not being read";
+    } else if (mine >= limits.requests_per_peer) {
+      limit = "requests in flight";
+      refusal = "refused: more than " + std::to_string(limits.requests_per_peer) +
+                " requests in flight from this peer; wait for replies before sending more";
+    } else if (in_flight_ >= limits.requests || in_flight_bytes_ + bytes > limits.request_bytes) {
+      limit = "server requests in flight";
+      refusal = "refused: the broker has too many requests in flight; retry later";
+    }
+  }
+  if (!refusal.empty()) {
+    refuse(request_id);
+    return;
+  }
+  Job job;
+  job.identity = identity;
+  job.peer = peer;
+  job.bytes = bytes;
+  Status parsed = peek.status();
+  if (parsed.ok()) parsed = ParseFrame(frames[1], kMaxContentRequestBytes, &job.request);
+  if (!parsed.ok() || job.request.protocol_version() != kProtocolVersion) {
+    zmq::message_t reply =
+        RefusalFrame(request_id, parsed.ok() ? "unsupported protocol version" : parsed.message());
+    SendReply(identity, peer, reply);
+    return;
+  }
+  const bool delta = job.request.has_delta();
+  {
+    std::lock_guard lock(mu_);
+    Peer& p = peers_[peer];
+    if (delta && p.deltas >= limits.deltas_per_peer) {
+      limit = "delta requests in flight";
+      refusal = "refused: more than " + std::to_string(limits.deltas_per_peer) +
+                " delta requests in flight from this peer";
+      ReleasePeerIfIdle(peer);
+    } else {
+      ++p.in_flight;
+      if (delta) ++p.deltas;
+      ++in_flight_;
+      in_flight_bytes_ += bytes;
+      p.queue.push_back(std::move(job));
+      if (!p.ready) {
+        p.ready = true;
+        ready_.push_back(peer);
       }
     }
   }
+  if (!refusal.empty()) {
+    refuse(request_id);
+    return;
+  }
+  jobs_cv_.notify_one();
+}
+
+void ContentServer::ReleasePeerIfIdle(const std::string& peer) {
+  auto it = peers_.find(peer);
+  if (it == peers_.end()) return;
+  const Peer& p = it->second;
+  if (p.in_flight == 0 && p.queue.empty() && !p.ready && p.deltas == 0 && p.transfers == 0 &&
+      p.scratch_bytes == 0) {
+    peers_.erase(it);
+  }
+}
+
+bool ContentServer::TakeJob(Job* job) {
+  const size_t max_deltas = MaxDeltas();
+  for (size_t tries = ready_.size(); tries > 0; --tries) {
+    std::string peer = std::move(ready_.front());
+    ready_.pop_front();
+    Peer& p = peers_[peer];
+    auto runnable = std::find_if(p.queue.begin(), p.queue.end(), [&](const Job& j) {
+      return !j.request.has_delta() || running_deltas_ < max_deltas;
+    });
+    if (runnable == p.queue.end()) {
+      ready_.push_back(std::move(peer));  // only deltas waiting for a slot
+      continue;
+    }
+    *job = std::move(*runnable);
+    p.queue.erase(runnable);
+    if (job->request.has_delta()) ++running_deltas_;
+    if (p.queue.empty()) {
+      p.ready = false;
+    } else {
+      ready_.push_back(std::move(peer));  // its next job after everyone else's
+    }
+    return true;
+  }
+  return false;
 }
 
 void ContentServer::WorkerLoop(ServableVersionReader* versions) {
@@ -209,17 +385,27 @@ void ContentServer::WorkerLoop(ServableVersionReader* versions) {
   while (true) {
     Job job;
     {
-      std::unique_lock lock(jobs_mu_);
-      jobs_cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+      std::unique_lock lock(mu_);
+      jobs_cv_.wait(lock, [&] { return stop_ || TakeJob(&job); });
       if (stop_) return;
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
     }
-    v1::ContentReply reply = Handle(job.request, *versions);
+    if (options_.before_job) options_.before_job(job.peer, job.request);
+    v1::ContentReply reply = Handle(job, *versions);
     reply.set_protocol_version(kProtocolVersion);
     reply.set_request_id(job.request.request_id());
+    {
+      std::lock_guard lock(mu_);
+      in_flight_bytes_ -= std::min<uint64_t>(in_flight_bytes_, job.bytes);
+      if (job.request.has_delta()) {
+        if (running_deltas_ > 0) --running_deltas_;
+        auto it = peers_.find(job.peer);
+        if (it != peers_.end() && it->second.deltas > 0) --it->second.deltas;
+      }
+    }
+    if (job.request.has_delta()) jobs_cv_.notify_all();  // a delta slot is free
     std::vector<zmq::message_t> out;
     out.emplace_back(job.identity.data(), job.identity.size());
+    out.emplace_back(job.peer.data(), job.peer.size());
     out.push_back(ToFrame(reply));
     for (size_t i = 0; i < out.size(); ++i) {
       push.send(out[i], i + 1 < out.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
@@ -227,16 +413,16 @@ void ContentServer::WorkerLoop(ServableVersionReader* versions) {
   }
 }
 
-v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request,
-                                       ServableVersionReader& versions) {
+v1::ContentReply ContentServer::Handle(const Job& job, ServableVersionReader& versions) {
+  const v1::ContentRequest& request = job.request;
   if (Status s = ValidateRepoName(request.repo()); !s.ok()) return Error(s.message());
   switch (request.body_case()) {
     case v1::ContentRequest::kRange:
-      return ServeRange(request, versions);
+      return ServeRange(request, versions, job.peer);
     case v1::ContentRequest::kDelta:
-      return StartDelta(request, versions);
+      return StartDelta(job, versions);
     case v1::ContentRequest::kDeltaRange:
-      return ServeDeltaRange(request);
+      return ServeDeltaRange(job);
     case v1::ContentRequest::kObject:
       return ServeObject(request);
     case v1::ContentRequest::kRanges: {
@@ -249,7 +435,7 @@ v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request,
       one.set_repo(request.repo());
       for (const v1::RangeRequest& range : request.ranges().ranges()) {
         *one.mutable_range() = range;
-        v1::ContentReply part = ServeRange(one, versions);
+        v1::ContentReply part = ServeRange(one, versions, job.peer);
         v1::RangeReply* out = reply.add_parts();
         out->set_ok(part.ok());
         if (!part.ok()) {
@@ -267,19 +453,49 @@ v1::ContentReply ContentServer::Handle(const v1::ContentRequest& request,
   }
 }
 
-void ContentServer::LogRefusal(const std::string& repo, const std::string& sha256,
-                               const std::string& path, const std::string& reason) {
+void ContentServer::LogRefusal(const std::string& peer, const std::string& repo,
+                               const std::string& sha256, const std::string& path,
+                               const std::string& reason) {
   const auto now = std::chrono::steady_clock::now();
   const std::string key = repo + '\0' + sha256 + '\0' + reason;
+  bool last = false;  // this peer's last line this minute
   {
-    std::lock_guard lock(refusals_mu_);
+    std::lock_guard lock(logged_mu_);
+    // A peer asking for thousands of different refused files gets a few
+    // lines a minute, not one per file.
+    if (refusal_budget_.size() > 4096) refusal_budget_.clear();  // bounded
+    auto& [since, lines] = refusal_budget_[peer];
+    if (now - since >= kLogWindow) {
+      since = now;
+      lines = 0;
+    }
+    if (lines >= kRefusalLinesPerPeer) return;
     if (refusals_logged_.size() > 4096) refusals_logged_.clear();  // bounded
     auto [it, fresh] = refusals_logged_.emplace(key, now);
-    if (!fresh && now - it->second < std::chrono::minutes(1)) return;
+    if (!fresh && now - it->second < kLogWindow) return;
+    it->second = now;
+    last = ++lines == kRefusalLinesPerPeer;
+  }
+  // Reasons carry peer text only escaped (Describe, ValidateRelativePath):
+  // cut, not escaped twice.
+  MC_LOG(warning) << "refused content request repo=" << EscapeForLog(repo, 128)
+                  << " path=" << Describe(path, sha256) << ": " << reason.substr(0, 1024)
+                  << (last ? " (more refusals for this peer this minute are not logged)" : "");
+}
+
+void ContentServer::LogLimit(const std::string& peer, const std::string& limit,
+                             const std::string& detail) {
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(logged_mu_);
+    if (limits_logged_.size() > 4096) limits_logged_.clear();  // bounded
+    auto [it, fresh] = limits_logged_.emplace(peer + '\0' + limit, now);
+    if (!fresh && now - it->second < kLogWindow) return;
     it->second = now;
   }
-  MC_LOG(warning) << "refused content request repo=" << repo << " path=" << Describe(path, sha256)
-                  << ": " << reason;
+  MC_LOG(warning) << "content peer " << ToHex(peer).substr(0, 64) << " refused: " << limit
+                  << (detail.empty() ? "" : " (first: " + detail.substr(0, 512) + ")")
+                  << " (logged once a minute)";
 }
 
 Result<ContentServer::OpenVersion> ContentServer::OpenPublished(ServableVersionReader& versions,
@@ -348,16 +564,19 @@ bool ContentServer::StillPublished(const std::string& repo, const OpenVersion& o
 }
 
 v1::ContentReply ContentServer::ServeRange(const v1::ContentRequest& request,
-                                           ServableVersionReader& versions) {
+                                           ServableVersionReader& versions,
+                                           const std::string& peer) {
   const v1::RangeRequest& range = request.range();
   auto open = OpenPublished(versions, request.repo(), range.sha256(), range.path());
   if (!open.ok()) {
-    LogRefusal(request.repo(), range.sha256(), range.path(), open.status().message());
+    LogRefusal(peer, request.repo(), range.sha256(), range.path(), open.status().message());
     return Error(open.status().message());
   }
   v1::ContentReply reply = ReadRange(open->file.fd.get(), range.offset(), range.length(),
                                      Describe(range.path(), range.sha256()), &open->identity);
-  if (!reply.ok()) LogRefusal(request.repo(), range.sha256(), range.path(), reply.error());
+  if (!reply.ok()) {
+    LogRefusal(peer, request.repo(), range.sha256(), range.path(), reply.error());
+  }
   return reply;
 }
 
@@ -375,24 +594,28 @@ v1::ContentReply ContentServer::ServeObject(const v1::ContentRequest& request) {
 }
 
 ContentServer::DeltaFile::~DeltaFile() {
+  if (scratch_bytes != nullptr) scratch_bytes->fetch_sub(size);
   if (file.empty()) return;
   std::error_code ec;
   fs::remove(file, ec);
 }
 
-v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request,
-                                           ServableVersionReader& versions) {
-  ExpireDeltas();
+v1::ContentReply ContentServer::StartDelta(const Job& job, ServableVersionReader& versions) {
+  const v1::ContentRequest& request = job.request;
   const v1::DeltaRequest& req = request.delta();
-  if (Status s = CheckSignature(req.signature(), kMaxContentRequestBytes); !s.ok()) {
-    LogRefusal(request.repo(), req.expected_sha256(), req.path(),
-               "delta signature: " + s.message());
-    return Error(s.message());
-  }
+  const ContentLimits& limits = options_.limits;
   auto open = OpenPublished(versions, request.repo(), req.expected_sha256(), req.path());
   if (!open.ok()) {
-    LogRefusal(request.repo(), req.expected_sha256(), req.path(), open.status().message());
+    LogRefusal(job.peer, request.repo(), req.expected_sha256(), req.path(),
+               open.status().message());
     return Error(open.status().message());
+  }
+  // Before any work: the signature's header and size against this file.
+  const uint64_t file_size = open->identity.size;
+  if (auto shape = CheckSignatureFor(req.signature(), file_size); !shape.ok()) {
+    // Logged per peer, not per reason: the reason names sizes a peer picks.
+    LogLimit(job.peer, "refused delta signatures", shape.status().message());
+    return Error("refused: " + shape.status().message());
   }
   // The same file version and the same signature give the same delta.
   const FileIdentity& version = open->identity;
@@ -407,10 +630,38 @@ v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request,
   std::shared_future<DeltaPtr> future;
   bool compute = false;
   uint64_t file_number = 0;
+  uint64_t budget = 0;                         // scratch bytes this computation may write
+  std::map<std::string, CachedDelta> evicted;  // deleted outside the lock
   {
-    std::lock_guard lock(deltas_mu_);
+    std::lock_guard lock(mu_);
+    Peer& p = peers_[job.peer];
+    if (p.transfers >= limits.transfers_per_peer) {
+      LogLimit(job.peer, "open delta transfers");
+      return Error("refused: more than " + std::to_string(limits.transfers_per_peer) +
+                   " open delta transfers for this peer; release one first");
+    }
     auto it = delta_cache_.find(key);
     if (it == delta_cache_.end()) {
+      const uint64_t used = scratch_bytes_.load() + scratch_reserved_;
+      if (used >= limits.scratch_bytes) {
+        evicted.swap(delta_cache_);  // deltas nobody holds a transfer of go first
+      }
+      const uint64_t global_left =
+          limits.scratch_bytes -
+          std::min(limits.scratch_bytes, scratch_bytes_.load() + scratch_reserved_);
+      const uint64_t peer_left =
+          limits.scratch_bytes_per_peer - std::min(limits.scratch_bytes_per_peer, p.scratch_bytes);
+      // A delta larger than the file is refused by the client anyway.
+      budget = std::min({file_size + 1, global_left, peer_left});
+      if (budget == 0) {
+        LogLimit(job.peer,
+                 global_left == 0 ? "delta scratch bytes (all peers)" : "delta scratch bytes");
+        return Error(std::string("refused: the delta scratch space ") +
+                     (global_left == 0 ? "of the broker" : "for this peer") +
+                     " is used up; fetch the file whole");
+      }
+      scratch_reserved_ += budget;
+      p.scratch_bytes += budget;
       future = promise.get_future().share();
       delta_cache_.emplace(key, CachedDelta{future, std::chrono::steady_clock::now()});
       compute = true;
@@ -423,10 +674,13 @@ v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request,
     auto delta = std::make_shared<DeltaFile>();
     const fs::path out = options_.scratch_dir / ("delta-" + std::to_string(file_number));
     DeltaStats stats;
+    DeltaLimits bounds;
+    bounds.max_delta_bytes = budget;
+    bounds.should_stop = [this] { return stop_.load(); };
     // ComputeDelta opens by name (not following a symlink at the last
     // component); the version is checked again afterwards, so a name that
     // was swapped meanwhile, or bytes that changed, give no delta.
-    Status s = ComputeDelta(req.signature(), open->source, out, &stats);
+    Status s = ComputeDelta(req.signature(), open->source, out, &stats, bounds);
     if (s.ok() && !StillPublished(request.repo(), *open)) {
       s = Status::Rejected(Describe(req.path(), req.expected_sha256()) +
                            " changed since it was published; refusing to serve it");
@@ -436,41 +690,71 @@ v1::ContentReply ContentServer::StartDelta(const v1::ContentRequest& request,
     if (s.ok() && !ec) {
       delta->file = out;
       delta->size = size;
+      delta->scratch_bytes = &scratch_bytes_;
+      scratch_bytes_.fetch_add(size);
       MC_LOG(debug) << "delta repo=" << request.repo() << " path=" << EscapeForLog(req.path())
                     << " size=" << size << " literal=" << stats.literal_bytes
                     << " copied=" << stats.copied_bytes;
     } else {
       fs::remove(out, ec);
+      if (s.code() == Status::Code::kResourceExhausted && budget > file_size) {
+        s = Status::ResourceExhausted("the delta would be larger than the file; fetch it whole");
+      } else if (s.code() == Status::Code::kResourceExhausted) {
+        s = Status::ResourceExhausted("the delta outgrew the scratch space left; fetch it whole");
+      }
       delta->error = "delta of " + EscapeForLog(req.path()) + ": " +
                      (s.ok() ? "output vanished" : s.message());
-      std::lock_guard lock(deltas_mu_);
-      delta_cache_.erase(key);  // do not cache failures
+    }
+    {
+      std::lock_guard lock(mu_);
+      scratch_reserved_ -= std::min(scratch_reserved_, budget);
+      auto it = peers_.find(job.peer);
+      if (it != peers_.end())
+        it->second.scratch_bytes -= std::min(it->second.scratch_bytes, budget);
+      if (!delta->error.empty()) delta_cache_.erase(key);  // do not cache failures
     }
     promise.set_value(delta);
   }
   DeltaPtr delta = future.get();
   if (!delta->error.empty()) return Error(delta->error);
-  uint64_t id;
+  const std::string token = NewTransferToken();
+  if (token.empty()) {
+    MC_LOG(error) << "RAND_bytes failed; refusing a delta transfer";
+    return Error("the broker could not make a transfer token");
+  }
   {
-    std::lock_guard lock(deltas_mu_);
-    id = next_transfer_id_++;
-    transfers_[id] = Transfer{delta, std::chrono::steady_clock::now()};
+    std::lock_guard lock(mu_);
+    Peer& p = peers_[job.peer];
+    ++p.transfers;
+    p.scratch_bytes += delta->size;
+    transfers_[token] = Transfer{job.peer, delta, std::chrono::steady_clock::now()};
   }
   v1::ContentReply reply;
   reply.set_ok(true);
-  reply.set_transfer_id(id);
+  reply.set_transfer_token(token);
   reply.set_total_size(delta->size);
   return reply;
 }
 
-v1::ContentReply ContentServer::ServeDeltaRange(const v1::ContentRequest& request) {
-  const v1::DeltaRangeRequest& range = request.delta_range();
+v1::ContentReply ContentServer::ServeDeltaRange(const Job& job) {
+  const v1::DeltaRangeRequest& range = job.request.delta_range();
   DeltaPtr delta;
+  DeltaPtr released;  // dropped outside the lock (it may delete the file)
   {
-    std::lock_guard lock(deltas_mu_);
-    auto it = transfers_.find(range.transfer_id());
-    if (it == transfers_.end()) return Error("unknown or expired delta transfer");
+    std::lock_guard lock(mu_);
+    auto it = transfers_.find(range.transfer_token());
+    if (it == transfers_.end() || it->second.peer != job.peer) {
+      // Another peer's token is answered exactly as an unknown one.
+      if (it != transfers_.end()) LogLimit(job.peer, "asked for another peer's delta transfer");
+      return Error("unknown or expired delta transfer");
+    }
     if (range.release()) {
+      auto p = peers_.find(job.peer);
+      if (p != peers_.end()) {
+        p->second.transfers -= std::min<size_t>(p->second.transfers, 1);
+        p->second.scratch_bytes -= std::min(p->second.scratch_bytes, it->second.delta->size);
+      }
+      released = std::move(it->second.delta);
       transfers_.erase(it);
       v1::ContentReply reply;
       reply.set_ok(true);
@@ -486,18 +770,28 @@ v1::ContentReply ContentServer::ServeDeltaRange(const v1::ContentRequest& reques
 
 void ContentServer::ExpireDeltas() {
   const auto now = std::chrono::steady_clock::now();
+  const auto ttl = options_.limits.delta_ttl;
   std::vector<DeltaPtr> dropped;  // deleted outside the lock
-  std::lock_guard lock(deltas_mu_);
+  std::vector<std::shared_future<DeltaPtr>> uncached;
+  std::lock_guard lock(mu_);
   for (auto it = transfers_.begin(); it != transfers_.end();) {
-    if (now - it->second.used > options_.delta_ttl) {
+    if (now - it->second.used > ttl) {
+      auto p = peers_.find(it->second.peer);
+      if (p != peers_.end()) {
+        p->second.transfers -= std::min<size_t>(p->second.transfers, 1);
+        p->second.scratch_bytes -= std::min(p->second.scratch_bytes, it->second.delta->size);
+      }
+      const std::string peer = it->second.peer;
       dropped.push_back(std::move(it->second.delta));
       it = transfers_.erase(it);
+      ReleasePeerIfIdle(peer);
     } else {
       ++it;
     }
   }
   for (auto it = delta_cache_.begin(); it != delta_cache_.end();) {
-    if (now - it->second.created > options_.delta_ttl) {
+    if (now - it->second.created > ttl) {
+      uncached.push_back(std::move(it->second.delta));
       it = delta_cache_.erase(it);
     } else {
       ++it;

@@ -11,13 +11,34 @@
 // is refused with a sentence saying why.
 //
 // Threads: one I/O thread owns the ROUTER; `workers` threads read files and
-// compute deltas, taking requests from a shared queue (an idle worker takes
-// the next request, so one long delta never holds up small reads) and handing
-// replies back to the I/O thread over an inproc PUSH/PULL pair. None of this
-// touches the control thread, so bulk transfers never delay fan-out or ACKs.
+// compute deltas, handing replies back to the I/O thread over an inproc
+// PUSH/PULL pair. None of this touches the control thread, so bulk transfers
+// never delay fan-out or ACKs.
 //
-// Command protocol: Start() returns once the socket is bound; Stop() joins
-// every thread. Neither is thread-safe against itself.
+// Limits (ContentLimits; a "peer" is PeerOf(), core/net/messages.h). Each
+// peer has its own queue and workers serve the peers round-robin, so a peer
+// with a thousand requests waiting delays one with a single request by at
+// most one request per other peer. Checked on the I/O thread before a
+// request is parsed, or before its work starts, each over-limit request gets
+// a refusal saying which limit (logged once per peer and limit a minute):
+//   - requests in flight (received, reply not yet handed to ZeroMQ), per peer
+//     and in all, and the bytes of those requests in all;
+//   - delta requests in flight per peer, and delta computations at once in
+//     all (at most half the workers: files keep flowing during deltas);
+//   - open delta transfers per peer, and the scratch bytes of deltas, per
+//     peer and in all (a delta is cut off at what is left, and at the size of
+//     the file itself, which the client would refuse anyway).
+// Replies queued for one peer are bounded by the ROUTER's per-peer send
+// high-water mark (reply_bytes_per_peer / the largest reply); a reply over
+// it is dropped (the client's stall timeout and resume cover it) and logged
+// once per peer a minute, and that peer's requests are refused without work
+// for a second.
+//
+// Delta transfers are named by 16 random bytes (OpenSSL RAND_bytes) and bound
+// to the peer that started them; another peer asking for or releasing one is
+// answered as if it did not exist. A transfer not read for delta_ttl is
+// removed with its scratch file.
+//
 #pragma once
 
 #include <atomic>
@@ -45,6 +66,21 @@
 
 namespace mirrorcast {
 
+struct ContentLimits {
+  // Per peer.
+  size_t requests_per_peer = 64;  // in flight; a client's credit is 16
+  uint64_t reply_bytes_per_peer = 32u << 20;
+  size_t deltas_per_peer = 2;     // delta requests in flight
+  size_t transfers_per_peer = 4;  // computed deltas not yet released
+  uint64_t scratch_bytes_per_peer = 2ull << 30;
+  // The whole server.
+  size_t requests = 16384;  // in flight
+  uint64_t request_bytes = 128u << 20;
+  size_t deltas = 0;  // computations at once; 0: half the workers, at least 1
+  uint64_t scratch_bytes = 16ull << 30;
+  std::chrono::seconds delta_ttl{60};  // an unread transfer is removed after this
+};
+
 struct ContentServerOptions {
   HostPort bind;                         // port 0 = any free port
   std::filesystem::path tree_root;       // repo R is served from tree_root/R
@@ -54,7 +90,9 @@ struct ContentServerOptions {
   const ObjectStore* objects = nullptr;  // retained versions (PathOf only); outlives the server
   uint64_t keep_versions = 4;            // as BrokerOptions::keep_versions
   int workers = 4;
-  std::chrono::seconds delta_ttl{600};  // an abandoned delta is deleted after this
+  ContentLimits limits;
+  // Tests only: runs on a worker before each job it takes (peer, request).
+  std::function<void(const std::string&, const v1::ContentRequest&)> before_job;
 };
 
 class ContentServer {
@@ -70,7 +108,9 @@ class ContentServer {
 
  private:
   struct Job {
-    std::string identity;
+    std::string identity;  // ROUTER routing id, for the reply
+    std::string peer;      // PeerOf(): what limits count under
+    size_t bytes = 0;      // of the request frame
     v1::ContentRequest request;
   };
   // A computed delta on disk; deleted when the last transfer and the cache
@@ -79,10 +119,12 @@ class ContentServer {
     std::filesystem::path file;
     uint64_t size = 0;
     std::string error;  // set instead of file when the computation failed
+    std::atomic<uint64_t>* scratch_bytes = nullptr;  // the server's count, less size when gone
     ~DeltaFile();
   };
   using DeltaPtr = std::shared_ptr<const DeltaFile>;
   struct Transfer {
+    std::string peer;
     DeltaPtr delta;
     std::chrono::steady_clock::time_point used;
   };
@@ -91,6 +133,15 @@ class ContentServer {
   struct CachedDelta {
     std::shared_future<DeltaPtr> delta;
     std::chrono::steady_clock::time_point created;
+  };
+  // What one peer holds. Erased once it holds nothing.
+  struct Peer {
+    std::deque<Job> queue;       // received, not started
+    size_t in_flight = 0;        // queued + running + reply on its way to the ROUTER
+    size_t deltas = 0;           // delta requests among in_flight
+    size_t transfers = 0;        // open delta transfers
+    uint64_t scratch_bytes = 0;  // of its open transfers and running computations
+    bool ready = false;          // in ready_ (has queued jobs)
   };
 
   // A published version opened for serving (public for OpenPublished).
@@ -106,12 +157,22 @@ class ContentServer {
   // Runs a thread's loop; an exception or an unasked end sets failed_.
   void Guarded(std::string_view name, const std::function<void()>& loop);
   void IoLoop();
+  // Admits one request received on the ROUTER (or refuses it). I/O thread.
+  void Admit(std::vector<zmq::message_t>& frames);
+  // Sends one reply to `identity`, dropping it when the peer's queue is full
+  // or the peer is gone. I/O thread.
+  void SendReply(const std::string& identity, const std::string& peer, zmq::message_t& reply);
   void WorkerLoop(ServableVersionReader* versions);
-  v1::ContentReply Handle(const v1::ContentRequest& request, ServableVersionReader& versions);
-  v1::ContentReply ServeRange(const v1::ContentRequest& request, ServableVersionReader& versions);
+  // The next job, round-robin over peers; false when none may start now.
+  // Under mu_.
+  bool TakeJob(Job* job);
+  void ReleasePeerIfIdle(const std::string& peer);  // under mu_
+  v1::ContentReply Handle(const Job& job, ServableVersionReader& versions);
+  v1::ContentReply ServeRange(const v1::ContentRequest& request, ServableVersionReader& versions,
+                              const std::string& peer);
   v1::ContentReply ServeObject(const v1::ContentRequest& request);
-  v1::ContentReply StartDelta(const v1::ContentRequest& request, ServableVersionReader& versions);
-  v1::ContentReply ServeDeltaRange(const v1::ContentRequest& request);
+  v1::ContentReply StartDelta(const Job& job, ServableVersionReader& versions);
+  v1::ContentReply ServeDeltaRange(const Job& job);
 
  public:
   // The version `sha256` of `repo`, from its retained object or the tree.
@@ -124,11 +185,16 @@ class ContentServer {
  private:
   // Whether `open` still names the bytes it was opened with.
   bool StillPublished(const std::string& repo, const OpenVersion& open) const;
-  // Logs a refused request once per (repo, version, reason) a minute, so a
-  // client retrying a refused file does not flood the log.
-  void LogRefusal(const std::string& repo, const std::string& sha256, const std::string& path,
-                  const std::string& reason);
+  // Logs a refused request once per (repo, version, reason) a minute, and at
+  // most 10 lines per peer a minute, so a client retrying a refused file, or
+  // asking for many, does not flood the log.
+  void LogRefusal(const std::string& peer, const std::string& repo, const std::string& sha256,
+                  const std::string& path, const std::string& reason);
+  // Logs that `peer` hit `limit`, once per (peer, limit) a minute, with the
+  // first `detail` (our words, peer text in it escaped).
+  void LogLimit(const std::string& peer, const std::string& limit, const std::string& detail = "");
   void ExpireDeltas();
+  size_t MaxDeltas() const;
 
   zmq::context_t& context_;
   ContentServerOptions options_;
@@ -140,18 +206,29 @@ class ContentServer {
   std::vector<std::thread> workers_;
   std::vector<std::unique_ptr<ServableVersionReader>> readers_;  // one per worker
 
-  std::mutex refusals_mu_;
+  std::mutex logged_mu_;  // guards refusals_logged_, refusal_budget_, limits_logged_
   std::map<std::string, std::chrono::steady_clock::time_point> refusals_logged_;
+  // Per peer: the start of its log window and the refusal lines in it.
+  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, int>> refusal_budget_;
+  std::map<std::string, std::chrono::steady_clock::time_point> limits_logged_;
 
-  std::mutex jobs_mu_;
+  // Guards everything below.
+  std::mutex mu_;
   std::condition_variable jobs_cv_;
-  std::deque<Job> jobs_;
-
-  std::mutex deltas_mu_;
-  std::map<uint64_t, Transfer> transfers_;
+  std::map<std::string, Peer> peers_;
+  std::deque<std::string> ready_;  // peers with queued jobs, in serving order
+  size_t in_flight_ = 0;
+  uint64_t in_flight_bytes_ = 0;
+  size_t running_deltas_ = 0;
+  uint64_t scratch_reserved_ = 0;              // bytes computations in progress may still write
+  std::map<std::string, Transfer> transfers_;  // by token
   std::map<std::string, CachedDelta> delta_cache_;
-  uint64_t next_transfer_id_ = 1;
+  // Peers whose reply queue was full, until when their requests are refused.
+  std::map<std::string, std::chrono::steady_clock::time_point> congested_;
   uint64_t next_delta_file_ = 1;
+  // Bytes of delta files on disk (DeltaFile adds and subtracts; atomic since
+  // a DeltaFile may die outside mu_).
+  std::atomic<uint64_t> scratch_bytes_{0};
 };
 
 }  // namespace mirrorcast

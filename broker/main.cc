@@ -45,6 +45,49 @@ int BrokerMain(int argc, char** argv) {
        "of every repo, so mirrors notice missed events and can prove they are fresh")
       ("heartbeat-interval", po::value<int>()->default_value(10), "seconds between heartbeats");
   // clang-format on
+  // What one peer (one connection; its CURVE key once keys are required) and
+  // all peers together may hold of the broker. Defaults: BrokerOptions'.
+  const ContentLimits content_defaults;
+  const ControlLimits control_defaults;
+  po::options_description limits("Limits a peer cannot get past (over one: a clear refusal)");
+  // clang-format off
+  limits.add_options()
+      ("max-requests-per-peer", po::value<size_t>()->default_value(content_defaults.requests_per_peer),
+       "content requests one peer may have in flight (a subscriber keeps 16)")
+      ("max-reply-bytes-per-peer",
+       po::value<uint64_t>()->default_value(content_defaults.reply_bytes_per_peer),
+       "content reply bytes queued for one peer that does not read them; more are dropped")
+      ("max-deltas-per-peer", po::value<size_t>()->default_value(content_defaults.deltas_per_peer),
+       "delta requests one peer may have in flight")
+      ("max-delta-transfers-per-peer",
+       po::value<size_t>()->default_value(content_defaults.transfers_per_peer),
+       "computed deltas one peer may hold unreleased")
+      ("max-delta-scratch-per-peer",
+       po::value<uint64_t>()->default_value(content_defaults.scratch_bytes_per_peer),
+       "bytes of delta scratch files one peer may hold (a larger delta is refused: the file is "
+       "fetched whole)")
+      ("max-requests", po::value<size_t>()->default_value(content_defaults.requests),
+       "content requests in flight from all peers")
+      ("max-request-bytes", po::value<uint64_t>()->default_value(content_defaults.request_bytes),
+       "bytes of the content requests in flight from all peers (delta signatures above all)")
+      ("max-deltas", po::value<size_t>()->default_value(content_defaults.deltas),
+       "delta computations at once (0: half of --content-workers, at least 1)")
+      ("max-delta-scratch", po::value<uint64_t>()->default_value(content_defaults.scratch_bytes),
+       "bytes of delta scratch files in all (STATE/scratch)")
+      ("delta-ttl", po::value<int>()->default_value(static_cast<int>(content_defaults.delta_ttl.count())),
+       "seconds after which a computed delta nobody reads is deleted")
+      ("control-rate", po::value<double>()->default_value(control_defaults.requests_per_second),
+       "control requests a second one peer may send, sustained")
+      ("control-burst", po::value<double>()->default_value(control_defaults.burst),
+       "control requests one peer may send at once")
+      ("control-pending-per-peer",
+       po::value<size_t>()->default_value(control_defaults.pending_per_peer),
+       "control requests of one peer waiting to be handled")
+      ("control-small-request-bytes",
+       po::value<size_t>()->default_value(control_defaults.small_request_bytes),
+       "largest Hello, Events, Ack, Status or Linked request (Publish and PutObjects: 40 MiB)");
+  // clang-format on
+  options.add(limits);
   ProgramInfo info{
       "mirrorcast-broker",
       "mirrorcast-broker --listen HOST:PORT --state DIR --tree-root DIR --trust PUBFILE "
@@ -73,6 +116,23 @@ int BrokerMain(int argc, char** argv) {
   if (vm->count("heartbeat-key")) opts.heartbeat_key = (*vm)["heartbeat-key"].as<std::string>();
   opts.heartbeat_interval =
       std::chrono::seconds(std::max(1, (*vm)["heartbeat-interval"].as<int>()));
+
+  ContentLimits& content = opts.content_limits;
+  content.requests_per_peer = (*vm)["max-requests-per-peer"].as<size_t>();
+  content.reply_bytes_per_peer = (*vm)["max-reply-bytes-per-peer"].as<uint64_t>();
+  content.deltas_per_peer = (*vm)["max-deltas-per-peer"].as<size_t>();
+  content.transfers_per_peer = (*vm)["max-delta-transfers-per-peer"].as<size_t>();
+  content.scratch_bytes_per_peer = (*vm)["max-delta-scratch-per-peer"].as<uint64_t>();
+  content.requests = (*vm)["max-requests"].as<size_t>();
+  content.request_bytes = (*vm)["max-request-bytes"].as<uint64_t>();
+  content.deltas = (*vm)["max-deltas"].as<size_t>();
+  content.scratch_bytes = (*vm)["max-delta-scratch"].as<uint64_t>();
+  content.delta_ttl = std::chrono::seconds(std::max(1, (*vm)["delta-ttl"].as<int>()));
+  ControlLimits& control = opts.control_limits;
+  control.requests_per_second = (*vm)["control-rate"].as<double>();
+  control.burst = std::max(1.0, (*vm)["control-burst"].as<double>());
+  control.pending_per_peer = std::max<size_t>(1, (*vm)["control-pending-per-peer"].as<size_t>());
+  control.small_request_bytes = (*vm)["control-small-request-bytes"].as<size_t>();
 
   InstallStopSignals();
   Broker broker(std::move(opts));

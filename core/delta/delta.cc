@@ -23,12 +23,8 @@ namespace {
 // then one (4-byte weak sum, strong_len-byte strong sum) record per block.
 constexpr size_t kSigHeaderBytes = 12;
 constexpr size_t kWeakSumBytes = 4;
-constexpr uint32_t kMaxStrongLen = 32;  // BLAKE2 sum length in librsync
-constexpr size_t kStrongLen = 8;        // what ComputeSignature uses (at least)
-// rs_sig_args never picks blocks under 256 bytes; tiny blocks from a peer
-// would make a delta huge and slow to compute, absurd ones exhaust memory.
-constexpr uint32_t kMinBlockLen = 128;
-constexpr uint32_t kMaxBlockLen = 16u << 20;
+constexpr uint32_t kMaxStrongLen = 32;                 // BLAKE2 sum length in librsync
+constexpr size_t kStrongLen = kMinSignatureStrongLen;  // what ComputeSignature uses (at least)
 // ComputeDelta's own bound on a signature it loads into memory.
 constexpr size_t kMaxSignatureBytes = 64u << 20;
 constexpr size_t kIoBufferBytes = 256u << 10;
@@ -100,29 +96,6 @@ Result<FilePtr> OpenForRead(const std::filesystem::path& path) {
   if (f == nullptr) return Status::FromErrno("fdopen " + path.string(), errno);
   fd.release();
   return FilePtr(f);
-}
-
-Result<FilePtr> OpenForWrite(const std::filesystem::path& path) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
-  if (!fd.valid()) return Status::FromErrno("create " + path.string(), errno);
-  FILE* f = ::fdopen(fd.get(), "wb");
-  if (f == nullptr) return Status::FromErrno("fdopen " + path.string(), errno);
-  fd.release();
-  return FilePtr(f);
-}
-
-// Flushes and closes a written stream, reporting a late write error (ENOSPC).
-Status CloseWritten(FilePtr file, const std::filesystem::path& path) {
-  FILE* f = file.release();
-  const bool had_error = std::ferror(f) != 0;
-  const int flush_rc = std::fflush(f);
-  const int flush_errno = errno;
-  const int close_rc = std::fclose(f);
-  const int close_errno = errno;
-  if (flush_rc != 0) return Status::FromErrno("write " + path.string(), flush_errno);
-  if (close_rc != 0) return Status::FromErrno("close " + path.string(), close_errno);
-  if (had_error) return Status::IoError("write " + path.string() + " failed");
-  return Status::Ok();
 }
 
 // Loads a checked signature into a hash-indexed sumset ready for rs_delta.
@@ -291,7 +264,7 @@ Result<std::string> ComputeSignature(const std::filesystem::path& basis) {
   return std::string(mem, mem_size);
 }
 
-Status CheckSignature(std::string_view signature, size_t max_bytes) {
+Result<SignatureShape> CheckSignature(std::string_view signature, size_t max_bytes) {
   if (signature.size() > max_bytes) {
     return Status::ResourceExhausted("delta signature of " + std::to_string(signature.size()) +
                                      " bytes exceeds the limit of " + std::to_string(max_bytes));
@@ -312,15 +285,15 @@ Status CheckSignature(std::string_view signature, size_t max_bytes) {
     return Status::Rejected(std::string("delta signature magic ") + hex +
                             " is not RS_RK_BLAKE2_SIG_MAGIC" + what);
   }
-  if (block_len < kMinBlockLen || block_len > kMaxBlockLen) {
-    return Status::InvalidArgument("delta signature block length " + std::to_string(block_len) +
-                                   " outside [" + std::to_string(kMinBlockLen) + ", " +
-                                   std::to_string(kMaxBlockLen) + "]");
+  if (block_len < kMinSignatureBlockLen || block_len > kMaxSignatureBlockLen) {
+    return Status::Rejected("delta signature block length " + std::to_string(block_len) +
+                            " outside [" + std::to_string(kMinSignatureBlockLen) + ", " +
+                            std::to_string(kMaxSignatureBlockLen) + "]");
   }
-  if (strong_len < 1 || strong_len > kMaxStrongLen) {
-    return Status::InvalidArgument("delta signature strong sum length " +
-                                   std::to_string(strong_len) + " outside [1, " +
-                                   std::to_string(kMaxStrongLen) + "]");
+  if (strong_len < kMinSignatureStrongLen || strong_len > kMaxStrongLen) {
+    return Status::Rejected("delta signature strong sum length " + std::to_string(strong_len) +
+                            " outside [" + std::to_string(kMinSignatureStrongLen) + ", " +
+                            std::to_string(kMaxStrongLen) + "]");
   }
   const size_t record = kWeakSumBytes + strong_len;
   if ((signature.size() - kSigHeaderBytes) % record != 0) {
@@ -328,39 +301,135 @@ Status CheckSignature(std::string_view signature, size_t max_bytes) {
         "delta signature truncated: " + std::to_string(signature.size()) +
         " bytes is not a whole number of blocks");
   }
+  SignatureShape shape;
+  shape.block_len = block_len;
+  shape.strong_len = strong_len;
+  shape.blocks = (signature.size() - kSigHeaderBytes) / record;
+  return shape;
+}
+
+uint64_t MaxSignatureBytes(uint64_t file_size, uint32_t block_len, uint32_t strong_len) {
+  if (block_len == 0) return kSignatureBytesAllowance;
+  // Sizes are at most 2^63 and block_len at least 1: no overflow below.
+  const uint64_t basis = std::max<uint64_t>(file_size, 1) * kMaxBasisToFileRatio;
+  const uint64_t blocks = basis / block_len + (basis % block_len != 0 ? 1 : 0);
+  return std::max(kSignatureBytesAllowance,
+                  kSigHeaderBytes + blocks * (kWeakSumBytes + uint64_t{strong_len}));
+}
+
+Result<SignatureShape> CheckSignatureFor(std::string_view signature, uint64_t file_size) {
+  MC_ASSIGN_OR_RETURN(SignatureShape shape, CheckSignature(signature, kMaxSignatureBytes));
+  const uint64_t max = MaxSignatureBytes(file_size, shape.block_len, shape.strong_len);
+  if (signature.size() > max) {
+    return Status::Rejected(
+        "delta signature of " + std::to_string(signature.size()) + " bytes (" +
+        std::to_string(shape.blocks) + " blocks of " + std::to_string(shape.block_len) +
+        ") is larger than the signature of a basis of " + std::to_string(kMaxBasisToFileRatio) +
+        "x this file's " + std::to_string(file_size) + " bytes would be (" + std::to_string(max) +
+        ")");
+  }
+  // Records sorted by (weak, strong): identical ones count once.
+  const size_t record = kWeakSumBytes + shape.strong_len;
+  std::vector<std::string_view> records;
+  records.reserve(shape.blocks);
+  for (uint64_t i = 0; i < shape.blocks; ++i) {
+    records.push_back(signature.substr(kSigHeaderBytes + i * record, record));
+  }
+  std::sort(records.begin(), records.end());
+  uint64_t run = 0;
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (i > 0 && records[i] == records[i - 1]) continue;
+    const bool same_weak =
+        i > 0 && records[i].substr(0, kWeakSumBytes) == records[i - 1].substr(0, kWeakSumBytes);
+    run = same_weak ? run + 1 : 1;
+    if (run > kMaxStrongSumsPerWeakSum) {
+      return Status::Rejected("delta signature has more than " +
+                              std::to_string(kMaxStrongSumsPerWeakSum) +
+                              " different blocks with one weak sum (crafted to be slow)");
+    }
+  }
+  return shape;
+}
+
+namespace {
+
+// Drives an rs_delta job over `in_fd`, writing to `out_fd`, within `limits`.
+Status RunDelta(rs_signature_t* sums, int in_fd, int out_fd, const std::filesystem::path& new_file,
+                const std::filesystem::path& delta_out, const DeltaLimits& limits,
+                DeltaStats* stats) {
+  JobPtr job(rs_delta_begin(sums));
+  if (!job) return Status::ResourceExhausted("librsync could not start a delta");
+  // Small input blocks: a stop request or the output bound is seen soon.
+  std::vector<char> in(64u << 10);
+  std::vector<char> outbuf(kIoBufferBytes);
+  rs_buffers_t buffers{};
+  buffers.next_in = in.data();
+  uint64_t written = 0;
+  for (;;) {
+    if (limits.should_stop && limits.should_stop()) {
+      return Status::Unavailable("delta of " + new_file.string() + " stopped");
+    }
+    if (!buffers.eof_in && buffers.avail_in < in.size()) {
+      if (buffers.avail_in > 0 && buffers.next_in != in.data()) {
+        std::memmove(in.data(), buffers.next_in, buffers.avail_in);
+      }
+      buffers.next_in = in.data();
+      ssize_t n;
+      do {
+        n = ::read(in_fd, in.data() + buffers.avail_in, in.size() - buffers.avail_in);
+      } while (n < 0 && errno == EINTR);
+      if (n < 0) return Status::FromErrno("read " + new_file.string(), errno);
+      if (n == 0) buffers.eof_in = 1;
+      buffers.avail_in += static_cast<size_t>(n);
+    }
+    buffers.next_out = outbuf.data();
+    buffers.avail_out = outbuf.size();
+    const rs_result r = rs_job_iter(job.get(), &buffers);
+    const size_t produced = outbuf.size() - buffers.avail_out;
+    if (produced > limits.max_delta_bytes - written) {
+      return Status::ResourceExhausted("delta of " + new_file.string() + " exceeds " +
+                                       std::to_string(limits.max_delta_bytes) + " bytes");
+    }
+    MC_RETURN_IF_ERROR(WriteAll(out_fd, outbuf.data(), produced, delta_out));
+    written += produced;
+    if (r == RS_DONE) break;
+    if (r != RS_BLOCKED) return Status::IoError(RsError("delta of " + new_file.string(), r));
+  }
+  if (stats != nullptr) {
+    const rs_stats_t* rs_stats = rs_job_statistics(job.get());
+    stats->literal_bytes = static_cast<uint64_t>(rs_stats->lit_bytes);
+    stats->copied_bytes = static_cast<uint64_t>(rs_stats->copy_bytes);
+    stats->delta_bytes = written;
+  }
   return Status::Ok();
 }
 
+}  // namespace
+
 Status ComputeDelta(std::string_view signature, const std::filesystem::path& new_file,
-                    const std::filesystem::path& delta_out, DeltaStats* stats) {
+                    const std::filesystem::path& delta_out, DeltaStats* stats,
+                    const DeltaLimits& limits) {
   InitLibrsync();
-  MC_RETURN_IF_ERROR(CheckSignature(signature, kMaxSignatureBytes));
+  Fd in(::open(new_file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  if (!in.valid()) return Status::FromErrno("open " + new_file.string(), errno);
+  struct stat st {};
+  if (::fstat(in.get(), &st) != 0) return Status::FromErrno("stat " + new_file.string(), errno);
+  if (!S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument(new_file.string() + " is not a regular file");
+  }
+  // Before librsync allocates anything for it.
+  MC_RETURN_IF_ERROR(CheckSignatureFor(signature, static_cast<uint64_t>(st.st_size)).status());
   MC_ASSIGN_OR_RETURN(SumsetPtr sums, LoadSignature(signature));
-  MC_ASSIGN_OR_RETURN(FilePtr in, OpenForRead(new_file));
-  MC_ASSIGN_OR_RETURN(FilePtr out, OpenForWrite(delta_out));
-  ::posix_fadvise(::fileno(in.get()), 0, 0, POSIX_FADV_SEQUENTIAL);
-  rs_stats_t rs_stats{};
-  const rs_result r = rs_delta_file(sums.get(), in.get(), out.get(), &rs_stats);
-  const bool read_error = std::ferror(in.get()) != 0;
-  const off_t delta_size = ::ftello(out.get());
-  Status st = CloseWritten(std::move(out), delta_out);
-  if (read_error) {
-    st = Status::IoError("read " + new_file.string() + " failed");
-  } else if (r != RS_DONE) {
-    st = Status::IoError(
-        RsError("delta of " + new_file.string() + " into " + delta_out.string(), r));
+  ::posix_fadvise(in.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+  Fd out(::open(delta_out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!out.valid()) return Status::FromErrno("create " + delta_out.string(), errno);
+  Status done = RunDelta(sums.get(), in.get(), out.get(), new_file, delta_out, limits, stats);
+  if (done.ok() && ::close(out.release()) != 0) {
+    done = Status::FromErrno("close " + delta_out.string(), errno);
   }
-  if (!st.ok()) {
-    // We created it: leave no partial delta to be served by mistake.
-    ::unlink(delta_out.c_str());
-    return st;
-  }
-  if (stats != nullptr) {
-    stats->literal_bytes = static_cast<uint64_t>(rs_stats.lit_bytes);
-    stats->copied_bytes = static_cast<uint64_t>(rs_stats.copy_bytes);
-    stats->delta_bytes = static_cast<uint64_t>(delta_size);
-  }
-  return Status::Ok();
+  // We created it: leave no partial delta to be served by mistake.
+  if (!done.ok()) ::unlink(delta_out.c_str());
+  return done;
 }
 
 Status ApplyDelta(const std::filesystem::path& basis, const std::filesystem::path& delta,

@@ -611,22 +611,26 @@ Status ContentClient::FetchDelta(const std::string& path, const std::string& exp
   delta->set_signature(signature);
   if (stats) stats->bytes_signature += signature.size();
   MC_ASSIGN_OR_RETURN(v1::ContentReply started, Request(std::move(start)));
+  // The token names the transfer (a broker before tokens: the id).
   const uint64_t transfer = started.transfer_id();
+  const std::string token = started.transfer_token();
   // Whatever happens next, tell the server it can drop the delta (no answer
   // is needed), so a refused or failed transfer does not wait for its TTL.
   struct Release {
     ContentClient* self;
     uint64_t transfer;
+    const std::string& token;
     ~Release() {
       v1::ContentRequest release;
       release.set_protocol_version(kProtocolVersion);
       release.set_request_id(self->next_request_id_++);
       release.set_repo(self->repo_);
       release.mutable_delta_range()->set_transfer_id(transfer);
+      release.mutable_delta_range()->set_transfer_token(token);
       release.mutable_delta_range()->set_release(true);
       SendRequest(self->socket_, release);
     }
-  } release{this, transfer};
+  } release{this, transfer, token};
   if (started.total_size() > max_delta_bytes) {
     return Status::ResourceExhausted("delta for " + path + " larger than the file itself");
   }
@@ -635,6 +639,7 @@ Status ContentClient::FetchDelta(const std::string& path, const std::string& exp
     v1::ContentRequest request;
     auto* range = request.mutable_delta_range();
     range->set_transfer_id(transfer);
+    range->set_transfer_token(token);
     range->set_offset(offset);
     range->set_length(length);
     return request;

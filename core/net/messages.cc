@@ -1,5 +1,8 @@
 #include "core/net/messages.h"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
+
 namespace mirrorcast {
 
 zmq::message_t ToFrame(const google::protobuf::MessageLite& message) {
@@ -20,6 +23,58 @@ Status ParseFrame(const zmq::message_t& frame, size_t max_bytes,
     return Status::Rejected("malformed " + out->GetTypeName());
   }
   return Status::Ok();
+}
+
+std::string PeerOf(const std::vector<zmq::message_t>& frames) {
+  if (frames.empty()) return std::string();
+  return frames.front().to_string();
+}
+
+Result<RequestPeek> PeekRequest(const zmq::message_t& frame, int max_fields) {
+  using google::protobuf::internal::WireFormatLite;
+  if (frame.size() > static_cast<size_t>(INT32_MAX)) return Status::Rejected("frame too large");
+  google::protobuf::io::CodedInputStream in(static_cast<const uint8_t*>(frame.data()),
+                                            static_cast<int>(frame.size()));
+  RequestPeek peek;
+  for (int fields = 0;; ++fields) {
+    const uint32_t tag = in.ReadTag();
+    if (tag == 0) {  // the end, or a tag that is no tag
+      if (in.CurrentPosition() != static_cast<int>(frame.size())) {
+        return Status::Rejected("malformed request");
+      }
+      break;
+    }
+    if (fields >= max_fields) return Status::Rejected("request with too many fields");
+    const uint32_t number = WireFormatLite::GetTagFieldNumber(tag);
+    switch (WireFormatLite::GetTagWireType(tag)) {
+      case WireFormatLite::WIRETYPE_VARINT: {
+        uint64_t v = 0;
+        if (!in.ReadVarint64(&v)) return Status::Rejected("malformed request");
+        if (number == 1) peek.protocol_version = static_cast<uint32_t>(v);
+        if (number == 2) peek.request_id = v;
+        break;
+      }
+      case WireFormatLite::WIRETYPE_LENGTH_DELIMITED: {
+        uint32_t length = 0;
+        if (!in.ReadVarint32(&length) || !in.Skip(static_cast<int>(length))) {
+          return Status::Rejected("malformed request");
+        }
+        peek.body_field = number;
+        peek.body_bytes = length;
+        ++peek.length_delimited_fields;
+        break;
+      }
+      case WireFormatLite::WIRETYPE_FIXED32:
+        if (!in.Skip(4)) return Status::Rejected("malformed request");
+        break;
+      case WireFormatLite::WIRETYPE_FIXED64:
+        if (!in.Skip(8)) return Status::Rejected("malformed request");
+        break;
+      default:  // groups: none of our messages has one
+        return Status::Rejected("malformed request");
+    }
+  }
+  return peek;
 }
 
 std::vector<zmq::message_t> ReceiveMultipart(zmq::socket_t& socket) {

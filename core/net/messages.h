@@ -18,6 +18,28 @@ zmq::message_t ToFrame(const google::protobuf::MessageLite& message);
 Status ParseFrame(const zmq::message_t& frame, size_t max_bytes,
                   google::protobuf::MessageLite* out);
 
+// Who sent a message received on a ROUTER (`frames` as ReceiveMultipart
+// returned them): the key per-peer limits are counted under. Today the
+// connection's routing id; with CURVE it becomes the client's public key
+// (the ZAP User-Id), so reconnecting gives no fresh budget. Opaque bytes:
+// escape before logging.
+std::string PeerOf(const std::vector<zmq::message_t>& frames);
+
+// The top level of a request frame, read without parsing any submessage:
+// enough to refuse a frame before it costs a parse. `body_field` is the
+// number of the last length-delimited field (the one a oneof body keeps),
+// 0 when there is none.
+struct RequestPeek {
+  uint32_t protocol_version = 0;
+  uint64_t request_id = 0;
+  uint32_t body_field = 0;
+  size_t body_bytes = 0;
+  int length_delimited_fields = 0;
+};
+// Rejected for a frame that is not a protobuf message at its top level, or
+// that has more than `max_fields` top-level fields (ours have four).
+Result<RequestPeek> PeekRequest(const zmq::message_t& frame, int max_fields = 16);
+
 // Receives all frames of one message without blocking; empty when none waits.
 std::vector<zmq::message_t> ReceiveMultipart(zmq::socket_t& socket);
 

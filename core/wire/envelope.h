@@ -27,7 +27,7 @@ inline constexpr size_t kMaxInlineChangeBytes = 4u << 20;
 // room for framing.
 inline constexpr size_t kMaxPutObjectsBytes = 16u << 20;
 inline constexpr size_t kMaxControlMessageBytes = 40u << 20;
-inline constexpr size_t kMaxContentRequestBytes = 64u << 20;  // carries delta signatures
+inline constexpr size_t kMaxContentRequestBytes = 16u << 20;  // carries delta signatures
 inline constexpr uint32_t kMaxChunk = 1u << 20;
 
 // Serializes `payload` (protocol_version is set here), signs it, and returns the

@@ -148,7 +148,7 @@ TEST_F(DeltaTest, Md4SignatureRefused) {
   for (rs_magic_number magic : {RS_MD4_SIG_MAGIC, RS_RK_MD4_SIG_MAGIC, RS_BLAKE2_SIG_MAGIC}) {
     const std::string sig = RawSignature(dir_ / "basis", magic);
     ASSERT_GE(sig.size(), 12u);
-    Status st = CheckSignature(sig, kSigLimit);
+    Status st = CheckSignature(sig, kSigLimit).status();
     ASSERT_FALSE(st.ok()) << std::hex << magic;
     EXPECT_EQ(st.code(), Status::Code::kRejected);
     st = ComputeDelta(sig, dir_ / "target", dir_ / "delta", nullptr);
@@ -191,7 +191,7 @@ TEST_F(DeltaTest, TruncatedGarbageAndOversizeSignaturesRefused) {
         ComputeDelta(with_be32(8, strong_len), dir_ / "target", dir_ / "delta", nullptr).ok());
   }
   // Oversize.
-  Status st = CheckSignature(*sig, sig->size() - 1);
+  Status st = CheckSignature(*sig, sig->size() - 1).status();
   EXPECT_EQ(st.code(), Status::Code::kResourceExhausted);
   EXPECT_TRUE(CheckSignature(*sig, sig->size()).ok());
 
@@ -300,6 +300,101 @@ TEST_F(DeltaTest, MissingFilesReported) {
   // A directory is not a basis.
   fs::create_directory(dir_ / "d");
   EXPECT_FALSE(ComputeSignature(dir_ / "d").ok());
+}
+
+// A signature header then `records` records of `strong` bytes.
+std::string ShapedSignature(uint32_t block, uint32_t strong, size_t records, bool same_weak) {
+  std::string sig;
+  auto be32 = [&](uint32_t v) {
+    for (int i = 3; i >= 0; --i) sig.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  be32(RS_RK_BLAKE2_SIG_MAGIC);
+  be32(block);
+  be32(strong);
+  for (size_t r = 0; r < records; ++r) {
+    be32(same_weak ? 0xabcdef01u : static_cast<uint32_t>(r * 2654435761u));
+    for (uint32_t k = 0; k < strong; ++k) sig.push_back(static_cast<char>(r + k * 7));
+  }
+  return sig;
+}
+
+TEST_F(DeltaTest, SignatureIsBoundedByTheFileItDescribesBeforeAnyWork) {
+  const uint64_t size = 4u << 20;
+  // The bound: a basis of twice the file, in the signature's own blocks.
+  EXPECT_EQ(MaxSignatureBytes(size, 256, 8), 12 + (2 * size / 256) * 12);
+  EXPECT_EQ(MaxSignatureBytes(size, 2048, 8), kSignatureBytesAllowance);  // the floor
+  EXPECT_EQ(MaxSignatureBytes(0, 2048, 8), kSignatureBytesAllowance);
+  EXPECT_TRUE(CheckSignatureFor(ShapedSignature(256, 8, 32768, false), size).ok());
+  auto over = CheckSignatureFor(ShapedSignature(256, 8, 32769, false), size);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), Status::Code::kRejected);
+  EXPECT_NE(over.status().message().find("larger than the signature of a basis of 2x"),
+            std::string::npos)
+      << over.status().message();
+
+  // The attack: strong sums of one byte (and anything under 8).
+  for (uint32_t strong : {1u, 4u, 7u}) {
+    auto weak = CheckSignatureFor(ShapedSignature(2048, strong, 100, false), size);
+    ASSERT_FALSE(weak.ok()) << strong;
+    EXPECT_NE(weak.status().message().find("outside [8, 32]"), std::string::npos);
+  }
+  // Silly block lengths.
+  for (uint32_t block : {1u, 128u, 255u, (16u << 20) + 1}) {
+    EXPECT_FALSE(CheckSignatureFor(ShapedSignature(block, 8, 10, false), size).ok()) << block;
+  }
+  // Records crafted to share one weak sum; identical records count once.
+  auto collide = CheckSignatureFor(ShapedSignature(256, 8, 17, true), size);
+  ASSERT_FALSE(collide.ok());
+  EXPECT_NE(collide.status().message().find("different blocks with one weak sum"),
+            std::string::npos);
+  EXPECT_TRUE(CheckSignatureFor(ShapedSignature(256, 8, 16, true), size).ok());
+  std::string same = ShapedSignature(256, 8, 1, true);
+  const std::string record = same.substr(12);
+  for (int i = 0; i < 1000; ++i) same += record;
+  EXPECT_TRUE(CheckSignatureFor(same, size).ok());
+
+  // ComputeDelta applies the same check against the file it reads, and
+  // writes nothing.
+  WriteFile(dir_ / "target", RandomBytes(size, 30));
+  Status st =
+      ComputeDelta(ShapedSignature(256, 8, 32769, false), dir_ / "target", dir_ / "delta", nullptr);
+  EXPECT_EQ(st.code(), Status::Code::kRejected) << st.ToString();
+  EXPECT_FALSE(fs::exists(dir_ / "delta"));
+}
+
+TEST_F(DeltaTest, HonestSignaturesOfABasisUpToTwiceTheFilePass) {
+  // Zeros make identical blocks: one record, however many.
+  for (const std::string& basis :
+       {RandomBytes(1u << 20, 31), std::string(1u << 20, '\0'), RandomBytes(70000, 32)}) {
+    WriteFile(dir_ / "basis", basis);
+    auto sig = ComputeSignature(dir_ / "basis");
+    ASSERT_TRUE(sig.ok());
+    EXPECT_TRUE(CheckSignatureFor(*sig, basis.size()).ok());
+    EXPECT_TRUE(CheckSignatureFor(*sig, basis.size() / 2).ok());
+  }
+}
+
+TEST_F(DeltaTest, DeltaLimitsBoundTheOutputAndStop) {
+  const std::string basis = RandomBytes(1u << 20, 33);
+  const std::string target = RandomBytes(1u << 20, 34);  // nothing in common: all literal
+  WriteFile(dir_ / "basis", basis);
+  WriteFile(dir_ / "target", target);
+  auto sig = ComputeSignature(dir_ / "basis");
+  ASSERT_TRUE(sig.ok());
+  DeltaLimits small;
+  small.max_delta_bytes = 100000;
+  Status st = ComputeDelta(*sig, dir_ / "target", dir_ / "delta", nullptr, small);
+  EXPECT_EQ(st.code(), Status::Code::kResourceExhausted) << st.ToString();
+  EXPECT_FALSE(fs::exists(dir_ / "delta"));
+  DeltaLimits stopped;
+  stopped.should_stop = [] { return true; };
+  st = ComputeDelta(*sig, dir_ / "target", dir_ / "delta", nullptr, stopped);
+  EXPECT_EQ(st.code(), Status::Code::kUnavailable) << st.ToString();
+  EXPECT_FALSE(fs::exists(dir_ / "delta"));
+  DeltaStats stats;
+  EXPECT_TRUE(ComputeDelta(*sig, dir_ / "target", dir_ / "delta", &stats).ok());
+  EXPECT_EQ(stats.delta_bytes, fs::file_size(dir_ / "delta"));
+  EXPECT_EQ(stats.literal_bytes, target.size());
 }
 
 }  // namespace

@@ -103,6 +103,16 @@ std::vector<std::string> DeltaSeeds() {
   std::string md4("rs\x01\x36\x00\x00\x01\x00\x00\x00\x00\x08", 12);
   md4.append(12, '\x11');
   seeds.push_back(md4);
+  // Hostile shapes: 1-byte strong sums; one weak sum with 20 strong sums.
+  std::string tiny("rs\x01\x47\x00\x00\x01\x00\x00\x00\x00\x01", 12);
+  for (int i = 0; i < 64; ++i) tiny.append({'\x01', '\x02', '\x03', static_cast<char>(i), 'x'});
+  seeds.push_back(tiny);
+  std::string collide("rs\x01\x47\x00\x00\x01\x00\x00\x00\x00\x08", 12);
+  for (int i = 0; i < 20; ++i) {
+    collide.append("\x0a\x0b\x0c\x0d", 4);
+    collide.append(8, static_cast<char>(i));
+  }
+  seeds.push_back(collide);
   return seeds;
 }
 
@@ -116,11 +126,22 @@ extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
   const Files& f = FixedFiles();
 
   // As a signature.
-  const Status checked = CheckSignature(bytes, kMaxOutput);
+  // The broker's check before any work, against the file the delta is made of.
+  std::error_code ec;
+  const uint64_t new_size = std::filesystem::file_size(f.new_file, ec);
+  const auto checked = CheckSignatureFor(bytes, new_size);
+  if (checked.ok()) {
+    // What the check accepts stays within the bounds it documents.
+    if (checked->strong_len < kMinSignatureStrongLen ||
+        checked->block_len < kMinSignatureBlockLen ||
+        size > MaxSignatureBytes(new_size, checked->block_len, checked->strong_len)) {
+      __builtin_trap();
+    }
+  }
   DeltaStats stats;
   const Status computed = ComputeDelta(bytes, f.new_file, f.delta_out, &stats);
-  if (!checked.ok() && size <= kMaxOutput && computed.ok()) {
-    __builtin_trap();  // ComputeDelta used a signature CheckSignature refuses
+  if (!checked.ok() && computed.ok()) {
+    __builtin_trap();  // ComputeDelta used a signature CheckSignatureFor refuses
   }
   if (computed.ok()) {
     // Whatever the signature, the delta it yields is a valid delta file.

@@ -3,6 +3,7 @@
 // sockets, with the limits the receivers use. What parses is handed on the
 // way the receiver would: nested envelopes and manifests to their decoders,
 // delta signatures to CheckSignature.
+#include <google/protobuf/unknown_field_set.h>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -71,6 +72,7 @@ void Handle(const v1::ControlReply& reply) {
 void Handle(const v1::ContentRequest& request) {
   if (request.has_delta()) {
     (void)CheckSignature(request.delta().signature(), kMaxContentRequestBytes);
+    (void)CheckSignatureFor(request.delta().signature(), 1u << 20);
   }
   if (request.has_ranges()) {
     // The broker's bound on a batch, against an independent count.
@@ -209,9 +211,23 @@ extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
   using namespace mirrorcast;
   using namespace mirrorcast::fuzz;
   const zmq::message_t frame(data, size);
+  // The brokers' look at a request before parsing it: whatever it accepts
+  // is a frame whose fields it read within bounds, and a frame the parser
+  // accepts with a known body is never refused by it for its shape.
+  const auto peek = PeekRequest(frame);
+  if (peek.ok() && peek->body_bytes > size) __builtin_trap();
   {
     v1::ControlRequest m, again;
     if (Parse(frame, kMaxControlMessageBytes, &m)) {
+      // A canonical request (as our clients write them): the peek reads it
+      // too, and names its body.
+      if (m.GetReflection()->GetUnknownFields(m).empty() &&
+          m.SerializeAsString() == std::string(reinterpret_cast<const char*>(data), size)) {
+        if (!peek.ok()) __builtin_trap();
+        if (m.body_case() != 0 && peek->body_field != static_cast<uint32_t>(m.body_case())) {
+          __builtin_trap();
+        }
+      }
       Handle(m);
       RoundTrip(m, kMaxControlMessageBytes, &again);
     }
