@@ -47,10 +47,10 @@ struct ControlLimits {
   // Hello, Events, Ack, Status, Linked (and anything unknown); Publish and
   // PutObjects may use the socket's whole kMaxControlMessageBytes.
   size_t small_request_bytes = 64u << 10;
-  double requests_per_second = 50;  // per peer, sustained
-  double burst = 200;               // per peer, at once
-  size_t pending_per_peer = 16;     // received, not yet handled
-  size_t pending = 4096;            // all peers
+  double requests_per_second = 50;    // per peer, sustained
+  double burst = 200;                 // per peer, at once
+  size_t pending_per_peer = 16;       // received, not yet handled
+  size_t pending = 4096;              // all peers
   size_t pending_bytes = 128u << 20;  // of the requests waiting, all peers
 };
 
