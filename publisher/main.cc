@@ -8,6 +8,7 @@
 
 #include "core/cli/options.h"
 #include "core/net/endpoint.h"
+#include "core/net/publish_client.h"
 #include "publisher/publisher.h"
 
 namespace po = boost::program_options;

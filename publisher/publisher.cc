@@ -633,20 +633,6 @@ Result<std::vector<std::string>> ReadPathsFile(const std::filesystem::path& file
   return paths;
 }
 
-int PublishExitCode(const Status& status) {
-  switch (status.code()) {
-    case Status::Code::kOk:
-      return 0;
-    case Status::Code::kInvalidArgument:
-      return 2;
-    case Status::Code::kUnavailable:
-    case Status::Code::kTimeout:
-      return 3;
-    default:
-      return 1;
-  }
-}
-
 std::string DescribeOutcome(const PublishOutcome& outcome) {
   std::ostringstream out;
   if (!outcome.published) {

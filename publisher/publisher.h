@@ -107,10 +107,6 @@ Result<std::vector<std::string>> ParsePathList(std::string_view text);
 // Reads and parses a list file; "-" reads standard input.
 Result<std::vector<std::string>> ReadPathsFile(const std::filesystem::path& file);
 
-// Process exit code for a failed Publish(): 2 usage/config error,
-// 3 broker unreachable or timed out, 1 anything else (publish failed/refused).
-int PublishExitCode(const Status& status);
-
 // "published repo=R serial=N changes=K (added A, modified M, deleted D)" or
 // "nothing changed: repo=R stays at serial N".
 std::string DescribeOutcome(const PublishOutcome& outcome);

@@ -242,18 +242,6 @@ Result<RecallOutcome> RecallImpl(const RecallOptions& options, zmq::context_t& c
   return outcome;
 }
 
-int ExitCode(const Status& s) {
-  switch (s.code()) {
-    case Status::Code::kInvalidArgument:
-      return 2;
-    case Status::Code::kUnavailable:
-    case Status::Code::kTimeout:
-      return 3;
-    default:
-      return 1;
-  }
-}
-
 }  // namespace
 
 int RecallMain(int argc, char** argv) {
@@ -330,7 +318,7 @@ int RecallMain(int argc, char** argv) {
   }
   if (!outcome.ok()) {
     std::cerr << kProgram << ": error: " << EscapeForLog(outcome.status().message(), 4096) << "\n";
-    return ExitCode(outcome.status());
+    return PublishExitCode(outcome.status());
   }
   if (!outcome->published) {
     std::cout << "nothing to recall: repo=" << recall.repo << " serial " << outcome->serial

@@ -165,6 +165,25 @@ Status WriteAll(int fd, const char* data, size_t size, const std::filesystem::pa
   return Status::Ok();
 }
 
+// Refills librsync's input: keeps what it has not consumed, moved to the
+// front of `in`, then reads from `fd` behind it (eof_in set at the end).
+Status RefillInput(int fd, const std::filesystem::path& name, std::vector<char>& in,
+                   rs_buffers_t& buffers) {
+  if (buffers.eof_in || buffers.avail_in >= in.size()) return Status::Ok();
+  if (buffers.avail_in > 0 && buffers.next_in != in.data()) {
+    std::memmove(in.data(), buffers.next_in, buffers.avail_in);
+  }
+  buffers.next_in = in.data();
+  ssize_t n;
+  do {
+    n = ::read(fd, in.data() + buffers.avail_in, in.size() - buffers.avail_in);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) return Status::FromErrno("read " + name.string(), errno);
+  if (n == 0) buffers.eof_in = 1;
+  buffers.avail_in += static_cast<size_t>(n);
+  return Status::Ok();
+}
+
 Status RunPatch(int basis_fd, int delta_fd, int out_fd, const std::filesystem::path& basis,
                 const std::filesystem::path& delta, const std::filesystem::path& out,
                 uint64_t max_output_bytes, Sha256* output_hash) {
@@ -179,20 +198,7 @@ Status RunPatch(int basis_fd, int delta_fd, int out_fd, const std::filesystem::p
   buffers.eof_in = 0;
   uint64_t written = 0;
   for (;;) {
-    // Refill: keep what librsync has not consumed, then read behind it.
-    if (!buffers.eof_in && buffers.avail_in < in.size()) {
-      if (buffers.avail_in > 0 && buffers.next_in != in.data()) {
-        std::memmove(in.data(), buffers.next_in, buffers.avail_in);
-      }
-      buffers.next_in = in.data();
-      ssize_t n;
-      do {
-        n = ::read(delta_fd, in.data() + buffers.avail_in, in.size() - buffers.avail_in);
-      } while (n < 0 && errno == EINTR);
-      if (n < 0) return Status::FromErrno("read " + delta.string(), errno);
-      if (n == 0) buffers.eof_in = 1;
-      buffers.avail_in += static_cast<size_t>(n);
-    }
+    MC_RETURN_IF_ERROR(RefillInput(delta_fd, delta, in, buffers));
     const size_t avail_in_before = buffers.avail_in;
     buffers.next_out = outbuf.data();
     buffers.avail_out = outbuf.size();
@@ -369,19 +375,7 @@ Status RunDelta(rs_signature_t* sums, int in_fd, int out_fd, const std::filesyst
     if (limits.should_stop && limits.should_stop()) {
       return Status::Unavailable("delta of " + new_file.string() + " stopped");
     }
-    if (!buffers.eof_in && buffers.avail_in < in.size()) {
-      if (buffers.avail_in > 0 && buffers.next_in != in.data()) {
-        std::memmove(in.data(), buffers.next_in, buffers.avail_in);
-      }
-      buffers.next_in = in.data();
-      ssize_t n;
-      do {
-        n = ::read(in_fd, in.data() + buffers.avail_in, in.size() - buffers.avail_in);
-      } while (n < 0 && errno == EINTR);
-      if (n < 0) return Status::FromErrno("read " + new_file.string(), errno);
-      if (n == 0) buffers.eof_in = 1;
-      buffers.avail_in += static_cast<size_t>(n);
-    }
+    MC_RETURN_IF_ERROR(RefillInput(in_fd, new_file, in, buffers));
     buffers.next_out = outbuf.data();
     buffers.avail_out = outbuf.size();
     const rs_result r = rs_job_iter(job.get(), &buffers);

@@ -1,5 +1,7 @@
 #include "core/fs/atomic.h"
 
+#include "core/fs/dir_ops.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -7,6 +9,7 @@
 #include <atomic>
 #include <cerrno>
 #include <memory>
+#include <optional>
 #include <random>
 
 #include "core/fs/path.h"
@@ -202,8 +205,13 @@ Status MakeDirsUnder(const std::filesystem::path& root, std::string_view rel, mo
   return OpenDirsUnder(root, rel, mode).status();
 }
 
-Result<UniqueFd> OpenDirsUnder(const std::filesystem::path& root, std::string_view rel,
-                               mode_t mode) {
+namespace {
+
+// Opens root/rel one component at a time, never following a symlink; with
+// `create`, makes what is missing with that mode (fsyncing each new entry's
+// parent), otherwise a missing component is NotFound.
+Result<UniqueFd> WalkDirsUnder(const std::filesystem::path& root, std::string_view rel,
+                               std::optional<mode_t> create) {
   UniqueFd dir(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!dir.valid()) return Status::FromErrno("open root " + root.string(), errno);
   if (rel.empty()) return dir;  // root itself: nothing to create
@@ -220,15 +228,16 @@ Result<UniqueFd> OpenDirsUnder(const std::filesystem::path& root, std::string_vi
     walked += name;
 
     bool created = false;
-    if (::mkdirat(dir.get(), name.c_str(), mode) == 0) {
+    if (create && ::mkdirat(dir.get(), name.c_str(), *create) == 0) {
       created = true;
-    } else if (errno != EEXIST) {
+    } else if (create && errno != EEXIST) {
       return Status::FromErrno("mkdir " + walked, errno);
     }
     UniqueFd child(
         ::openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!child.valid()) {
       int err = errno;
+      if (!create && err == ENOENT) return Status::NotFound(walked + " does not exist");
       struct stat st;
       if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
         if (S_ISLNK(st.st_mode)) return Status::Rejected("refusing to follow symlink " + walked);
@@ -238,13 +247,24 @@ Result<UniqueFd> OpenDirsUnder(const std::filesystem::path& root, std::string_vi
     }
     if (created) {
       // mkdir's mode is filtered by the umask; the caller asked for `mode`.
-      if (::fchmod(child.get(), mode) != 0) return Status::FromErrno("fchmod " + walked, errno);
+      if (::fchmod(child.get(), *create) != 0) return Status::FromErrno("fchmod " + walked, errno);
       // The new directory's entry lives in its parent.
       MC_RETURN_IF_ERROR(FsyncFd(dir.get(), "parent of " + walked));
     }
     dir = std::move(child);
   }
   return dir;
+}
+
+}  // namespace
+
+Result<UniqueFd> OpenDirsUnder(const std::filesystem::path& root, std::string_view rel,
+                               mode_t mode) {
+  return WalkDirsUnder(root, rel, mode);
+}
+
+Result<UniqueFd> OpenDirUnder(const std::filesystem::path& root, std::string_view rel) {
+  return WalkDirsUnder(root, rel, std::nullopt);
 }
 
 Status CopyFileContents(const std::filesystem::path& from, const std::filesystem::path& to,

@@ -75,37 +75,6 @@ Status RemoveAllAtDepth(int dir_fd, const std::string& name, const std::string& 
 
 }  // namespace
 
-Result<UniqueFd> OpenDirUnder(const std::filesystem::path& root, std::string_view rel) {
-  UniqueFd dir(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir.valid()) return Status::FromErrno("open root " + root.string(), errno);
-  if (rel.empty()) return dir;
-  MC_RETURN_IF_ERROR(ValidateRelativePath(rel));
-  std::string walked = root.string();
-  size_t start = 0;
-  while (start < rel.size()) {
-    size_t end = rel.find('/', start);
-    if (end == std::string_view::npos) end = rel.size();
-    const std::string name(rel.substr(start, end - start));
-    start = end + 1;
-    walked += '/';
-    walked += name;
-    UniqueFd child(
-        ::openat(dir.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!child.valid()) {
-      const int err = errno;
-      if (err == ENOENT) return Status::NotFound(walked + " does not exist");
-      struct stat st {};
-      if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        if (S_ISLNK(st.st_mode)) return Status::Rejected("refusing to follow symlink " + walked);
-        if (!S_ISDIR(st.st_mode)) return Status::Rejected("not a directory: " + walked);
-      }
-      return Status::FromErrno("open directory " + walked, err);
-    }
-    dir = std::move(child);
-  }
-  return dir;
-}
-
 std::string_view BaseName(std::string_view rel) {
   const size_t slash = rel.rfind('/');
   return slash == std::string_view::npos ? rel : rel.substr(slash + 1);

@@ -129,4 +129,18 @@ Result<v1::PublishReply> SubmitPublish(ControlClient& control, const SealedEvent
   return std::move(*reply->mutable_publish());
 }
 
+int PublishExitCode(const Status& status) {
+  switch (status.code()) {
+    case Status::Code::kOk:
+      return 0;
+    case Status::Code::kInvalidArgument:
+      return 2;
+    case Status::Code::kUnavailable:
+    case Status::Code::kTimeout:
+      return 3;
+    default:
+      return 1;
+  }
+}
+
 }  // namespace mirrorcast

@@ -99,4 +99,9 @@ Result<SealedEvent> SealRepoChanged(RepoChangedDraft draft, const SigningKey& ke
 Result<v1::PublishReply> SubmitPublish(ControlClient& control, const SealedEvent& event,
                                        uint64_t change_count, std::chrono::milliseconds timeout);
 
+// Process exit code of a command that publishes (mirrorcast-publish,
+// mirrorcast recall): 0 ok, 2 usage/config error, 3 broker unreachable or
+// timed out, 1 anything else (the publish failed or was refused).
+int PublishExitCode(const Status& status);
+
 }  // namespace mirrorcast

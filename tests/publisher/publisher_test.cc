@@ -21,6 +21,7 @@
 #include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
 #include "core/net/control_client.h"
+#include "core/net/publish_client.h"
 #include "core/wire/envelope.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/tree.h"
