@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -24,6 +25,7 @@
 
 #include "core/manifest/manifest.h"
 #include "proto/mirrorcast.pb.h"
+#include "tests/support/process.h"
 
 namespace mirrorcast::testing {
 
@@ -98,5 +100,31 @@ class HostileBroker {
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+// The command line of a mirrorcast-subscriber following `broker` for repo
+// "demo", with its tree and state under `dir` (tree/, state/, origin.pub),
+// polling every second; `extra` is appended.
+inline std::vector<std::string> HostileSubscriberArgv(const HostileBroker& broker,
+                                                      const std::filesystem::path& dir,
+                                                      const std::string& id,
+                                                      const std::vector<std::string>& extra) {
+  std::vector<std::string> argv = {BinPath("mirrorcast-subscriber").string(),
+                                   "--broker",
+                                   broker.address(),
+                                   "--trust",
+                                   (dir / "origin.pub").string(),
+                                   "--repo",
+                                   "demo",
+                                   "--tree",
+                                   (dir / "tree").string(),
+                                   "--state",
+                                   (dir / "state").string(),
+                                   "--id",
+                                   id,
+                                   "--poll-interval",
+                                   "1"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
 
 }  // namespace mirrorcast::testing

@@ -138,25 +138,9 @@ class RollbackTest : public ::testing::Test {
   }
 
   void StartSubscriber(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> argv = {BinPath("mirrorcast-subscriber").string(),
-                                     "--broker",
-                                     broker_.address(),
-                                     "--trust",
-                                     (dir_ / "origin.pub").string(),
-                                     "--repo",
-                                     "demo",
-                                     "--tree",
-                                     (dir_ / "tree").string(),
-                                     "--state",
-                                     (dir_ / "state").string(),
-                                     "--id",
-                                     "victim",
-                                     "--poll-interval",
-                                     "1",
-                                     "--stall-timeout",
-                                     "5"};
+    std::vector<std::string> argv = {"--stall-timeout", "5"};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    subscriber_.Start(argv, log_);
+    subscriber_.Start(HostileSubscriberArgv(broker_, dir_.path(), "victim", argv), log_);
   }
 
   bool HasAck(v1::AckState state, uint64_t serial, const std::string& text = "") {

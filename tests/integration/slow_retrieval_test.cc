@@ -180,27 +180,9 @@ TEST_F(SlowRetrievalTest, TheSubscriberAbortsASlowApplyAndRetries) {
 
   const fs::path log = dir_ / "subscriber.log";
   ChildProcess sub;
-  sub.Start({BinPath("mirrorcast-subscriber").string(),
-             "--broker",
-             broker_.address(),
-             "--trust",
-             (dir_ / "origin.pub").string(),
-             "--repo",
-             "demo",
-             "--tree",
-             (dir_ / "tree").string(),
-             "--state",
-             (dir_ / "state").string(),
-             "--id",
-             "slow",
-             "--poll-interval",
-             "1",
-             "--stall-timeout",
-             "10",
-             "--min-rate",
-             "1000000",
-             "--min-rate-window",
-             "1"},
+  sub.Start(HostileSubscriberArgv(
+                broker_, dir_.path(), "slow",
+                {"--stall-timeout", "10", "--min-rate", "1000000", "--min-rate-window", "1"}),
             log);
   auto failed = [&] {
     for (const auto& ack : broker_.acks()) {
