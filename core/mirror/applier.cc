@@ -90,6 +90,13 @@ bool IsContentName(const std::string& name) {
          name.find_first_not_of("0123456789abcdef") == std::string::npos;
 }
 
+// "<staging>/<i>": a file a finished batch of an interrupted Stage() moved to
+// its change's slot.
+bool IsSlotName(const std::string& name) {
+  return !name.empty() && name.size() <= 20 &&
+         name.find_first_not_of("0123456789") == std::string::npos;
+}
+
 }  // namespace
 
 Status Applier::ClearStaging(bool keep_content) {
@@ -97,8 +104,23 @@ Status Applier::ClearStaging(bool keep_content) {
   fs::create_directories(options_.staging, ec);
   if (ec) return Status::IoError("create " + options_.staging.string() + ": " + ec.message());
   for (const auto& entry : fs::directory_iterator(options_.staging, ec)) {
-    if (keep_content && IsContentName(entry.path().filename().string())) continue;
+    const std::string name = entry.path().filename().string();
+    if (keep_content && IsContentName(name)) continue;
     std::error_code rm;
+    if (keep_content && IsSlotName(name) && entry.is_regular_file(rm)) {
+      // Staged whole and verified by a batch of an interrupted Stage(): it goes
+      // back under its content name (re-hashed here, and verified against its
+      // signed SHA-256 again before use), so a restart does not fetch again
+      // what finished batches already have.
+      auto sha = Sha256File(entry.path());
+      if (sha.ok()) {
+        const fs::path content = ContentPath(*sha);
+        if (!fs::exists(content, rm) && !rm) {
+          fs::rename(entry.path(), content, rm);
+          if (!rm) continue;
+        }
+      }
+    }
     fs::remove_all(entry.path(), rm);
     if (rm) return Status::IoError("clean " + entry.path().string() + ": " + rm.message());
   }
