@@ -4,7 +4,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test demo bench format clean
+.PHONY: all deps configure build test demo bench package format clean
 
 all: build
 
@@ -25,6 +25,10 @@ demo: build
 
 bench: build
 	@bash bench/run.sh $(BUILD_DIR)
+
+# The .deb (cmake/Packaging.cmake), written to $(BUILD_DIR)/packages/.
+package: build
+	@cd $(BUILD_DIR) && cpack -G DEB -B packages >/dev/null && ls -1 $$PWD/packages/*.deb
 
 format:
 	@git ls-files '*.cc' '*.h' | xargs clang-format -i

@@ -11,6 +11,7 @@ PACKAGES=(
   libboost-log-dev libboost-program-options-dev
   libgtest-dev nlohmann-json3-dev
   rsync iproute2 util-linux e2fsprogs
+  dpkg-dev lintian
 )
 
 missing=()
