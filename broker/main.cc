@@ -4,6 +4,7 @@
 #include "broker/broker.h"
 #include "core/cli/options.h"
 #include "core/cli/signals.h"
+#include "core/fs/lock.h"
 
 namespace po = boost::program_options;
 
@@ -133,6 +134,10 @@ int BrokerMain(int argc, char** argv) {
   control.burst = std::max(1.0, (*vm)["control-burst"].as<double>());
   control.pending_per_peer = std::max<size_t>(1, (*vm)["control-pending-per-peer"].as<size_t>());
   control.small_request_bytes = (*vm)["control-small-request-bytes"].as<size_t>();
+
+  // One broker per state directory: a second one refuses to start.
+  auto state_lock = LockDirectory(opts.state_dir, "the broker's --state");
+  if (!state_lock.ok()) throw std::runtime_error(state_lock.status().message());
 
   InstallStopSignals();
   Broker broker(std::move(opts));

@@ -3,6 +3,7 @@
 
 #include "core/cli/options.h"
 #include "core/cli/signals.h"
+#include "core/fs/lock.h"
 #include "core/net/endpoint.h"
 #include "subscriber/subscriber.h"
 
@@ -93,6 +94,13 @@ int SubscriberMain(int argc, char** argv) {
   opts.min_rate_bytes = (*vm)["min-rate"].as<uint64_t>();
   opts.min_rate_window = std::chrono::seconds(std::max(1, (*vm)["min-rate-window"].as<int>()));
   opts.once_connect_timeout = std::chrono::seconds(std::max(0, (*vm)["connect-timeout"].as<int>()));
+
+  // One subscriber per state directory and per tree: a second one refuses to
+  // start instead of interleaving its applies with this one's.
+  auto state_lock = LockDirectory(opts.state, "a subscriber's --state");
+  if (!state_lock.ok()) throw std::runtime_error(state_lock.status().message());
+  auto tree_lock = LockDirectory(opts.tree, "a subscriber's --tree");
+  if (!tree_lock.ok()) throw std::runtime_error(tree_lock.status().message());
 
   InstallStopSignals();
   Subscriber subscriber(std::move(opts));

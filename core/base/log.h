@@ -23,8 +23,23 @@ Result<boost::log::trivial::severity_level> ParseLogLevel(std::string_view name)
 // "..."). Everything a peer sends passes here before it is logged.
 std::string EscapeForLog(std::string_view text, size_t max_bytes = 256);
 
-// Installs the stderr sink: "2026-11-25T23:59:01.123Z info broker: message".
+// `line` as one log line: valid UTF-8 kept as it is (paths stay readable),
+// control characters and bytes that are not valid UTF-8 as \xNN, so no
+// message can split or garble a line. Applied by the sink to every message.
+std::string SanitizeLogLine(std::string_view line);
+
+// True when stderr is the journal's stream (systemd sets JOURNAL_STREAM to
+// the "DEV:INODE" of the stream it connected to stderr).
+bool StderrIsJournal();
+
+// Installs the stderr sink: "2026-11-25T23:59:01.123456Z info broker: message"
+// (UTC). When stderr is the journal, every line starts with its syslog
+// priority ("<6>" for info, "<4>" for warning, ...), so journald sorts it.
 void InitLogging(std::string_view component, boost::log::trivial::severity_level level);
+
+// The same sink on `out`, with or without the priority prefix (for tests).
+void InitLoggingTo(std::ostream& out, std::string_view component,
+                   boost::log::trivial::severity_level level, bool journal_priority);
 
 }  // namespace mirrorcast
 

@@ -1,0 +1,84 @@
+// One daemon per directory: a second broker on one --state, or a second
+// subscriber on one --tree or --state, refuses to start (exit 2, a message
+// that says what to do) and the first keeps working.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "tests/integration/cluster.h"
+#include "tests/support/process.h"
+
+namespace mirrorcast::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+std::vector<std::string> SubscriberArgv(Cluster& c, const fs::path& tree, const fs::path& state,
+                                        const std::string& id) {
+  return {BinPath("mirrorcast-subscriber").string(),
+          "--broker",
+          c.broker_address(),
+          "--trust",
+          c.origin_pub().string(),
+          "--repo",
+          c.repo(),
+          "--tree",
+          tree.string(),
+          "--state",
+          state.string(),
+          "--id",
+          id,
+          "--once",
+          "--connect-timeout",
+          "5"};
+}
+
+TEST(Locks, ASecondBrokerOnOneStateDirectoryRefusesToStart) {
+  Cluster c;
+  std::ofstream(c.origin_tree() / "a.rpm") << "a";
+  c.StartBroker();
+  const RunResult second =
+      mirrorcast::testing::Run({BinPath("mirrorcast-broker").string(), "--listen", "127.0.0.1:0",
+                                "--state", (c.root() / "broker-state").string(), "--tree-root",
+                                (c.root() / "origin").string(), "--trust", c.origin_pub().string()},
+                               30s);
+  EXPECT_EQ(second.exit_code, 2) << second.err;
+  EXPECT_NE(second.err.find("is in use by another running mirrorcast process"), std::string::npos)
+      << second.err;
+  // The first one still works.
+  c.PublishOk();
+  EXPECT_EQ(c.Status().repos(0).serial(), 1u);
+}
+
+TEST(Locks, ASecondSubscriberOnOneTreeOrStateRefusesToStart) {
+  Cluster c;
+  std::ofstream(c.origin_tree() / "a.rpm") << "a";
+  c.StartBroker();
+  c.PublishOk();
+  c.StartSubscriber("a");
+  c.WaitForSerial({"a"}, 1);
+
+  // Same tree, its own state.
+  RunResult tree = mirrorcast::testing::Run(
+      SubscriberArgv(c, c.mirror_tree("a"), c.root() / "other-state", "b"), 60s);
+  EXPECT_EQ(tree.exit_code, 2) << tree.err;
+  EXPECT_NE(tree.err.find("--tree) is in use"), std::string::npos) << tree.err;
+  // Same state, its own tree.
+  RunResult state = mirrorcast::testing::Run(
+      SubscriberArgv(c, c.root() / "other-tree", c.mirror_state("a"), "b"), 60s);
+  EXPECT_EQ(state.exit_code, 2) << state.err;
+  EXPECT_NE(state.err.find("--state) is in use"), std::string::npos) << state.err;
+
+  // The first one still follows; once it stops, its tree is free again.
+  std::ofstream(c.origin_tree() / "b.rpm") << "b";
+  c.PublishOk();
+  c.WaitForSerial({"a"}, 2);
+  EXPECT_EQ(c.StopSubscriber("a"), 0);
+  RunResult after = mirrorcast::testing::Run(
+      SubscriberArgv(c, c.mirror_tree("a"), c.mirror_state("a"), "a"), 60s);
+  EXPECT_EQ(after.exit_code, 0) << after.err;
+}
+
+}  // namespace
+}  // namespace mirrorcast::testing
