@@ -250,15 +250,17 @@ check_fail() {
 }
 
 # Type and permission bits of everything below a tree (diff -r ignores them).
+# The mirror's own trace files (project/trace/ID, lastsync) are not the origin's.
 tree_modes() {
   (cd "$1" && find . -mindepth 1 \( -path ./.mirrorcast-staging -prune \) -o \
+    \( -path ./project -prune \) -o \( -path ./lastsync -prune \) -o \
     -printf '%P %y %m\n' | LC_ALL=C sort)
 }
 
 verify_trees() {
   local id origin=$D/origin-root/$REPO
   for id in "${MIRRORS[@]}"; do
-    if ! diff -r --no-dereference -x .mirrorcast-staging "$origin" "$D/$id" \
+    if ! diff -r --no-dereference -x .mirrorcast-staging -x project -x lastsync "$origin" "$D/$id" \
       >"$LOGS/diff-$id.txt" 2>&1; then
       check_fail "$id differs from the origin tree:"
       head -n 20 "$LOGS/diff-$id.txt" | sed 's/^/    /'
@@ -266,7 +268,7 @@ verify_trees() {
       check_fail "$id has the same contents but different file types or modes:"
       head -n 20 "$LOGS/modes-$id.txt" | sed 's/^/    /'
     else
-      info "$id: identical to the origin ($(find "$D/$id" -type f | grep -vc '/.mirrorcast-staging/') files)"
+      info "$id: identical to the origin ($(find "$D/$id" -type f | grep -vc -e '/.mirrorcast-staging/' -e '/project/trace/' -e '/lastsync$') files, and its trace files project/trace/$id and lastsync)"
     fi
   done
 }
@@ -328,7 +330,7 @@ say "starting ${#MIRRORS[@]} mirrors"
 for id in "${MIRRORS[@]}"; do
   mkdir -p "$D/$id"
   start_daemon "$id" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
-    --repo "$REPO" --tree "$D/$id" --state "$D/$id-state" --id "$id"
+    --repo "$REPO" --tree "$D/$id" --state "$D/$id-state" --id "$id" --trace-name "$id"
 done
 sleep 0.5
 check_alive

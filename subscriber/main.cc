@@ -1,9 +1,13 @@
 // mirrorcast-subscriber: parses options and runs the Subscriber library.
+#include <unistd.h>
+
 #include <iostream>
 
+#include "core/base/log.h"
 #include "core/cli/options.h"
 #include "core/cli/signals.h"
 #include "core/fs/lock.h"
+#include "core/mirror/trace_files.h"
 #include "core/net/endpoint.h"
 #include "subscriber/subscriber.h"
 
@@ -42,6 +46,11 @@ int SubscriberMain(int argc, char** argv) {
        "grace period in seconds: files an update deletes stay in the tree this long, so clients "
        "that read the old metadata just before the switch still find them (0: delete at the "
        "end of the apply)")
+      ("trace-name", po::value<std::string>(),
+       "after each applied serial, write the Debian trace file project/trace/NAME and Arch's "
+       "lastsync into the tree, for existing mirror checkers (default NAME: this host's name; "
+       "a path the signed manifest names is left alone)")
+      ("no-trace-files", po::bool_switch(), "write neither project/trace/NAME nor lastsync")
       ("delta-min-bytes", po::value<uint64_t>()->default_value(64 * 1024),
        "files smaller than this are fetched whole instead of by librsync delta")
       ("poll-interval", po::value<int>()->default_value(30),
@@ -89,6 +98,19 @@ int SubscriberMain(int argc, char** argv) {
   }
   opts.delta_min_bytes = (*vm)["delta-min-bytes"].as<uint64_t>();
   opts.delete_delay = std::chrono::seconds(std::max(0, (*vm)["delete-delay"].as<int>()));
+  if (!(*vm)["no-trace-files"].as<bool>()) {
+    if (vm->count("trace-name")) {
+      opts.trace_name = (*vm)["trace-name"].as<std::string>();
+    } else {
+      char host[256] = {};
+      if (::gethostname(host, sizeof(host) - 1) == 0) opts.trace_name = host;
+    }
+    if (!ValidTraceName(opts.trace_name)) {
+      throw std::runtime_error("--trace-name '" + EscapeForLog(opts.trace_name) +
+                               "' is not a plain file name ([A-Za-z0-9._-], not starting with "
+                               "'.'); give one, or --no-trace-files");
+    }
+  }
   opts.poll_interval = std::chrono::seconds(std::max(1, (*vm)["poll-interval"].as<int>()));
   opts.stall_timeout = std::chrono::seconds(std::max(1, (*vm)["stall-timeout"].as<int>()));
   opts.min_rate_bytes = (*vm)["min-rate"].as<uint64_t>();

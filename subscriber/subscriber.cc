@@ -111,6 +111,7 @@ Status Subscriber::Session::Init(bool once) {
   follow.metadata_patterns = options_.metadata_patterns;
   follow.delta_min_bytes = options_.delta_min_bytes;
   follow.delete_delay = options_.delete_delay;
+  follow.trace_name = options_.trace_name;
   follow.after_signature = options_.after_signature;
   follow.clock = options_.clock;
   MC_ASSIGN_OR_RETURN(follower_, Follower::Open(std::move(follow), std::move(trust)));

@@ -56,6 +56,9 @@ struct SubscriberOptions {
   // client that read the old metadata just before the switch still finds
   // them. 0 deletes them at the end of the apply.
   std::chrono::seconds delete_delay{0};
+  // project/trace/<trace_name> and lastsync in the tree after each apply
+  // (core/mirror/trace_files.h); empty: none.
+  std::string trace_name;
   std::chrono::seconds poll_interval{30};  // ask the broker for its head this often
   std::chrono::milliseconds stall_timeout{30000};
   // Slow retrieval: see ContentClientOptions::min_rate_bytes (0: no floor).

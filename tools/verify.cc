@@ -46,6 +46,7 @@
 #include "core/mirror/applier.h"
 #include "core/mirror/follower.h"
 #include "core/mirror/mirror_state.h"
+#include "core/mirror/trace_files.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
 #include "core/net/endpoint.h"
@@ -363,6 +364,13 @@ class TreeScrubber {
       if (entry == nullptr) {
         // Deleted by an update, kept for the subscriber's grace period.
         if (pending_deletion_.count(rel)) continue;
+        // The subscriber's own trace files (and the directories it made for
+        // them; what else they hold is checked).
+        if (is_dir && IsTraceDirPath(rel)) {
+          Walk(rel);
+          continue;
+        }
+        if (!is_dir && IsTraceFilePath(rel)) continue;
         Add(Problem::kExtra, rel, is_dir ? "directory" : "");
       } else if (is_dir && entry->kind() == v1::ENTRY_DIRECTORY) {
         Walk(rel);

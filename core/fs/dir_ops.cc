@@ -118,4 +118,31 @@ Status RemoveAllAt(int dir_fd, const std::string& name, std::string_view what) {
   return RemoveAllAtDepth(dir_fd, name, std::string(what), 0);
 }
 
+Status WriteFileAt(int dir_fd, const std::string& name, std::string_view data, mode_t mode,
+                   std::string_view what) {
+  const std::string tmp = "." + name + ".tmp-" + std::to_string(::getpid());
+  ::unlinkat(dir_fd, tmp.c_str(), 0);  // left by a crash of this very pid number
+  UniqueFd fd(::openat(dir_fd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                       mode & 07777));
+  if (!fd.valid()) return Status::FromErrno("create " + std::string(what), errno);
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd.get(), data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = errno;
+      ::unlinkat(dir_fd, tmp.c_str(), 0);
+      return Status::FromErrno("write " + std::string(what), err);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fchmod(fd.get(), mode & 07777) != 0 ||
+      ::renameat(dir_fd, tmp.c_str(), dir_fd, name.c_str()) != 0) {
+    const int err = errno;
+    ::unlinkat(dir_fd, tmp.c_str(), 0);
+    return Status::FromErrno("replace " + std::string(what), err);
+  }
+  return Status::Ok();
+}
+
 }  // namespace mirrorcast

@@ -42,4 +42,11 @@ Status SetModeAndMtimeAt(int dir_fd, const std::string& name, mode_t mode, int64
 // removed. Already gone is fine.
 Status RemoveAllAt(int dir_fd, const std::string& name, std::string_view what);
 
+// Replaces `name` in `dir_fd` with a file holding `data` (mode `mode`),
+// atomically: written under a temporary name (O_EXCL, O_NOFOLLOW), then
+// renamed over it. A symlink at `name` is replaced, never followed. Not
+// fsync'd: for small files whose loss in a crash does no harm.
+Status WriteFileAt(int dir_fd, const std::string& name, std::string_view data, mode_t mode,
+                   std::string_view what);
+
 }  // namespace mirrorcast

@@ -14,6 +14,7 @@
 #include "core/fs/atomic.h"
 #include "core/manifest/hash_cache.h"
 #include "core/manifest/scanner.h"
+#include "core/mirror/trace_files.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
 
@@ -440,6 +441,7 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
                             std::to_string(state_->serial()) + ": serials never go backwards");
   }
   const auto started = clock().Steady();
+  const int64_t started_unix = clock().NowUnix();
   applying_serial_ = serial;
   const uint64_t total = list.size();
   ApplyStats stats;
@@ -488,9 +490,34 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
                << " fetched=" << stats.bytes_fetched << " reused=" << stats.bytes_reused
                << " deltas=" << stats.files_delta << " delta_fallbacks=" << stats.delta_fallbacks
                << " seconds=" << applied.seconds();
+  WriteTrace(broker.control().broker().ToString(), serial, started_unix, stats.bytes_fetched);
   if (on_applied) on_applied(serial);
   if (on_ack_queued) on_ack_queued();  // the queued ACK goes out right away
   return Status::Ok();
+}
+
+void Follower::WriteTrace(const std::string& upstream, uint64_t serial, int64_t started_unix,
+                          uint64_t bytes_fetched) {
+  if (options_.trace_name.empty()) return;
+  TraceInfo info;
+  info.name = options_.trace_name;
+  info.repo = options_.repo;
+  info.serial = serial;
+  info.started_unix = started_unix;
+  info.applied_unix = clock().NowUnix();
+  info.upstream = upstream;
+  info.bytes_fetched = bytes_fetched;
+  Status s = WriteTraceFiles(options_.tree, info, [this](const std::string& path) {
+    auto entry = state_->Find(path);
+    return !entry.ok() || entry->has_value();  // the origin's own: left alone
+  });
+  if (!s.ok() && !trace_failed_) {
+    MC_LOG(warning) << "cannot write the trace files (project/trace/" << options_.trace_name
+                    << ", lastsync): " << s.ToString() << " (the tree is applied; logged once)";
+  } else if (s.ok() && trace_failed_) {
+    MC_LOG(info) << "trace files written again";
+  }
+  trace_failed_ = !s.ok();
 }
 
 namespace {

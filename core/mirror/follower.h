@@ -52,6 +52,9 @@ struct FollowerOptions {
   // Wall clock for expiries, ACK times and deletion deadlines. Not owned;
   // must outlive the follower. nullptr: the real clock.
   const Clock* clock = nullptr;
+  // After each applied serial, project/trace/<trace_name> (Debian) and
+  // lastsync (Arch) are written into the tree (trace_files.h); empty: none.
+  std::string trace_name;
 };
 
 // What a catch-up talks to: one broker's control and content sockets. The
@@ -154,6 +157,10 @@ class Follower {
   // A log line (files and bytes done of the total, rate, ETA) and an
   // ACK_IN_PROGRESS, every few seconds of a long fetch.
   void ReportProgress(const FetchProgress& progress);
+  // The trace files after serial `serial` applied (a failure is logged once
+  // until they are written again; the apply stands).
+  void WriteTrace(const std::string& upstream, uint64_t serial, int64_t started_unix,
+                  uint64_t bytes_fetched);
 
   FollowerOptions options_;
   TrustStore trust_;
@@ -161,6 +168,7 @@ class Follower {
   std::unique_ptr<Applier> applier_;
   std::set<std::string> reported_;  // refusal reasons reported this run
   uint64_t applying_serial_ = 0;
+  bool trace_failed_ = false;  // the last trace write failed (and was logged)
 };
 
 }  // namespace mirrorcast

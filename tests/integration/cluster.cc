@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <sstream>
@@ -85,6 +86,10 @@ void Cluster::StartSubscriber(const std::string& id, const std::vector<std::stri
                                    "2",
                                    "--log-level",
                                    "debug"};
+  // Trees are compared with the origin's: no trace files unless asked for.
+  if (std::find(extra.begin(), extra.end(), "--trace-name") == extra.end()) {
+    argv.push_back("--no-trace-files");
+  }
   argv.insert(argv.end(), extra.begin(), extra.end());
   auto child = std::make_unique<ChildProcess>();
   child->Start(argv, dir_.path() / "logs" / (id + ".log"));

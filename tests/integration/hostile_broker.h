@@ -122,7 +122,8 @@ inline std::vector<std::string> HostileSubscriberArgv(const HostileBroker& broke
                                    "--id",
                                    id,
                                    "--poll-interval",
-                                   "1"};
+                                   "1",
+                                   "--no-trace-files"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }

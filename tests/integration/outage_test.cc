@@ -530,6 +530,7 @@ ChildProcess StartHeartbeatSubscriber(const Cluster& c, const std::string& id,
                                       const fs::path& heartbeat_pub, int stale_after) {
   ChildProcess p;
   p.Start({BinPath("mirrorcast-subscriber").string(),
+           "--no-trace-files",
            "--broker",
            c.broker_address(),
            "--trust",

@@ -170,3 +170,50 @@ TEST(Verify, ReadsNoFasterThanTheRateLimit) {
 
 }  // namespace
 }  // namespace mirrorcast::testing
+
+namespace mirrorcast::testing {
+namespace {
+
+std::string ReadText(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// The Debian trace file and Arch's lastsync follow every applied serial, and
+// verify does not count them as extra entries.
+TEST(TraceFiles, FollowEveryAppliedSerialAndVerifyLeavesThemAlone) {
+  Cluster c;
+  MakeSampleRepo(c.origin_tree(), 5, 4096);
+  c.StartBroker();
+  c.StartSubscriber("m1", {"--trace-name", "m1.example.org"});
+  c.PublishOk();
+  c.WaitForSerial({"m1"}, 1);
+  const fs::path tree = c.mirror_tree("m1");
+  const fs::path trace = tree / "project/trace/m1.example.org";
+  EXPECT_TRUE(Contains(ReadText(trace), "Archive serial: 1\n")) << ReadText(trace);
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  const int64_t lastsync = std::stoll(ReadText(tree / "lastsync"));
+  EXPECT_LE(std::abs(now - lastsync), 120);
+
+  std::ofstream(c.origin_tree() / "Packages" / "new.rpm") << "new";
+  c.PublishOk();
+  c.WaitForSerial({"m1"}, 2);
+  const std::string text = ReadText(trace);
+  EXPECT_TRUE(Contains(text, "Archive serial: 2\n")) << text;
+  EXPECT_TRUE(Contains(text, "Upstream-mirror: " + c.broker_address() + "\n")) << text;
+  ASSERT_EQ(c.StopSubscriber("m1"), 0) << c.Logs();
+
+  const RunResult v = Verify(c, "m1", {});
+  EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+  EXPECT_FALSE(Contains(v.out, "EXTRA")) << v.out;
+  // What else is in project/ is still an extra entry.
+  std::ofstream(tree / "project" / "stray") << "x";
+  const RunResult v2 = Verify(c, "m1", {});
+  EXPECT_NE(v2.exit_code, 0) << v2.out;
+  EXPECT_TRUE(Contains(v2.out, "project/stray")) << v2.out;
+}
+
+}  // namespace
+}  // namespace mirrorcast::testing
