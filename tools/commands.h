@@ -25,8 +25,26 @@ int RecallMain(int argc, char** argv);
 //                   [--repair --broker HOST:PORT [--delete-extra]] [--json]
 int VerifyMain(int argc, char** argv);
 
-// The human table printed by `status`, ages relative to `now_unix`.
+// The human table printed by `status --wide`, ages relative to `now_unix`.
 std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix);
+// The default `status` table: the same facts that matter most, every line at
+// most `width` columns (long cells are cut with "...").
+std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix,
+                                size_t width = 100);
+
+// `status --check`: a Nagios/Icinga-style verdict over every mirror.
+struct StatusThresholds {
+  uint64_t warn_behind = 2;     // serials behind the head for WARNING...
+  uint64_t crit_behind = 5;     // ...and for CRITICAL
+  int64_t warn_silent = 3600;   // a mirror behind the head whose last ACK is this old...
+  int64_t crit_silent = 86400;  // ...is WARNING / CRITICAL (seconds)
+};
+struct StatusVerdict {
+  int code = 0;      // 0 OK, 1 WARNING, 2 CRITICAL
+  std::string line;  // "MIRRORCAST CRITICAL - ..." with perfdata after '|'
+};
+StatusVerdict CheckStatus(const v1::StatusReply& status, int64_t now_unix,
+                          const StatusThresholds& thresholds);
 // The one-line JSON object printed by `status --json`.
 std::string FormatStatusJson(const v1::StatusReply& status);
 

@@ -216,6 +216,141 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
   return out.str();
 }
 
+namespace {
+
+// `line` cut to `width` bytes, the cut marked with "...".
+std::string FitWidth(std::string line, size_t width) {
+  if (line.size() <= width) return line;
+  if (width <= 3) return line.substr(0, width);
+  return line.substr(0, width - 3) + "...";
+}
+
+std::string Cut(const std::string& cell, size_t max) { return FitWidth(OneLine(cell), max); }
+
+uint64_t HeadOf(const v1::StatusReply& status, const std::string& repo) {
+  for (const v1::RepoSerial& r : status.repos()) {
+    if (r.repo() == repo) return r.serial();
+  }
+  return 0;
+}
+
+std::string ShortAge(int64_t seconds) {
+  if (seconds < 0) return "future";
+  if (seconds < 60) return std::to_string(seconds) + "s";
+  if (seconds < 3600) return std::to_string(seconds / 60) + "m";
+  if (seconds < 86400) return std::to_string(seconds / 3600) + "h";
+  return std::to_string(seconds / 86400) + "d";
+}
+
+}  // namespace
+
+std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix, size_t width) {
+  std::string out;
+  auto emit = [&](const std::string& text) {
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) out += FitWidth(line, width) + "\n";
+    if (text.empty()) out += "\n";
+  };
+  emit("broker " + Cut(status.broker_id(), 40) + " at " + IsoTime(now_unix));
+  emit("");
+  const std::vector<v1::RepoSerial> repos = SortedRepos(status);
+  if (repos.empty()) {
+    emit("no repos published yet");
+  } else {
+    std::vector<std::vector<std::string>> rows{
+        {"REPO", "SERIAL", "MANIFEST", "RECALLABLE", "NOTE"}};
+    for (const v1::RepoSerial& r : repos) {
+      const v1::RecallWindow* w = WindowOf(status, r.repo());
+      std::string recallable = "-";
+      if (w != nullptr && w->oldest() != 0) {
+        recallable = std::to_string(w->oldest()) + "-" + std::to_string(w->newest());
+      }
+      std::string note = "-";
+      if (w != nullptr && w->has_head_recall() && w->head_recall().serial() == r.serial()) {
+        note = "recall of " + std::to_string(w->head_recall().recall_of()) + ": " +
+               OneLine(w->head_recall().reason());
+      }
+      rows.push_back({Cut(r.repo(), 20), std::to_string(r.serial()),
+                      ToHex(r.manifest_sha256()).substr(0, 12), recallable, note});
+    }
+    emit(RenderTable(rows));
+  }
+  if (status.recalls_size() > 0) {
+    emit("");
+    emit(std::to_string(status.recalls_size()) +
+         " recall(s) on record; see --wide for their reasons and keys");
+  }
+  emit("");
+  const std::vector<v1::MirrorStatus> mirrors = SortedMirrors(status);
+  if (mirrors.empty()) {
+    emit("no mirrors have reported yet");
+    return out;
+  }
+  std::vector<std::vector<std::string>> rows{
+      {"MIRROR", "REPO", "SERIAL", "BEHIND", "STATE", "ACK", "FETCHED", "NOTE"}};
+  for (const v1::MirrorStatus& m : mirrors) {
+    const uint64_t head = HeadOf(status, m.repo());
+    const std::string behind = head > m.serial() ? std::to_string(head - m.serial()) : "0";
+    std::string note = m.error().empty() ? "-" : OneLine(m.error());
+    if (const v1::RecallRecord* r = RecallAt(status, m.repo(), m.serial()); r != nullptr) {
+      note = "recall of " + std::to_string(r->recall_of()) + (note == "-" ? "" : "; " + note);
+    }
+    rows.push_back({Cut(m.mirror_id(), 24), Cut(m.repo(), 16), std::to_string(m.serial()), behind,
+                    StateName(m.state()),
+                    m.last_ack_unix() != 0 ? ShortAge(now_unix - m.last_ack_unix()) : "never",
+                    HumanBytes(m.bytes_fetched()), note});
+  }
+  emit(RenderTable(rows));
+  return out;
+}
+
+StatusVerdict CheckStatus(const v1::StatusReply& status, int64_t now_unix,
+                          const StatusThresholds& t) {
+  std::vector<std::string> critical, warning;
+  uint64_t max_behind = 0;
+  const std::vector<v1::MirrorStatus> mirrors = SortedMirrors(status);
+  for (const v1::MirrorStatus& m : mirrors) {
+    const std::string who = Cut(m.mirror_id(), 40) + "/" + Cut(m.repo(), 20);
+    const uint64_t head = HeadOf(status, m.repo());
+    const uint64_t behind = head > m.serial() ? head - m.serial() : 0;
+    max_behind = std::max(max_behind, behind);
+    // No ACK time (an old broker's row): silence is not judged.
+    const int64_t silent = m.last_ack_unix() != 0 ? now_unix - m.last_ack_unix() : 0;
+    if (m.state() == v1::ACK_FAILED || m.state() == v1::ACK_REJECTED) {
+      critical.push_back(who + " " + StateName(m.state()) + ": " + Cut(m.error(), 60));
+    } else if (behind >= t.crit_behind) {
+      critical.push_back(who + " " + std::to_string(behind) + " behind");
+    } else if (behind > 0 && silent >= t.crit_silent) {
+      critical.push_back(who + " behind and silent for " + ShortAge(silent));
+    } else if (m.state() == v1::ACK_STALE) {
+      warning.push_back(who + " stale: " + Cut(m.error(), 60));
+    } else if (behind >= t.warn_behind) {
+      warning.push_back(who + " " + std::to_string(behind) + " behind");
+    } else if (behind > 0 && silent >= t.warn_silent) {
+      warning.push_back(who + " behind and silent for " + ShortAge(silent));
+    }
+  }
+  StatusVerdict v;
+  v.code = !critical.empty() ? 2 : !warning.empty() ? 1 : 0;
+  static constexpr const char* kNames[] = {"OK", "WARNING", "CRITICAL"};
+  v.line = std::string("MIRRORCAST ") + kNames[v.code] + " - " + std::to_string(mirrors.size()) +
+           " mirror(s)";
+  auto list = [&](const char* label, const std::vector<std::string>& items) {
+    if (items.empty()) return;
+    v.line += ", " + std::to_string(items.size()) + " " + label + " (";
+    for (size_t i = 0; i < items.size() && i < 5; ++i) v.line += (i ? "; " : "") + items[i];
+    if (items.size() > 5) v.line += "; ...";
+    v.line += ")";
+  };
+  list("critical", critical);
+  list("warning", warning);
+  v.line += " | mirrors=" + std::to_string(mirrors.size()) +
+            " critical=" + std::to_string(critical.size()) +
+            " warning=" + std::to_string(warning.size()) +
+            " max_behind=" + std::to_string(max_behind);
+  return v;
+}
+
 std::string FormatStatusJson(const v1::StatusReply& status) {
   nlohmann::json repos = nlohmann::json::array();
   for (const v1::RepoSerial& r : SortedRepos(status)) {
@@ -266,17 +401,33 @@ std::string FormatStatusJson(const v1::StatusReply& status) {
 
 int StatusMain(int argc, char** argv) {
   const ProgramInfo info{
-      "mirrorcast status", "mirrorcast status --broker HOST:PORT [--json] [--timeout S]",
+      "mirrorcast status",
+      "mirrorcast status --broker HOST:PORT [--wide | --json | --check [thresholds]] "
+      "[--timeout S]",
       "Asks a broker for the latest serial of every repo it serves (with the serials a "
-      "'mirrorcast recall' can still go back to, and the recalls made, with their reasons) and "
-      "for the last report of every mirror (from their ACKs), and prints them as a table, or "
-      "as one JSON object with --json. Exit codes: 0 printed; 1 the broker refused; 2 usage error; "
-      "3 broker "
-      "unreachable or timed out."};
+      "'mirrorcast recall' can still go back to, and the recalls made) and for the last report "
+      "of every mirror (from their ACKs), and prints them as a table that fits 100 columns "
+      "(--wide: every column, with reasons, keys and times; --json: one JSON object). "
+      "With --check it prints one Nagios/Icinga-style line instead and exits 0 (OK), 1 "
+      "(WARNING: a mirror stale, or --warn-behind serials behind, or behind and silent for "
+      "--warn-silent seconds) or 2 (CRITICAL: a mirror failed or rejected an update, or "
+      "--crit-behind serials behind, or behind and silent for --crit-silent seconds). "
+      "Exit codes otherwise: 0 printed; 1 the broker refused; 2 usage error; 3 broker "
+      "unreachable or timed out (UNKNOWN for --check)."};
   po::options_description options("Status options");
   options.add_options()("broker", po::value<std::string>()->required(),
                         "broker control endpoint, HOST:PORT or [V6]:PORT")(
       "json", po::bool_switch(), "print one JSON object instead of a table")(
+      "wide", po::bool_switch(), "print every column, however wide")(
+      "check", po::bool_switch(), "print one monitoring line and exit 0/1/2 (OK/WARNING/CRITICAL)")(
+      "warn-behind", po::value<uint64_t>()->default_value(StatusThresholds{}.warn_behind),
+      "--check: serials behind the head for WARNING")(
+      "crit-behind", po::value<uint64_t>()->default_value(StatusThresholds{}.crit_behind),
+      "--check: serials behind the head for CRITICAL")(
+      "warn-silent", po::value<int64_t>()->default_value(StatusThresholds{}.warn_silent),
+      "--check: seconds without an ACK, while behind, for WARNING")(
+      "crit-silent", po::value<int64_t>()->default_value(StatusThresholds{}.crit_silent),
+      "--check: seconds without an ACK, while behind, for CRITICAL")(
       "timeout", po::value<double>()->default_value(10), "seconds to wait for the broker");
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
@@ -300,6 +451,11 @@ int StatusMain(int argc, char** argv) {
     const Status& s = status.status();
     const bool unreachable =
         s.code() == Status::Code::kTimeout || s.code() == Status::Code::kUnavailable;
+    if ((*vm)["check"].as<bool>()) {
+      std::cout << "MIRRORCAST UNKNOWN - broker " << broker->ToString() << ": "
+                << OneLine(s.message()) << std::endl;
+      return 3;
+    }
     if (unreachable) {
       std::cerr << info.name << ": error: " << OneLine(s.message()) << " (waited " << timeout
                 << " s)\n";
@@ -309,11 +465,23 @@ int StatusMain(int argc, char** argv) {
     }
     return unreachable ? 3 : 1;
   }
+  const int64_t now = status->now_unix() != 0 ? status->now_unix() : Clock::Real().NowUnix();
+  if ((*vm)["check"].as<bool>()) {
+    StatusThresholds t;
+    t.warn_behind = (*vm)["warn-behind"].as<uint64_t>();
+    t.crit_behind = (*vm)["crit-behind"].as<uint64_t>();
+    t.warn_silent = (*vm)["warn-silent"].as<int64_t>();
+    t.crit_silent = (*vm)["crit-silent"].as<int64_t>();
+    const StatusVerdict verdict = CheckStatus(*status, now, t);
+    std::cout << verdict.line << std::endl;
+    return verdict.code;
+  }
   if ((*vm)["json"].as<bool>()) {
     std::cout << FormatStatusJson(*status) << std::endl;
-  } else {
-    const int64_t now = status->now_unix() != 0 ? status->now_unix() : Clock::Real().NowUnix();
+  } else if ((*vm)["wide"].as<bool>()) {
     std::cout << FormatStatusTable(*status, now) << std::flush;
+  } else {
+    std::cout << FormatStatusCompact(*status, now) << std::flush;
   }
   return 0;
 }

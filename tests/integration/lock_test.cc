@@ -80,5 +80,44 @@ TEST(Locks, ASecondSubscriberOnOneTreeOrStateRefusesToStart) {
   EXPECT_EQ(after.exit_code, 0) << after.err;
 }
 
+// `mirrorcast status --check` against a real broker: Nagios-style exit codes.
+TEST(StatusCheck, ExitCodesFollowHowFarMirrorsAreBehind) {
+  Cluster c;
+  std::ofstream(c.origin_tree() / "a.rpm") << "a";
+  c.StartBroker();
+  c.PublishOk();
+  c.StartSubscriber("m");
+  c.WaitForSerial({"m"}, 1);
+  auto check = [&]() {
+    return mirrorcast::testing::Run(
+        {BinPath("mirrorcast").string(), "status", "--broker", c.broker_address(), "--check",
+         "--warn-behind", "1", "--crit-behind", "2"},
+        30s);
+  };
+  RunResult ok = check();
+  EXPECT_EQ(ok.exit_code, 0) << ok.out << ok.err;
+  EXPECT_TRUE(ok.out.starts_with("MIRRORCAST OK - 1 mirror(s)")) << ok.out;
+
+  ASSERT_EQ(c.StopSubscriber("m"), 0);
+  std::ofstream(c.origin_tree() / "b.rpm") << "b";
+  c.PublishOk();
+  RunResult warning = check();
+  EXPECT_EQ(warning.exit_code, 1) << warning.out;
+  EXPECT_NE(warning.out.find("m/demo 1 behind"), std::string::npos) << warning.out;
+  std::ofstream(c.origin_tree() / "c.rpm") << "c";
+  c.PublishOk();
+  RunResult critical = check();
+  EXPECT_EQ(critical.exit_code, 2) << critical.out;
+  EXPECT_TRUE(critical.out.starts_with("MIRRORCAST CRITICAL")) << critical.out;
+
+  c.StopBroker();
+  RunResult unknown =
+      mirrorcast::testing::Run({BinPath("mirrorcast").string(), "status", "--broker",
+                                c.broker_address(), "--check", "--timeout", "1"},
+                               30s);
+  EXPECT_EQ(unknown.exit_code, 3) << unknown.out;
+  EXPECT_TRUE(unknown.out.starts_with("MIRRORCAST UNKNOWN")) << unknown.out;
+}
+
 }  // namespace
 }  // namespace mirrorcast::testing

@@ -184,7 +184,7 @@ TEST(Recall, EveryMirrorGoesBackToTheRecalledTreeFetchingOnlyWhatItLacks) {
   ASSERT_EQ(status.recall_windows_size(), 1);
   EXPECT_EQ(status.recall_windows(0).head_recall().recall_of(), 2u);
   const RunResult shown = mirrorcast::testing::Run(
-      {BinPath("mirrorcast").string(), "status", "--broker", c.broker_address()}, 30s);
+      {BinPath("mirrorcast").string(), "status", "--broker", c.broker_address(), "--wide"}, 30s);
   ASSERT_EQ(shown.exit_code, 0) << shown.err;
   EXPECT_NE(shown.out.find("recall of serial 2: " + kReason), std::string::npos) << shown.out;
   EXPECT_NE(shown.out.find("4 (recall of 2)"), std::string::npos) << shown.out;

@@ -293,5 +293,77 @@ TEST(StatusJson, CarriesRecallsAndTheWindow) {
   EXPECT_FALSE(doc.at("repos")[0].contains("recall_of"));  // alpha: no window, no recall
 }
 
+TEST(StatusCompact, FitsOneHundredColumnsWhateverTheCellsHold) {
+  v1::StatusReply status = RecallStatus();
+  v1::MirrorStatus long_one =
+      Mirror("a-mirror-with-a-very-long-name-that-goes-on.example.org", "main", 1, v1::ACK_FAILED);
+  long_one.set_error(std::string(500, 'x') + "\nforged");
+  long_one.set_last_ack_unix(kNow - 7200);
+  *status.add_mirrors() = long_one;
+  const std::string text = FormatStatusCompact(status, kNow);
+  for (const std::string& line : Lines(text)) {
+    EXPECT_LE(line.size(), 100u) << line;
+  }
+  EXPECT_EQ(text.find('\x1b'), std::string::npos);
+  for (const std::string& line : Lines(text)) {
+    EXPECT_FALSE(line.starts_with("forged")) << "a cell split a line:\n" << text;
+  }
+  // The facts that matter are there: serial, how far behind, state.
+  bool found = false;
+  for (const std::string& line : Lines(text)) {
+    if (line.starts_with("a-mirror-with-a-very-...")) {
+      found = true;
+      EXPECT_NE(line.find(" 1 "), std::string::npos) << line;
+      EXPECT_NE(line.find(" 2 "), std::string::npos) << line;  // 2 behind serial 3
+      EXPECT_NE(line.find("failed"), std::string::npos) << line;
+      EXPECT_NE(line.find("2h"), std::string::npos) << line;
+      EXPECT_TRUE(line.ends_with("...")) << line;
+    }
+  }
+  EXPECT_TRUE(found) << text;
+  // The wide table keeps every column.
+  EXPECT_GT(Lines(FormatStatusTable(status, kNow)).size(), 0u);
+}
+
+TEST(StatusCheck, OkWarningAndCriticalFollowTheThresholds) {
+  StatusThresholds t;                       // warn 2 / crit 5 behind, silent 1 h / 1 d
+  v1::StatusReply status = SampleStatus();  // main at 3: mirror-b at 3, mirror-a at 2 (in progress)
+  StatusVerdict v = CheckStatus(status, kNow, t);
+  EXPECT_EQ(v.code, 0) << v.line;
+  EXPECT_TRUE(v.line.starts_with("MIRRORCAST OK - 2 mirror(s) |")) << v.line;
+  EXPECT_NE(v.line.find("max_behind=1"), std::string::npos) << v.line;
+
+  status.mutable_repos(0)->set_serial(4);  // mirror-a 2 behind, mirror-b 1
+  v = CheckStatus(status, kNow, t);
+  EXPECT_EQ(v.code, 1) << v.line;
+  EXPECT_NE(v.line.find("1 warning (mirror-a/main 2 behind)"), std::string::npos) << v.line;
+
+  status.mutable_repos(0)->set_serial(3);
+  status.mutable_mirrors(0)->set_last_ack_unix(kNow - 2 * 86400);  // mirror-b at the head: fine
+  status.mutable_mirrors(1)->set_last_ack_unix(kNow - 2 * 3600);   // mirror-a behind, 2 h silent
+  v = CheckStatus(status, kNow, t);
+  EXPECT_EQ(v.code, 1) << v.line;
+  EXPECT_NE(v.line.find("mirror-a/main behind and silent for 2h"), std::string::npos) << v.line;
+
+  v1::MirrorStatus failed = Mirror("mirror-c", "main", 3, v1::ACK_FAILED);
+  failed.set_error("disk full\nforged");
+  *status.add_mirrors() = failed;
+  v = CheckStatus(status, kNow, t);
+  EXPECT_EQ(v.code, 2) << v.line;
+  EXPECT_TRUE(
+      v.line.starts_with("MIRRORCAST CRITICAL - 3 mirror(s), 1 critical (mirror-c/main "
+                         "failed: disk full forged), 1 warning"))
+      << v.line;
+  EXPECT_NE(v.line.find("| mirrors=3 critical=1 warning=1 max_behind=1"), std::string::npos)
+      << v.line;
+  EXPECT_EQ(v.line.find('\n'), std::string::npos);
+
+  t.crit_behind = 1;
+  status.mutable_mirrors(2)->set_state(v1::ACK_APPLIED);
+  v = CheckStatus(status, kNow, t);
+  EXPECT_EQ(v.code, 2) << v.line;
+  EXPECT_NE(v.line.find("mirror-a/main 1 behind"), std::string::npos) << v.line;
+}
+
 }  // namespace
 }  // namespace mirrorcast::testing
