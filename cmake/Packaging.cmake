@@ -54,9 +54,36 @@ install(FILES deploy/examples/subscriber.conf DESTINATION /etc/mirrorcast
 install(FILES deploy/package/copyright README.md docs/operations.md docs/protocol.md
         docs/architecture.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
 
+find_program(GZIP_PROGRAM gzip REQUIRED)
+
+# Manual pages, made from each program's --help by help2man (so they never
+# drift from the options), compressed as policy wants them.
+find_program(HELP2MAN_PROGRAM help2man REQUIRED)
+set(MIRRORCAST_MANPAGES)
+foreach(prog_and_name
+        "mirrorcast|administer a mirrorcast network: keys, status, recall, verify"
+        "mirrorcast-broker|mirrorcast broker: accepts signed publishes and pushes them to mirrors"
+        "mirrorcast-subscriber|mirrorcast subscriber: keeps one mirror tree at the broker's serial"
+        "mirrorcast-publish|publish a repository tree's changes to a mirrorcast broker")
+  string(REPLACE "|" ";" parts "${prog_and_name}")
+  list(GET parts 0 prog)
+  list(GET parts 1 name)
+  set(page ${PROJECT_BINARY_DIR}/package/man/${prog}.1.gz)
+  add_custom_command(
+    OUTPUT ${page}
+    COMMAND ${CMAKE_COMMAND} -E make_directory ${PROJECT_BINARY_DIR}/package/man
+    COMMAND ${HELP2MAN_PROGRAM} --no-info --no-discard-stderr --section 1 --name ${name}
+            --output ${PROJECT_BINARY_DIR}/package/man/${prog}.1 $<TARGET_FILE:${prog}>
+    COMMAND ${GZIP_PROGRAM} -9nf ${PROJECT_BINARY_DIR}/package/man/${prog}.1
+    DEPENDS ${prog}
+    VERBATIM)
+  list(APPEND MIRRORCAST_MANPAGES ${page})
+endforeach()
+add_custom_target(mirrorcast_manpages ALL DEPENDS ${MIRRORCAST_MANPAGES})
+install(FILES ${MIRRORCAST_MANPAGES} DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
+
 # The Debian changelog, compressed as policy wants it (gzip -9n: no name, no
 # time, so the package is reproducible).
-find_program(GZIP_PROGRAM gzip REQUIRED)
 add_custom_command(
   OUTPUT ${PROJECT_BINARY_DIR}/package/changelog.gz
   COMMAND ${GZIP_PROGRAM} -9nc ${PROJECT_SOURCE_DIR}/deploy/package/changelog >

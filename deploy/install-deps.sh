@@ -11,7 +11,7 @@ PACKAGES=(
   libboost-log-dev libboost-program-options-dev
   libgtest-dev nlohmann-json3-dev
   rsync iproute2 util-linux e2fsprogs
-  dpkg-dev lintian
+  dpkg-dev lintian help2man
 )
 
 missing=()

@@ -48,7 +48,9 @@ for f in /usr/bin/mirrorcast /usr/bin/mirrorcast-broker /usr/bin/mirrorcast-subs
   /lib/systemd/system/mirrorcast-subscriber@.service /usr/lib/sysusers.d/mirrorcast.conf \
   /usr/lib/tmpfiles.d/mirrorcast.conf /etc/mirrorcast/broker.conf.example \
   /etc/mirrorcast/subscriber.conf.example /usr/share/doc/mirrorcast/copyright \
-  /usr/share/doc/mirrorcast/changelog.gz /usr/share/doc/mirrorcast/operations.md; do
+  /usr/share/doc/mirrorcast/changelog.gz /usr/share/doc/mirrorcast/operations.md \
+  /usr/share/man/man1/mirrorcast.1.gz /usr/share/man/man1/mirrorcast-broker.1.gz \
+  /usr/share/man/man1/mirrorcast-subscriber.1.gz /usr/share/man/man1/mirrorcast-publish.1.gz; do
   grep -qx "$f" "$work/files" || fail "$f is not in the package"
 done
 if grep -E '^/usr/(local|include)|/bench|test' "$work/files"; then
