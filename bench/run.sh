@@ -307,7 +307,7 @@ ack_times() { # SERIAL
 
 start_subscriber() { # NAME REPO TREE
   start_named_daemon "$1" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
-    --repo "$2" --tree "$3" --state "$D/$1-state" --id "$1" --no-trace-files
+    --repo "$2" --tree "$3" --state "$D/$1-state" --id "$1" --no-trace-files --delete-delay 0
   SUB_PID=$LAST_PID
 }
 

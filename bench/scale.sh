@@ -477,7 +477,7 @@ run_size() { # N
     rc=0
     measured "$BOUND_LONG" "$meas" "$D/boot.out" "$D/boot.err" "$BIN/mirrorcast-subscriber" \
       --broker "$BROKER" --trust "$D/origin.pub" --repo "$REPO" --tree "$w/mc-mirror" \
-      --state "$w/sub-state" --id "$SUB_ID" --no-trace-files --once || rc=$?
+      --state "$w/sub-state" --id "$SUB_ID" --no-trace-files --delete-delay 0 --once || rc=$?
     cat "$D/boot.err" "$D/boot.out" >>"$LOGS/bootstrap-$n.log"
     boot_rss_kb=$(mfield "$meas" maxrss_kb)
     if ((rc == 0)) && grep -q "repo at serial 1 " "$D/boot.out"; then
@@ -487,7 +487,7 @@ run_size() { # N
       V[$n.g_cpu_us]=$(calc "$boot_cpu * 1000000 / $n")
       info "bootstrap (--once): ${V[$n.g_boot]} s, CPU $boot_cpu s, peak RSS $((boot_rss_kb >> 10)) MiB"
       start_daemon "$SUB_ID" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
-        --repo "$REPO" --tree "$w/mc-mirror" --state "$w/sub-state" --id "$SUB_ID" --no-trace-files
+        --repo "$REPO" --tree "$w/mc-mirror" --state "$w/sub-state" --id "$SUB_ID" --no-trace-files --delete-delay 0
       SUB_PID=$LAST_PID
       local deadline=$((SECONDS + 60))
       while ! grep -q "connected to broker" "$SUB_LOG" 2>/dev/null && kill -0 "$SUB_PID" 2>/dev/null &&

@@ -330,7 +330,8 @@ say "starting ${#MIRRORS[@]} mirrors"
 for id in "${MIRRORS[@]}"; do
   mkdir -p "$D/$id"
   start_daemon "$id" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
-    --repo "$REPO" --tree "$D/$id" --state "$D/$id-state" --id "$id" --trace-name "$id"
+    --repo "$REPO" --tree "$D/$id" --state "$D/$id-state" --id "$id" --trace-name "$id" \
+    --delete-delay 0 # the demo compares trees at once; the default keeps deleted files 48 h
 done
 sleep 0.5
 check_alive

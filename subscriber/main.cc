@@ -15,6 +15,9 @@ namespace po = boost::program_options;
 
 namespace {
 
+// See --delete-delay: dnf's default metadata_expire.
+constexpr int kDefaultDeleteDelay = 48 * 3600;
+
 int SubscriberMain(int argc, char** argv) {
   using namespace mirrorcast;
   po::options_description options("Subscriber options");
@@ -42,10 +45,13 @@ int SubscriberMain(int argc, char** argv) {
       ("metadata", po::value<std::vector<std::string>>()->composing(),
        "metadata pattern, applied after content (repeatable; 'dir/' matches a directory "
        "component, anything else a file name). Default: repodata/ dists/ Release InRelease")
-      ("delete-delay", po::value<int>()->default_value(0),
-       "grace period in seconds: files an update deletes stay in the tree this long, so clients "
-       "that read the old metadata just before the switch still find them (0: delete at the "
-       "end of the apply)")
+      ("delete-delay", po::value<int>()->default_value(kDefaultDeleteDelay),
+       "grace period in seconds: files an update deletes (old packages, old metadata files) stay "
+       "in the tree this long, so clients that fetched the previous metadata still find every "
+       "file it names. The default, 172800 (48 h), is dnf's default metadata_expire, the "
+       "longest a stock client keeps metadata before fetching it again; it also covers apt "
+       "clients and the 1-1.5 days upstream archives keep superseded files. Deletions due "
+       "survive restarts. 0: delete at the end of the apply")
       ("trace-name", po::value<std::string>(),
        "after each applied serial, write the Debian trace file project/trace/NAME and Arch's "
        "lastsync into the tree, for existing mirror checkers (default NAME: this host's name; "

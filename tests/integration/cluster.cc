@@ -86,9 +86,13 @@ void Cluster::StartSubscriber(const std::string& id, const std::vector<std::stri
                                    "2",
                                    "--log-level",
                                    "debug"};
-  // Trees are compared with the origin's: no trace files unless asked for.
+  // Trees are compared with the origin's: no trace files and no grace period
+  // for deletions unless a test asks for them.
   if (std::find(extra.begin(), extra.end(), "--trace-name") == extra.end()) {
     argv.push_back("--no-trace-files");
+  }
+  if (std::find(extra.begin(), extra.end(), "--delete-delay") == extra.end()) {
+    argv.insert(argv.end(), {"--delete-delay", "0"});
   }
   argv.insert(argv.end(), extra.begin(), extra.end());
   auto child = std::make_unique<ChildProcess>();

@@ -99,10 +99,26 @@ TEST(DiskFull, ApplyFailsCleanlyAndSucceedsOnItsOwnOnceSpaceIsBack) {
   c.StartBroker();
   // Declared after the mount: stopped before it is unmounted.
   ChildProcess subscriber;
-  subscriber.Start({BinPath("mirrorcast-subscriber").string(), "--broker", c.broker_address(),
-                    "--trust", c.origin_pub().string(), "--repo", c.repo(), "--tree", tree.string(),
-                    "--state", state.string(), "--id", "m1", "--poll-interval", "2", "--log-level",
-                    "debug", "--no-trace-files"},
+  subscriber.Start({BinPath("mirrorcast-subscriber").string(),
+                    "--broker",
+                    c.broker_address(),
+                    "--trust",
+                    c.origin_pub().string(),
+                    "--repo",
+                    c.repo(),
+                    "--tree",
+                    tree.string(),
+                    "--state",
+                    state.string(),
+                    "--id",
+                    "m1",
+                    "--poll-interval",
+                    "2",
+                    "--log-level",
+                    "debug",
+                    "--no-trace-files",
+                    "--delete-delay",
+                    "0"},
                    c.root() / "logs" / "m1.log");
   c.PublishOk();
   c.WaitForSerial({"m1"}, 1);

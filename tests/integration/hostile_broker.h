@@ -123,7 +123,9 @@ inline std::vector<std::string> HostileSubscriberArgv(const HostileBroker& broke
                                    id,
                                    "--poll-interval",
                                    "1",
-                                   "--no-trace-files"};
+                                   "--no-trace-files",
+                                   "--delete-delay",
+                                   "0"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }

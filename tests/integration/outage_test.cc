@@ -531,6 +531,8 @@ ChildProcess StartHeartbeatSubscriber(const Cluster& c, const std::string& id,
   ChildProcess p;
   p.Start({BinPath("mirrorcast-subscriber").string(),
            "--no-trace-files",
+           "--delete-delay",
+           "0",
            "--broker",
            c.broker_address(),
            "--trust",

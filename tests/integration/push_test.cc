@@ -230,7 +230,8 @@ TEST(Push, ContentAnInterruptedApplyFetchedIsReusedOrResumed) {
   RunResult r = mirrorcast::testing::Run(
       {BinPath("mirrorcast-subscriber").string(), "--broker", c.broker_address(), "--trust",
        c.origin_pub().string(), "--repo", c.repo(), "--tree", c.mirror_tree("r").string(),
-       "--state", c.mirror_state("r").string(), "--id", "r", "--no-trace-files", "--once"},
+       "--state", c.mirror_state("r").string(), "--id", "r", "--no-trace-files", "--delete-delay",
+       "0", "--once"},
       std::chrono::seconds(60));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(SnapshotTree(c.mirror_tree("r")), SnapshotTree(c.origin_tree()));

@@ -1,6 +1,7 @@
-// One daemon per directory: a second broker on one --state, or a second
-// subscriber on one --tree or --state, refuses to start (exit 2, a message
-// that says what to do) and the first keeps working.
+// How the daemons behave for an operator: one daemon per directory (a second
+// broker on one --state, or a second subscriber on one --tree or --state,
+// refuses to start with exit 2 and a message that says what to do, and the
+// first keeps working), safe defaults, `status --check`.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -117,6 +118,34 @@ TEST(StatusCheck, ExitCodesFollowHowFarMirrorsAreBehind) {
                                30s);
   EXPECT_EQ(unknown.exit_code, 3) << unknown.out;
   EXPECT_TRUE(unknown.out.starts_with("MIRRORCAST UNKNOWN")) << unknown.out;
+}
+
+// With the default settings a deleted file stays for the grace period, so a
+// client holding the previous metadata still finds it.
+TEST(Defaults, DeletedFilesStayForTheGracePeriod) {
+  Cluster c;
+  std::ofstream(c.origin_tree() / "old.rpm") << "old";
+  for (int i = 0; i < 20; ++i) std::ofstream(c.origin_tree() / ("keep-" + std::to_string(i))) << i;
+  c.StartBroker();
+  c.PublishOk();
+  const fs::path tree = c.root() / "default-tree";
+  const fs::path state = c.root() / "default-state";
+  RunResult first = mirrorcast::testing::Run(SubscriberArgv(c, tree, state, "d"), 60s);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  ASSERT_TRUE(fs::exists(tree / "old.rpm"));
+
+  fs::remove(c.origin_tree() / "old.rpm");
+  std::ofstream(c.origin_tree() / "new.rpm") << "new";
+  c.PublishOk();
+  RunResult second = mirrorcast::testing::Run(SubscriberArgv(c, tree, state, "d"), 60s);
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_TRUE(fs::exists(tree / "new.rpm"));
+  EXPECT_TRUE(fs::exists(tree / "old.rpm")) << "deleted at once with the default settings";
+  // The help says what the default is and why.
+  RunResult help =
+      mirrorcast::testing::Run({BinPath("mirrorcast-subscriber").string(), "--help"}, 30s);
+  EXPECT_NE(help.out.find("--delete-delay arg (=172800)"), std::string::npos) << help.out;
+  EXPECT_NE(help.out.find("metadata_expire"), std::string::npos) << help.out;
 }
 
 }  // namespace
