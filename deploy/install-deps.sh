@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev nlohmann-json3-dev
   rsync iproute2 util-linux e2fsprogs
   dpkg-dev lintian help2man
+  nginx-light createrepo-c rpm dnf apt-utils
 )
 
 missing=()
