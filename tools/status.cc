@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -125,6 +126,24 @@ const v1::RecallRecord* RecallAt(const v1::StatusReply& status, const std::strin
   return nullptr;
 }
 
+// A repo row's RECALLABLE and NOTE cells: the serials a recall can reach,
+// and what the head recalled (`label` + serial + ": " + reason as `shown`).
+std::pair<std::string, std::string> RecallCells(
+    const v1::StatusReply& status, const v1::RepoSerial& r, const std::string& label,
+    const std::function<std::string(const std::string&)>& shown) {
+  const v1::RecallWindow* w = WindowOf(status, r.repo());
+  std::string recallable = "-";
+  if (w != nullptr && w->oldest() != 0) {
+    recallable = std::to_string(w->oldest()) + "-" + std::to_string(w->newest());
+  }
+  std::string note = "-";
+  if (w != nullptr && w->has_head_recall() && w->head_recall().serial() == r.serial()) {
+    note = label + std::to_string(w->head_recall().recall_of()) + ": " +
+           shown(w->head_recall().reason());
+  }
+  return {recallable, note};
+}
+
 std::vector<v1::MirrorStatus> SortedMirrors(const v1::StatusReply& status) {
   std::vector<v1::MirrorStatus> mirrors(status.mirrors().begin(), status.mirrors().end());
   std::sort(mirrors.begin(), mirrors.end(), [](const auto& a, const auto& b) {
@@ -153,16 +172,7 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
     std::vector<std::vector<std::string>> rows{
         {"REPO", "LATEST SERIAL", "MANIFEST SHA256", "RECALLABLE", "NOTE"}};
     for (const v1::RepoSerial& r : repos) {
-      const v1::RecallWindow* w = WindowOf(status, r.repo());
-      std::string recallable = "-";
-      if (w != nullptr && w->oldest() != 0) {
-        recallable = std::to_string(w->oldest()) + "-" + std::to_string(w->newest());
-      }
-      std::string note = "-";
-      if (w != nullptr && w->has_head_recall() && w->head_recall().serial() == r.serial()) {
-        note = "recall of serial " + std::to_string(w->head_recall().recall_of()) + ": " +
-               ShortReason(w->head_recall().reason());
-      }
+      const auto [recallable, note] = RecallCells(status, r, "recall of serial ", ShortReason);
       rows.push_back({OneLine(r.repo()), std::to_string(r.serial()), ToHex(r.manifest_sha256()),
                       recallable, note});
     }
@@ -260,16 +270,7 @@ std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix,
     std::vector<std::vector<std::string>> rows{
         {"REPO", "SERIAL", "MANIFEST", "RECALLABLE", "NOTE"}};
     for (const v1::RepoSerial& r : repos) {
-      const v1::RecallWindow* w = WindowOf(status, r.repo());
-      std::string recallable = "-";
-      if (w != nullptr && w->oldest() != 0) {
-        recallable = std::to_string(w->oldest()) + "-" + std::to_string(w->newest());
-      }
-      std::string note = "-";
-      if (w != nullptr && w->has_head_recall() && w->head_recall().serial() == r.serial()) {
-        note = "recall of " + std::to_string(w->head_recall().recall_of()) + ": " +
-               OneLine(w->head_recall().reason());
-      }
+      const auto [recallable, note] = RecallCells(status, r, "recall of ", OneLine);
       rows.push_back({Cut(r.repo(), 20), std::to_string(r.serial()),
                       ToHex(r.manifest_sha256()).substr(0, 12), recallable, note});
     }

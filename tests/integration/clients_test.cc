@@ -330,23 +330,6 @@ std::vector<std::string> Sorted(std::vector<std::string> v) {
 
 std::vector<std::string> AsVector(const std::set<std::string>& s) { return {s.begin(), s.end()}; }
 
-// The subscriber with nothing but the required flags: its default settings.
-std::vector<std::string> DefaultSubscriberArgv(Cluster& c, const std::string& id) {
-  return {BinPath("mirrorcast-subscriber").string(),
-          "--broker",
-          c.broker_address(),
-          "--trust",
-          c.origin_pub().string(),
-          "--repo",
-          c.repo(),
-          "--tree",
-          c.mirror_tree(id).string(),
-          "--state",
-          c.mirror_state(id).string(),
-          "--id",
-          id};
-}
-
 TEST(RealClients, DnfAndAptNeverFailWhileUpdatesArePushedWithDefaultSettings) {
   Cluster c;
   const fs::path work = c.root() / "work";
@@ -360,7 +343,9 @@ TEST(RealClients, DnfAndAptNeverFailWhileUpdatesArePushedWithDefaultSettings) {
   uint64_t serial = 1;
 
   ChildProcess subscriber;
-  subscriber.Start(DefaultSubscriberArgv(c, "m"), c.root() / "logs" / "m.log");
+  // Nothing but the required flags: the subscriber's default settings.
+  subscriber.Start(c.SubscriberCommand("m", c.mirror_tree("m"), c.mirror_state("m")),
+                   c.root() / "logs" / "m.log");
   c.WaitForSerial({"m"}, serial);
   Nginx nginx(c.root() / "nginx", c.mirror_tree("m"));
   DnfClient dnf(c.root() / "dnf", nginx.url());

@@ -68,7 +68,9 @@ void Cluster::StopBroker() {
   broker_.reset();
 }
 
-void Cluster::StartSubscriber(const std::string& id, const std::vector<std::string>& extra) {
+std::vector<std::string> Cluster::SubscriberCommand(const std::string& id, const fs::path& tree,
+                                                    const fs::path& state,
+                                                    const std::vector<std::string>& extra) const {
   std::vector<std::string> argv = {BinPath("mirrorcast-subscriber").string(),
                                    "--broker",
                                    broker_address(),
@@ -77,15 +79,18 @@ void Cluster::StartSubscriber(const std::string& id, const std::vector<std::stri
                                    "--repo",
                                    repo_,
                                    "--tree",
-                                   mirror_tree(id).string(),
+                                   tree.string(),
                                    "--state",
-                                   mirror_state(id).string(),
+                                   state.string(),
                                    "--id",
-                                   id,
-                                   "--poll-interval",
-                                   "2",
-                                   "--log-level",
-                                   "debug"};
+                                   id};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
+void Cluster::StartSubscriber(const std::string& id, const std::vector<std::string>& extra) {
+  std::vector<std::string> argv = SubscriberCommand(
+      id, mirror_tree(id), mirror_state(id), {"--poll-interval", "2", "--log-level", "debug"});
   // Trees are compared with the origin's: no trace files and no grace period
   // for deletions unless a test asks for them.
   if (std::find(extra.begin(), extra.end(), "--trace-name") == extra.end()) {

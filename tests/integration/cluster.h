@@ -43,6 +43,13 @@ class Cluster {
   void StartBroker(const std::vector<std::string>& extra = {});
   void StopBroker();
   void StartSubscriber(const std::string& id, const std::vector<std::string>& extra = {});
+  // The command line of a subscriber of this cluster with only the required
+  // flags (its defaults for everything else) for `tree` and `state`, then
+  // `extra`. StartSubscriber adds the test settings on top of it.
+  std::vector<std::string> SubscriberCommand(const std::string& id,
+                                             const std::filesystem::path& tree,
+                                             const std::filesystem::path& state,
+                                             const std::vector<std::string>& extra = {}) const;
   ChildProcess& subscriber(const std::string& id) { return *subscribers_.at(id); }
   int StopSubscriber(const std::string& id);
 

@@ -99,26 +99,9 @@ TEST(DiskFull, ApplyFailsCleanlyAndSucceedsOnItsOwnOnceSpaceIsBack) {
   c.StartBroker();
   // Declared after the mount: stopped before it is unmounted.
   ChildProcess subscriber;
-  subscriber.Start({BinPath("mirrorcast-subscriber").string(),
-                    "--broker",
-                    c.broker_address(),
-                    "--trust",
-                    c.origin_pub().string(),
-                    "--repo",
-                    c.repo(),
-                    "--tree",
-                    tree.string(),
-                    "--state",
-                    state.string(),
-                    "--id",
-                    "m1",
-                    "--poll-interval",
-                    "2",
-                    "--log-level",
-                    "debug",
-                    "--no-trace-files",
-                    "--delete-delay",
-                    "0"},
+  subscriber.Start(c.SubscriberCommand("m1", tree, state,
+                                       {"--poll-interval", "2", "--log-level", "debug",
+                                        "--no-trace-files", "--delete-delay", "0"}),
                    c.root() / "logs" / "m1.log");
   c.PublishOk();
   c.WaitForSerial({"m1"}, 1);

@@ -17,22 +17,7 @@ using namespace std::chrono_literals;
 
 std::vector<std::string> SubscriberArgv(Cluster& c, const fs::path& tree, const fs::path& state,
                                         const std::string& id) {
-  return {BinPath("mirrorcast-subscriber").string(),
-          "--broker",
-          c.broker_address(),
-          "--trust",
-          c.origin_pub().string(),
-          "--repo",
-          c.repo(),
-          "--tree",
-          tree.string(),
-          "--state",
-          state.string(),
-          "--id",
-          id,
-          "--once",
-          "--connect-timeout",
-          "5"};
+  return c.SubscriberCommand(id, tree, state, {"--once", "--connect-timeout", "5"});
 }
 
 TEST(Locks, ASecondBrokerOnOneStateDirectoryRefusesToStart) {

@@ -228,10 +228,8 @@ TEST(Push, ContentAnInterruptedApplyFetchedIsReusedOrResumed) {
   WriteFile(staging / ToHex(Sha256Of(pkg)), damaged, 0600);
 
   RunResult r = mirrorcast::testing::Run(
-      {BinPath("mirrorcast-subscriber").string(), "--broker", c.broker_address(), "--trust",
-       c.origin_pub().string(), "--repo", c.repo(), "--tree", c.mirror_tree("r").string(),
-       "--state", c.mirror_state("r").string(), "--id", "r", "--no-trace-files", "--delete-delay",
-       "0", "--once"},
+      c.SubscriberCommand("r", c.mirror_tree("r"), c.mirror_state("r"),
+                          {"--no-trace-files", "--delete-delay", "0", "--once"}),
       std::chrono::seconds(60));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(SnapshotTree(c.mirror_tree("r")), SnapshotTree(c.origin_tree()));
