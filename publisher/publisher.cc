@@ -2,8 +2,10 @@
 
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -11,6 +13,7 @@
 #include <sstream>
 #include <system_error>
 
+#include "core/base/format.h"
 #include "core/base/log.h"
 #include "core/crypto/keys.h"
 #include "core/crypto/sha256.h"
@@ -381,6 +384,51 @@ struct ScanResult {
   double seconds = 0;
 };
 
+// A progress report of a long scan: a bar redrawn in place on a terminal,
+// a log line otherwise.
+void ReportScanProgress(const ScanProgress& p, bool terminal) {
+  const double rate = p.seconds > 0 ? static_cast<double>(p.bytes_hashed) / p.seconds : 0;
+  const double entries_rate = p.seconds > 0 ? static_cast<double>(p.entries) / p.seconds : 0;
+  char line[256];
+  if (p.finished) {
+    std::snprintf(line, sizeof line, "scanned %llu entries, %llu files hashed (%s, %s/s) in %.0f s",
+                  static_cast<unsigned long long>(p.entries),
+                  static_cast<unsigned long long>(p.files_hashed),
+                  HumanBytes(static_cast<double>(p.bytes_hashed)).c_str(), HumanBytes(rate).c_str(),
+                  p.seconds);
+  } else if (p.entries_total > 0) {
+    const uint64_t done = std::min(p.entries, p.entries_total);
+    const double eta =
+        entries_rate > 0 ? static_cast<double>(p.entries_total - done) / entries_rate : 0;
+    std::snprintf(
+        line, sizeof line,
+        "scanning: %llu of %llu entries (%.0f%%), %llu files hashed (%s, %s/s), ETA %.0f s",
+        static_cast<unsigned long long>(p.entries),
+        static_cast<unsigned long long>(p.entries_total),
+        100.0 * static_cast<double>(done) / static_cast<double>(p.entries_total),
+        static_cast<unsigned long long>(p.files_hashed),
+        HumanBytes(static_cast<double>(p.bytes_hashed)).c_str(), HumanBytes(rate).c_str(), eta);
+  } else {
+    std::snprintf(
+        line, sizeof line, "scanning: %llu entries, %llu files hashed (%s, %s/s)",
+        static_cast<unsigned long long>(p.entries), static_cast<unsigned long long>(p.files_hashed),
+        HumanBytes(static_cast<double>(p.bytes_hashed)).c_str(), HumanBytes(rate).c_str());
+  }
+  if (!terminal) {
+    MC_LOG(info) << line;
+    return;
+  }
+  std::string bar;
+  if (p.entries_total > 0) {
+    const size_t filled =
+        static_cast<size_t>(20.0 * static_cast<double>(std::min(p.entries, p.entries_total)) /
+                            static_cast<double>(p.entries_total));
+    bar = "[" + std::string(filled, '#') + std::string(20 - filled, ' ') + "] ";
+  }
+  std::fprintf(stderr, "\r%s%-110s%s", bar.c_str(), line, p.finished ? "\n" : "");
+  std::fflush(stderr);
+}
+
 // The changes since `previous` (its chunks in `chunks`): a stat-only walk of
 // the whole tree merged with the previous manifest and the hash cache, or a
 // rescan of just the listed paths. Neither holds a whole manifest.
@@ -392,6 +440,25 @@ Result<ScanResult> ScanForChanges(const PublisherOptions& options, const Manifes
   TreeDiffOptions diff;
   diff.scan = options.scan;
   diff.hash_threads = options.hash_threads;
+  diff.clock = options.clock;
+  if (!paths) {
+    // A long scan reports its progress; a first publish counts its entries
+    // first (directory listings only) so that the progress has a total.
+    diff.entries_total = previous.entries();
+    if (diff.entries_total == 0) {
+      const auto counting = options.clock->Steady();
+      Result<uint64_t> counted = CountTreeEntries(options.tree, options.scan);
+      if (counted.ok()) {
+        diff.entries_total = *counted;
+        MC_LOG(info) << "first publish of repo=" << options.repo << ": " << *counted
+                     << " entries to scan (counted in "
+                     << std::chrono::duration<double>(options.clock->Steady() - counting).count()
+                     << " s)";
+      }
+    }
+    const bool terminal = ::isatty(STDERR_FILENO) == 1;
+    diff.progress = [terminal](const ScanProgress& p) { ReportScanProgress(p, terminal); };
+  }
   auto collect = [&](v1::Change c) {
     ++result.changes;
     return take(std::move(c));

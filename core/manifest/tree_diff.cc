@@ -107,6 +107,15 @@ class ChangeQueue {
     return Drain(false);
   }
 
+  // Files and bytes hashed so far (for progress reports).
+  ScanStats HashedSoFar() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ScanStats s = hashed_;
+    s.files_hashed += stats_->files_hashed;
+    s.bytes_hashed += stats_->bytes_hashed;
+    return s;
+  }
+
   // Waits for every hash and hands every change on.
   Status Flush() {
     MC_RETURN_IF_ERROR(Drain(true));
@@ -734,6 +743,92 @@ Status ForEachEntryInRange(const ManifestIndex& index, ChunkSource& chunks, std:
   return Status::Ok();
 }
 
+// Calls TreeDiffOptions::progress when it is due.
+class ScanReporter {
+ public:
+  explicit ScanReporter(const TreeDiffOptions& options)
+      : options_(options),
+        clock_(options.clock != nullptr ? *options.clock : Clock::Real()),
+        started_(clock_.Steady()),
+        next_(started_ + options.progress_interval) {}
+
+  void Maybe(uint64_t entries, ChangeQueue& queue) {
+    if (!options_.progress || clock_.Steady() < next_) return;
+    Report(entries, queue.HashedSoFar(), false);
+    next_ = clock_.Steady() + options_.progress_interval;
+  }
+  void Finish(const ScanStats& stats) {
+    if (reported_) Report(stats.entries, stats, true);
+  }
+
+ private:
+  void Report(uint64_t entries, const ScanStats& hashed, bool finished) {
+    ScanProgress p;
+    p.entries = entries;
+    p.entries_total = options_.entries_total;
+    p.files_hashed = hashed.files_hashed;
+    p.bytes_hashed = hashed.bytes_hashed;
+    p.seconds = std::chrono::duration<double>(clock_.Steady() - started_).count();
+    p.finished = finished;
+    reported_ = true;
+    options_.progress(p);
+  }
+
+  const TreeDiffOptions& options_;
+  const Clock& clock_;
+  std::chrono::steady_clock::time_point started_;
+  std::chrono::steady_clock::time_point next_;
+  bool reported_ = false;
+};
+
+namespace {
+
+// Counts the entries below the open directory `dir` (depth first: one
+// descriptor per level, the subdirectories' names listed before descending).
+Status CountBelow(int dir, bool top, const ScanOptions& options, std::vector<char>& buffer,
+                  int depth, uint64_t* count) {
+  if (depth > static_cast<int>(kMaxPathBytes / 2)) return Status::Rejected("tree nested too deep");
+  std::vector<std::string> subdirs;
+  for (;;) {
+    const ssize_t n = ::getdents64(dir, buffer.data(), buffer.size());
+    if (n < 0) return Status::FromErrno("list a directory", errno);
+    if (n == 0) break;
+    for (ssize_t at = 0; at < n;) {
+      const auto* de = reinterpret_cast<const struct dirent64*>(buffer.data() + at);
+      at += de->d_reclen;
+      const std::string_view name(de->d_name);
+      if (name == "." || name == "..") continue;
+      if (top && IsExcludedPath(options, name)) continue;
+      ++*count;
+      unsigned char type = de->d_type;
+      if (type == DT_UNKNOWN) {
+        struct stat st {};
+        if (::fstatat(dir, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+        type = S_ISDIR(st.st_mode) ? DT_DIR : DT_REG;
+      }
+      if (type == DT_DIR) subdirs.emplace_back(name);
+    }
+  }
+  for (const std::string& name : subdirs) {
+    UniqueFd child(::openat(dir, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!child.valid()) continue;  // gone meanwhile, or unreadable: the scan will say so
+    MC_RETURN_IF_ERROR(CountBelow(child.get(), false, options, buffer, depth + 1, count));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<uint64_t> CountTreeEntries(const fs::path& root, const ScanOptions& options) {
+  UniqueFd root_fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!root_fd.valid()) return Status::FromErrno("open tree root " + root.string(), errno);
+  uint64_t count = 0;
+  std::vector<char> buffer(1 << 16);
+  MC_RETURN_IF_ERROR(CountBelow(root_fd.get(), true, options, buffer, 0, &count)
+                         .WithContext("counting entries of " + root.string()));
+  return count;
+}
+
 Status DiffTree(const fs::path& root, const ManifestIndex& previous, ChunkSource& chunks,
                 HashCache* cache, ScanStats* stats, const TreeDiffOptions& options,
                 const ChangeSink& sink) {
@@ -758,17 +853,21 @@ Status DiffTree(const fs::path& root, const ManifestIndex& previous, ChunkSource
   Merger merger(CacheLookup{reader.get(), nullptr}, stats, queue, &old);
   // The walk (system calls) on a thread of its own, the merge with the old
   // manifest and the hash cache (decoding, lookups) on this one.
+  ScanReporter reporter(options);
   BatchPipe pipe(4);
   WalkThread walk(root, root_fd.get(), options.scan, pipe);
   while (std::unique_ptr<WalkBatch> walked = pipe.Pop()) {
     MC_RETURN_IF_ERROR(merger.Take(*walked));
     pipe.Recycle(std::move(walked));
+    reporter.Maybe(stats->entries, queue);
   }
   uint64_t skipped = 0;
   MC_RETURN_IF_ERROR(walk.Join(&skipped));
   stats->skipped += skipped;
   MC_RETURN_IF_ERROR(merger.DeleteRest());
-  return queue.Flush();
+  MC_RETURN_IF_ERROR(queue.Flush());
+  reporter.Finish(*stats);
+  return Status::Ok();
 }
 
 Status DiffPaths(const fs::path& root, const std::vector<std::string>& paths,

@@ -28,10 +28,13 @@
 // before it returns. `sink` is called on the calling thread only.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
+#include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/manifest/chunks.h"
 #include "core/manifest/hash_cache.h"
@@ -39,13 +42,37 @@
 
 namespace mirrorcast {
 
+// What a scan has done so far (TreeDiffOptions::progress).
+struct ScanProgress {
+  uint64_t entries = 0;        // walked and merged so far
+  uint64_t entries_total = 0;  // TreeDiffOptions::entries_total (0: unknown)
+  uint64_t files_hashed = 0;
+  uint64_t bytes_hashed = 0;
+  double seconds = 0;
+  bool finished = false;
+};
+
 struct TreeDiffOptions {
   ScanOptions scan;
   int hash_threads = 2;
   // Files waiting for their hash at most; then the merge waits for the
   // oldest (bounds memory on a first publish).
   size_t hash_batch_files = 4096;
+  // DiffTree calls `progress` on the calling thread about every
+  // `progress_interval` of a long scan, and once more with `finished` at
+  // the end if it was called before. `entries_total` is what the scan is
+  // expected to visit (the previous manifest's count, or CountTreeEntries).
+  std::function<void(const ScanProgress&)> progress;
+  std::chrono::milliseconds progress_interval{5000};
+  uint64_t entries_total = 0;
+  const Clock* clock = nullptr;  // for the interval; nullptr: the real clock
 };
+
+// How many entries a full scan of `root` will visit (excluded top-level
+// names left out), from the directory listings alone: getdents64 with the
+// entry type, no stat per name, so it costs a fraction of the scan. A total
+// for a first publish's progress.
+Result<uint64_t> CountTreeEntries(const std::filesystem::path& root, const ScanOptions& options);
 
 // `cache` may be null (every file is hashed). `stats->entries` is the number
 // of entries of the scanned tree.

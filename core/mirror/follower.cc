@@ -9,6 +9,7 @@
 #include <map>
 #include <system_error>
 
+#include "core/base/format.h"
 #include "core/base/log.h"
 #include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
@@ -520,22 +521,6 @@ void Follower::WriteTrace(const std::string& upstream, uint64_t serial, int64_t 
   trace_failed_ = !s.ok();
 }
 
-namespace {
-
-std::string Bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  char out[32];
-  std::snprintf(out, sizeof out, u == 0 ? "%.0f %s" : "%.1f %s", b, units[u]);
-  return out;
-}
-
-}  // namespace
-
 void Follower::ReportProgress(const FetchProgress& p) {
   const double rate = p.seconds > 0 ? static_cast<double>(p.bytes_done) / p.seconds : 0;
   const double files_rate = p.seconds > 0 ? static_cast<double>(p.files_done) / p.seconds : 0;
@@ -556,8 +541,9 @@ void Follower::ReportProgress(const FetchProgress& p) {
       p.finished ? "fetched for" : "fetching for",
       static_cast<unsigned long long>(applying_serial_),
       static_cast<unsigned long long>(p.files_done), static_cast<unsigned long long>(p.files_total),
-      Bytes(static_cast<double>(p.bytes_done)).c_str(),
-      Bytes(static_cast<double>(p.bytes_total)).c_str(), pct, Bytes(rate).c_str(), files_rate,
+      HumanBytes(static_cast<double>(p.bytes_done)).c_str(),
+      HumanBytes(static_cast<double>(p.bytes_total)).c_str(), pct, HumanBytes(rate).c_str(),
+      files_rate,
       p.finished ? "" : (", ETA " + std::to_string(static_cast<long long>(eta)) + " s").c_str());
   MC_LOG(info) << line;
   if (p.finished) return;

@@ -217,6 +217,35 @@ TEST_F(TreeDiffTest, AWalkOfManyBatchesGivesTheChangesAndStatsOfAFullScan) {
   EXPECT_EQ(stats.skipped, full_stats.skipped);
   EXPECT_EQ(stats.files_hashed, full_stats.files_hashed);
   EXPECT_EQ(stats.skipped, 5u);
+
+  // The quick count a first publish's progress takes as its total: every
+  // name the walk visits, the skipped ones too, but not the excluded staging
+  // directory (which `skipped` counts: 4 unsafe or special names + it).
+  auto counted = CountTreeEntries(tree_.path(), ScanOptions{});
+  ASSERT_TRUE(counted.ok()) << counted.status().ToString();
+  EXPECT_EQ(*counted, stats.entries + stats.skipped - 1);
+
+  // Progress reports, the last one finished and complete.
+  std::vector<ScanProgress> reports;
+  TreeDiffOptions with_progress;
+  with_progress.progress_interval = std::chrono::milliseconds(0);
+  with_progress.entries_total = *counted;
+  with_progress.progress = [&](const ScanProgress& p) { reports.push_back(p); };
+  ScanStats again;
+  ASSERT_TRUE(
+      DiffTree(tree_.path(), *empty, chunks, nullptr, &again, with_progress, [&](v1::Change) {
+        return Status::Ok();
+      }).ok());
+  ASSERT_GE(reports.size(), 2u);
+  for (size_t i = 1; i < reports.size(); ++i) {
+    EXPECT_GE(reports[i].entries, reports[i - 1].entries);
+    EXPECT_EQ(reports[i].entries_total, *counted);
+  }
+  EXPECT_FALSE(reports.front().finished);
+  EXPECT_TRUE(reports.back().finished);
+  EXPECT_EQ(reports.back().entries, again.entries);
+  EXPECT_EQ(reports.back().files_hashed, again.files_hashed);
+  EXPECT_EQ(reports.back().bytes_hashed, again.bytes_hashed);
 }
 
 // A sink that fails ends the scan with its error while the walk and the
