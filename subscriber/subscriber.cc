@@ -67,6 +67,7 @@ class Subscriber::Session : public BrokerLink {
     }
   }
   bool ShouldStop() const { return stop_.load(); }
+  bool broker_lost_ = false;  // the last poll of the head failed (and was logged)
   const Clock& clock() const { return options_.clock ? *options_.clock : Clock::Real(); }
 
   const SubscriberOptions& options_;
@@ -129,6 +130,7 @@ Status Subscriber::Session::Init(bool once) {
 Status Subscriber::Session::Connect(bool once) {
   control_ = std::make_unique<ControlClient>(context_, options_.broker);
   auto backoff = Millis(200);
+  bool warned = false;
   const auto give_up = clock().Steady() + options_.once_connect_timeout;
   for (;;) {
     auto hello = control_->Hello("subscriber " + options_.id, kControlTimeout);
@@ -142,8 +144,14 @@ Status Subscriber::Session::Connect(bool once) {
     if (once && clock().Steady() >= give_up) {
       return hello.status();
     }
-    MC_LOG(warning) << "broker " << options_.broker.ToString()
-                    << " not answering: " << hello.status().ToString() << "; retrying";
+    // Logged once; the retries go on quietly until it answers ("connected").
+    if (!warned) {
+      MC_LOG(warning) << "broker " << options_.broker.ToString()
+                      << " not answering: " << hello.status().ToString() << "; retrying";
+      warned = true;
+    } else {
+      MC_LOG(debug) << "broker still not answering: " << hello.status().ToString();
+    }
     const auto until = clock().Steady() + backoff;
     while (clock().Steady() < until) {
       if (ShouldStop()) return Status::Unavailable("stopped before the broker answered");
@@ -303,6 +311,11 @@ void Subscriber::Session::Serve() {
       Status s = CatchUp();
       if (s.ok()) {
         need_sync = false;
+        if (!last_failure_.empty()) {
+          // One line when it works again, after the one when it stopped.
+          MC_LOG(info) << "catch-up works again: broker " << options_.broker.ToString()
+                       << " answers and the mirror is at serial " << follower_->serial();
+        }
         last_failure_.clear();
         backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
       } else if (!ShouldStop()) {
@@ -350,6 +363,17 @@ void Subscriber::Session::Serve() {
                                                                  std::chrono::seconds(5))
                                 : options_.poll_interval);
       auto head = Head();
+      // One line when the broker stops answering, one when it is back.
+      if (!head.ok() && !broker_lost_) {
+        MC_LOG(warning) << "lost the broker " << options_.broker.ToString() << ": "
+                        << head.status().ToString() << " (the tree stays at serial "
+                        << follower_->serial() << "; still polling)";
+        broker_lost_ = true;
+      } else if (head.ok() && broker_lost_) {
+        MC_LOG(info) << "broker " << options_.broker.ToString() << " answers again (head serial "
+                     << *head << ", this mirror " << follower_->serial() << ")";
+        broker_lost_ = false;
+      }
       if (head.ok() && *head > follower_->serial()) need_sync = true;
       if (head.ok() && *head < follower_->serial()) {
         follower_->Reject(

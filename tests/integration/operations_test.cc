@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <thread>
 
 #include "tests/integration/cluster.h"
 #include "tests/support/process.h"
@@ -131,6 +132,34 @@ TEST(Defaults, DeletedFilesStayForTheGracePeriod) {
       mirrorcast::testing::Run({BinPath("mirrorcast-subscriber").string(), "--help"}, 30s);
   EXPECT_NE(help.out.find("--delete-delay arg (=172800)"), std::string::npos) << help.out;
   EXPECT_NE(help.out.find("metadata_expire"), std::string::npos) << help.out;
+}
+
+size_t Count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// Losing the broker is one warning, however long it is gone, and getting
+// it back is one line.
+TEST(Logs, LosingAndRegainingTheBrokerIsOneLineEach) {
+  Cluster c;
+  std::ofstream(c.origin_tree() / "a.rpm") << "a";
+  c.StartBroker();
+  c.PublishOk();
+  c.StartSubscriber("m");  // polls every 2 s
+  c.WaitForSerial({"m"}, 1);
+  c.KillBroker();
+  // Longer than a poll's 5 s answer timeout, so polls fail meanwhile.
+  std::this_thread::sleep_for(12s);
+  c.StartBroker();
+  std::ofstream(c.origin_tree() / "b.rpm") << "b";
+  c.PublishOk();
+  c.WaitForSerial({"m"}, 2);
+  std::ifstream in(c.root() / "logs" / "m.log");
+  const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(Count(log, "warning mirrorcast-subscriber: lost the broker"), 1u) << log;
+  EXPECT_EQ(Count(log, "answers again"), 1u) << log;
 }
 
 }  // namespace
