@@ -47,6 +47,7 @@
 #include "core/mirror/follower.h"
 #include "core/mirror/mirror_state.h"
 #include "core/mirror/trace_files.h"
+#include "core/mirror/tree_binding.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
 #include "core/net/endpoint.h"
@@ -634,6 +635,12 @@ int VerifyMain(int argc, char** argv) {
   }
   if (!fs::exists(state / "subscriber.db", ec)) {
     throw std::runtime_error("--state " + state.string() + " holds no subscriber.db");
+  }
+
+  // A state describes one tree: checking (or repairing) another against it
+  // would turn that tree into this state's repo.
+  if (Status bound = CheckStateTree(state, tree); !bound.ok()) {
+    throw std::runtime_error(bound.message());
   }
 
   Result<std::vector<std::string>> repos = MirrorState::RecordedRepos(state);

@@ -16,6 +16,7 @@
 #include "core/manifest/hash_cache.h"
 #include "core/manifest/scanner.h"
 #include "core/mirror/trace_files.h"
+#include "core/mirror/tree_binding.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
 
@@ -103,6 +104,7 @@ Status Follower::Init() {
   fs::create_directories(options_.tree, ec);
   if (ec) return Status::IoError("create tree " + options_.tree.string() + ": " + ec.message());
   MC_ASSIGN_OR_RETURN(state_, MirrorState::Open(options_.state, options_.repo));
+  MC_RETURN_IF_ERROR(BindStateToTree(options_.state, options_.tree));
 
   ApplierOptions apply;
   apply.tree = options_.tree;

@@ -215,5 +215,32 @@ TEST(TraceFiles, FollowEveryAppliedSerialAndVerifyLeavesThemAlone) {
   EXPECT_TRUE(Contains(v2.out, "project/stray")) << v2.out;
 }
 
+// verify with a state made for another tree refuses before it reads or
+// changes anything: a repair with --delete-extra would turn that tree into
+// the state's repo.
+TEST(Verify, RefusesAStateRecordedForAnotherTree) {
+  Cluster c;
+  MakeSampleRepo(c.origin_tree(), 5, 4096);
+  c.StartBroker();
+  c.StartSubscriber("m1");
+  c.PublishOk();
+  c.WaitForSerial({"m1"}, 1);
+  ASSERT_EQ(c.StopSubscriber("m1"), 0);
+  const fs::path other = c.root() / "another-repo";
+  fs::create_directories(other / "pool");
+  std::ofstream(other / "pool" / "theirs.deb") << "not in this state's manifest";
+  const TreeSnapshot before = SnapshotTree(other);
+
+  const RunResult r = mirrorcast::testing::Run(
+      {BinPath("mirrorcast").string(), "verify", "--tree", other.string(), "--state",
+       c.mirror_state("m1").string(), "--repair", "--delete-extra", "--broker", c.broker_address()},
+      60s);
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_TRUE(Contains(r.err, "belongs to the tree")) << r.err;
+  EXPECT_EQ(SnapshotTree(other), before);
+  // Its own tree still verifies.
+  EXPECT_EQ(Verify(c, "m1", {}).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace mirrorcast::testing
