@@ -16,6 +16,7 @@
 
 #include "core/base/clock.h"
 #include "core/cli/options.h"
+#include "core/cli/transport.h"
 #include "core/crypto/sha256.h"
 #include "core/net/control_client.h"
 #include "core/net/endpoint.h"
@@ -144,7 +145,12 @@ std::vector<v1::RepoSerial> SortedRepos(const v1::StatusReply& status) {
 
 std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
   std::ostringstream out;
-  out << "broker " << OneLine(status.broker_id()) << " at " << IsoTime(now_unix) << "\n\n";
+  out << "broker " << OneLine(status.broker_id()) << " at " << IsoTime(now_unix) << "\n";
+  if (status.insecure_plaintext()) {
+    out << "WARNING: INSECURE: this broker runs with --insecure-plaintext: no CURVE, no "
+           "allow-list; anyone who reaches its ports can subscribe, fetch and ACK as any mirror\n";
+  }
+  out << "\n";
 
   const std::vector<v1::RepoSerial> repos = SortedRepos(status);
   if (repos.empty()) {
@@ -257,6 +263,7 @@ std::string FormatStatusJson(const v1::StatusReply& status) {
   }
   nlohmann::json doc = {{"broker_id", status.broker_id()},
                         {"now_unix", status.now_unix()},
+                        {"insecure_plaintext", status.insecure_plaintext()},
                         {"repos", std::move(repos)},
                         {"recalls", std::move(recalls)},
                         {"mirrors", std::move(mirrors)}};
@@ -270,7 +277,8 @@ int StatusMain(int argc, char** argv) {
       "Asks a broker for the latest serial of every repo it serves (with the serials a "
       "'mirrorcast recall' can still go back to, and the recalls made, with their reasons) and "
       "for the last report of every mirror (from their ACKs), and prints them as a table, or "
-      "as one JSON object with --json. Exit codes: 0 printed; 1 the broker refused; 2 usage error; "
+      "as one JSON object with --json. Its CURVE key (--curve-key) must be on the broker's "
+      "allow-list as 'admin NAME'. Exit codes: 0 printed; 1 the broker refused; 2 usage error; "
       "3 broker "
       "unreachable or timed out."};
   po::options_description options("Status options");
@@ -278,8 +286,10 @@ int StatusMain(int argc, char** argv) {
                         "broker control endpoint, HOST:PORT or [V6]:PORT")(
       "json", po::bool_switch(), "print one JSON object instead of a table")(
       "timeout", po::value<double>()->default_value(10), "seconds to wait for the broker");
+  options.add(ClientTransportOptions());
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
+  const ClientTransport transport = ClientTransportFromOptions(*vm, info.name);
 
   Result<HostPort> broker = ParseHostPort((*vm)["broker"].as<std::string>());
   if (!broker.ok()) throw std::runtime_error("bad --broker: " + broker.status().message());
@@ -292,7 +302,7 @@ int StatusMain(int argc, char** argv) {
   zmq::context_t context;
   Result<v1::StatusReply> status = Status::Internal("not asked");
   {
-    ControlClient control(context, *broker);
+    ControlClient control(context, *broker, transport);
     status = control.GetStatus(
         std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000))));
   }

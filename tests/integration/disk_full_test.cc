@@ -99,11 +99,28 @@ TEST(DiskFull, ApplyFailsCleanlyAndSucceedsOnItsOwnOnceSpaceIsBack) {
   c.StartBroker();
   // Declared after the mount: stopped before it is unmounted.
   ChildProcess subscriber;
-  subscriber.Start(
-      {BinPath("mirrorcast-subscriber").string(), "--broker", c.broker_address(), "--trust",
-       c.origin_pub().string(), "--repo", c.repo(), "--tree", tree.string(), "--state",
-       state.string(), "--id", "m1", "--poll-interval", "2", "--log-level", "debug"},
-      c.root() / "logs" / "m1.log");
+  subscriber.Start({BinPath("mirrorcast-subscriber").string(),
+                    "--broker",
+                    c.broker_address(),
+                    "--trust",
+                    c.origin_pub().string(),
+                    "--repo",
+                    c.repo(),
+                    "--tree",
+                    tree.string(),
+                    "--state",
+                    state.string(),
+                    "--id",
+                    "m1",
+                    "--poll-interval",
+                    "2",
+                    "--log-level",
+                    "debug",
+                    "--curve-key",
+                    c.MirrorTransport("m1")[1],
+                    "--broker-key",
+                    c.broker_curve_pub().string()},
+                   c.root() / "logs" / "m1.log");
   c.PublishOk();
   c.WaitForSerial({"m1"}, 1);
   const TreeSnapshot serial1 = SnapshotTree(tree);

@@ -230,7 +230,8 @@ TEST(Push, ContentAnInterruptedApplyFetchedIsReusedOrResumed) {
   RunResult r = mirrorcast::testing::Run(
       {BinPath("mirrorcast-subscriber").string(), "--broker", c.broker_address(), "--trust",
        c.origin_pub().string(), "--repo", c.repo(), "--tree", c.mirror_tree("r").string(),
-       "--state", c.mirror_state("r").string(), "--id", "r", "--once"},
+       "--state", c.mirror_state("r").string(), "--id", "r", "--once", "--curve-key",
+       c.MirrorTransport("r")[1], "--broker-key", c.broker_curve_pub().string()},
       std::chrono::seconds(60));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(SnapshotTree(c.mirror_tree("r")), SnapshotTree(c.origin_tree()));
@@ -256,7 +257,8 @@ TEST(Push, OnceGivesUpWhenTheBrokerNeverAnswers) {
   RunResult r = mirrorcast::testing::Run(
       {BinPath("mirrorcast-subscriber").string(), "--broker", "127.0.0.1:1", "--trust",
        c.origin_pub().string(), "--repo", c.repo(), "--tree", c.mirror_tree("x").string(),
-       "--state", c.mirror_state("x").string(), "--id", "x", "--once", "--connect-timeout", "1"},
+       "--state", c.mirror_state("x").string(), "--id", "x", "--once", "--connect-timeout", "1",
+       "--insecure-plaintext"},
       std::chrono::seconds(60));
   EXPECT_FALSE(r.timed_out);
   EXPECT_EQ(r.exit_code, 1) << r.err;

@@ -25,6 +25,9 @@ RunResult Verify(Cluster& c, const std::string& id, const std::vector<std::strin
       BinPath("mirrorcast").string(), "verify",  "--tree",
       c.mirror_tree(id).string(),     "--state", c.mirror_state(id).string()};
   argv.insert(argv.end(), extra.begin(), extra.end());
+  if (std::find(extra.begin(), extra.end(), "--repair") != extra.end()) {
+    for (const std::string& a : c.MirrorTransport(id)) argv.push_back(a);
+  }
   return mirrorcast::testing::Run(argv, 120s);
 }
 
