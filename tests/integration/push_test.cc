@@ -131,6 +131,7 @@ TEST(Push, DeltaThatYieldsTheWrongHashFallsBackToAWholeFileFetch) {
 
   SubscriberOptions opts;
   opts.broker = HostPort{"127.0.0.1", c.broker_port()};
+  opts.transport = LoadClientTransport(c.MirrorTransport("inproc"));
   opts.trust = {c.origin_pub()};
   opts.repo = c.repo();
   opts.tree = c.mirror_tree("inproc");
