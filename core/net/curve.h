@@ -67,10 +67,11 @@ inline constexpr std::string_view kZapDomainContent = "mirrorcast-content";
 void SecureClientSocket(zmq::socket_t& socket, const ClientTransport& transport);
 
 // Makes `socket` a CURVE server with `zap_domain` (before bind), and sets
-// ZMQ_ZAP_ENFORCE_DOMAIN where this libzmq accepts it (a build without the
-// draft API refuses the option; then the broker keeps its ZAP handler bound
-// for as long as any server socket is, which is what the option guards
-// against). Returns whether the option was set. No-op (false) for nullopt.
+// ZMQ_ZAP_ENFORCE_DOMAIN (by number: zmq.h declares it for draft builds
+// only; Debian 12's libzmq 4.3.4 accepts it). Returns whether the option
+// was set; if not, the broker keeps its ZAP handler bound for as long as any
+// server socket is, which is what the option guards against. No-op (false)
+// for nullopt.
 bool SecureServerSocket(zmq::socket_t& socket, const std::optional<CurveKeyPair>& server,
                         std::string_view zap_domain);
 
