@@ -84,6 +84,10 @@ for prog in mirrorcast mirrorcast-broker mirrorcast-publish mirrorcast-subscribe
   [[ -x $BIN/$prog ]] || die "$BIN/$prog is missing: build first (make build)"
 done
 GEN=$BIN/mirrorcast-bench-gen
+# The benchmarks measure the protocol and the apply path on loopback, as the
+# figures in docs/benchmarks.md always did: without CURVE (a lab setting; the
+# demo and the integration tests run over CURVE).
+TRANSPORT=--insecure-plaintext
 RSYNC=$(command -v rsync) || die "rsync is not installed (apt-get install rsync)"
 command -v ss >/dev/null || die "ss is not installed (apt-get install iproute2)"
 RESULTS_FILE=$(cd "$BUILD_DIR" && pwd)/bench-results.txt
@@ -230,7 +234,7 @@ start_broker() { # NAME TREE_ROOT -> BROKER (host:port), BROKER_PID, BROKER_LOG
   local name=$1 root=$2 deadline
   rm -f "$D/$name.port"
   start_named_daemon "$name" "$BIN/mirrorcast-broker" --listen 127.0.0.1:0 --port-file "$D/$name.port" \
-    --state "$D/$name-state" --tree-root "$root" --trust "$D/origin.pub"
+    --state "$D/$name-state" --tree-root "$root" --trust "$D/origin.pub" $TRANSPORT
   BROKER_PID=$LAST_PID
   BROKER_LOG=$LOGS/$name.log
   deadline=$((SECONDS + 20))
@@ -251,7 +255,8 @@ publish() { # REPO TREE STATE_DIR
   PUBLISH_IO=$D/publish.io
   t0=$(now)
   if ! io_run "$PUBLISH_IO" timeout 600 "$BIN/mirrorcast-publish" --broker "$BROKER" \
-    --key "$D/origin.key" --repo "$1" --tree "$2" --state "$3" >"$out" 2>>"$LOGS/publish.log"; then
+    --key "$D/origin.key" --repo "$1" --tree "$2" --state "$3" $TRANSPORT >"$out" \
+    2>>"$LOGS/publish.log"; then
     die "mirrorcast-publish failed (log: $LOGS/publish.log)"
   fi
   t1=$(now)
@@ -268,7 +273,7 @@ scan_field() { sed -n -E "s/.*$1=([0-9]+).*/\\1/p" <<<"$PUBLISH_OUT" | head -n 1
 # `mirrorcast status --json` as one object per line (nlohmann's compact dump
 # has no nested objects inside a mirror entry).
 status_objects() {
-  timeout 20 "$BIN/mirrorcast" status --broker "$BROKER" --json 2>>"$LOGS/status.log" |
+  timeout 20 "$BIN/mirrorcast" status --broker "$BROKER" --json $TRANSPORT 2>>"$LOGS/status.log" |
     tr -d '\n' | grep -o '{[^{}]*}' || true
 }
 json_num() { sed -n -E 's/.*[{,]"'"$2"'":([0-9.eE+-]+)[,}].*/\1/p' <<<"$1"; } # OBJECT KEY
@@ -307,7 +312,7 @@ ack_times() { # SERIAL
 
 start_subscriber() { # NAME REPO TREE
   start_named_daemon "$1" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
-    --repo "$2" --tree "$3" --state "$D/$1-state" --id "$1" --no-trace-files --delete-delay 0
+    --repo "$2" --tree "$3" --state "$D/$1-state" --id "$1" --no-trace-files --delete-delay 0 $TRANSPORT
   SUB_PID=$LAST_PID
 }
 

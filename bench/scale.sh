@@ -74,6 +74,9 @@ for prog in mirrorcast mirrorcast-broker mirrorcast-publish mirrorcast-subscribe
   [[ -x $BIN/$prog ]] || die "$BIN/$prog is missing: build first (make build)"
 done
 GEN=$BIN/mirrorcast-bench-gen
+# Measured without CURVE, like every figure in docs/benchmarks.md (a lab
+# setting on loopback; the demo and the integration tests run over CURVE).
+TRANSPORT=--insecure-plaintext
 RSYNC=$(command -v rsync) || die "rsync is not installed (apt-get install rsync)"
 command -v ss >/dev/null || die "ss is not installed (apt-get install iproute2)"
 RESULTS_FILE=$(cd "$BUILD_DIR" && pwd)/bench-scale-results.txt
@@ -219,7 +222,7 @@ first_error() { # ERR_FILE: the first line that names an error, else the last li
 start_broker() { # NAME TREE_ROOT -> BROKER, BROKER_PID, BROKER_LOG
   local name=$1 root=$2 deadline
   start_daemon "$name" "$BIN/mirrorcast-broker" --listen 127.0.0.1:0 --port-file "$D/$name.port" \
-    --state "$D/$name-state" --tree-root "$root" --trust "$D/origin.pub"
+    --state "$D/$name-state" --tree-root "$root" --trust "$D/origin.pub" $TRANSPORT
   BROKER_PID=$LAST_PID
   BROKER_LOG=$LOGS/$name.log
   deadline=$((SECONDS + 30))
@@ -311,7 +314,8 @@ publish() { # N EXPECT_SERIAL [--paths-from FILE]
   shift 2
   t0=$(now)
   measured "$BOUND_LONG" "$meas" "$out" "$err" "$BIN/mirrorcast-publish" --broker "$BROKER" \
-    --key "$D/origin.key" --repo "$REPO" --tree "$ORIGIN" --state "$PUB_STATE" "$@" || rc=$?
+    --key "$D/origin.key" --repo "$REPO" --tree "$ORIGIN" --state "$PUB_STATE" $TRANSPORT "$@" ||
+    rc=$?
   t1=$(now)
   PUB_ENDED=$t1
   { cat "$err" "$out"; } >>"$LOGS/publish-$n.log"
@@ -477,7 +481,7 @@ run_size() { # N
     rc=0
     measured "$BOUND_LONG" "$meas" "$D/boot.out" "$D/boot.err" "$BIN/mirrorcast-subscriber" \
       --broker "$BROKER" --trust "$D/origin.pub" --repo "$REPO" --tree "$w/mc-mirror" \
-      --state "$w/sub-state" --id "$SUB_ID" --no-trace-files --delete-delay 0 --once || rc=$?
+      --state "$w/sub-state" --id "$SUB_ID" --no-trace-files --delete-delay 0 --once $TRANSPORT || rc=$?
     cat "$D/boot.err" "$D/boot.out" >>"$LOGS/bootstrap-$n.log"
     boot_rss_kb=$(mfield "$meas" maxrss_kb)
     if ((rc == 0)) && grep -q "repo at serial 1 " "$D/boot.out"; then
@@ -487,7 +491,7 @@ run_size() { # N
       V[$n.g_cpu_us]=$(calc "$boot_cpu * 1000000 / $n")
       info "bootstrap (--once): ${V[$n.g_boot]} s, CPU $boot_cpu s, peak RSS $((boot_rss_kb >> 10)) MiB"
       start_daemon "$SUB_ID" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
-        --repo "$REPO" --tree "$w/mc-mirror" --state "$w/sub-state" --id "$SUB_ID" --no-trace-files --delete-delay 0
+        --repo "$REPO" --tree "$w/mc-mirror" --state "$w/sub-state" --id "$SUB_ID" --no-trace-files --delete-delay 0 $TRANSPORT
       SUB_PID=$LAST_PID
       local deadline=$((SECONDS + 60))
       while ! grep -q "connected to broker" "$SUB_LOG" 2>/dev/null && kill -0 "$SUB_PID" 2>/dev/null &&

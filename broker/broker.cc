@@ -89,6 +89,23 @@ Broker::Broker(BrokerOptions options)
 Broker::~Broker() { Stop(); }
 
 Status Broker::Start() {
+  if (options_.curve_key.has_value() != options_.allow_file.has_value()) {
+    return Status::InvalidArgument(
+        "CURVE needs both the broker's secret key (--curve-key) and the allow-list (--allow)");
+  }
+  if (options_.curve_key) {
+    auto keys = LoadCurveSecretFile(*options_.curve_key);
+    if (!keys.ok()) return keys.status().WithContext("--curve-key");
+    curve_ = std::move(*keys);
+    auto list = AllowList::LoadFile(*options_.allow_file);
+    if (!list.ok()) return list.status().WithContext("--allow");
+    allow_ = std::make_unique<CurrentAllowList>(std::make_shared<const AllowList>(std::move(*list)),
+                                                *options_.allow_file);
+  } else if (!options_.insecure_plaintext) {
+    return Status::InvalidArgument(
+        "no transport security: pass --curve-key FILE and --allow FILE (make keys with "
+        "'mirrorcast keygen --curve'), or --insecure-plaintext for a lab");
+  }
   for (const auto& file : options_.trust) {
     MC_RETURN_IF_ERROR(trust_.AddFile(file).WithContext("trust key " + file.string()));
   }
@@ -115,7 +132,14 @@ Status Broker::Start() {
   MC_RETURN_IF_ERROR(state_->ClearPendingObjects(""));
   MC_RETURN_IF_ERROR(state_->ClearStagedVersions(""));
 
+  if (curve_) {
+    // Before any server socket binds: no handshake ever finds no handler.
+    zap_ = std::make_unique<ZapHandler>(context_, *allow_);
+    MC_RETURN_IF_ERROR(zap_->Start());
+  }
   ConfigureSocket(control_, options_.listen, static_cast<int64_t>(kMaxControlMessageBytes));
+  const bool enforced = SecureServerSocket(control_, curve_, kZapDomainControl);
+  SecureServerSocket(events_, curve_, kZapDomainEvents);
   control_.set(zmq::sockopt::router_mandatory, 0);  // replies to vanished peers are dropped
   // Per peer: what ZeroMQ holds of one peer while this thread is busy (a
   // publish). Clients send one request at a time.
@@ -154,6 +178,8 @@ Status Broker::Start() {
   content.workers = options_.content_workers;
   content.limits = options_.content_limits;
   content.before_job = options_.content_before_job;
+  content.curve = curve_;
+  content.allow = allow_.get();
   content_ = std::make_unique<ContentServer>(context_, content);
   MC_RETURN_IF_ERROR(content_->Start());
   content_port_ = content_->port();
@@ -166,6 +192,23 @@ Status Broker::Start() {
                << " events=" << events_port_ << " content=" << content_port_
                << " tree_root=" << options_.tree_root.string()
                << " repos=" << state_->repos().size() << " trusted_keys=" << trust_.size();
+  if (curve_) {
+    const auto list = allow_->Get();
+    MC_LOG(info) << "transport CURVE, broker key " << curve_->public_z85 << ", allow-list "
+                 << options_.allow_file->string() << ": " << list->size() << " keys (publish "
+                 << list->CountRole(PeerRole::kPublish) << ", mirror "
+                 << list->CountRole(PeerRole::kMirror) << ", relay "
+                 << list->CountRole(PeerRole::kRelay) << ", admin "
+                 << list->CountRole(PeerRole::kAdmin) << ")"
+                 << (enforced ? ", ZAP domain enforced"
+                              : "; this libzmq has no ZMQ_ZAP_ENFORCE_DOMAIN (draft API): the "
+                                "ZAP handler stays bound while any socket is");
+  } else {
+    MC_LOG(warning) << "INSECURE: --insecure-plaintext: every socket is plain TCP without "
+                       "authentication; anyone who reaches these ports can subscribe, fetch, "
+                       "ACK as any mirror and read the status. For a lab only; use "
+                       "--curve-key and --allow";
+  }
   if (options_.port_file) {
     MC_RETURN_IF_ERROR(WriteFileAtomic(*options_.port_file,
                                        options_.listen.WithPort(control_port_).ToString() + "\n")
@@ -182,6 +225,23 @@ void Broker::Stop() {
   if (content_) content_->Stop();
   control_.close();
   events_.close();
+  // Last: the server sockets that asked it are closed.
+  if (zap_) zap_->Stop();
+}
+
+Status Broker::ReloadAllowList() {
+  if (!allow_) return Status::FailedPrecondition("no allow-list: the broker runs without CURVE");
+  auto list = AllowList::LoadFile(*options_.allow_file);
+  if (!list.ok()) {
+    MC_LOG(error) << "allow-list reload failed, keeping the previous list: "
+                  << EscapeForLog(list.status().ToString(), 1024);
+    return list.status();
+  }
+  const size_t keys = list->size();
+  allow_->Replace(std::make_shared<const AllowList>(std::move(*list)));
+  MC_LOG(info) << "allow-list reloaded from " << options_.allow_file->string() << ": " << keys
+               << " keys; removed keys are refused from their next handshake or request";
+  return Status::Ok();
 }
 
 int Broker::Run() {
@@ -191,14 +251,19 @@ int Broker::Run() {
     Stop();
     return 1;
   }
-  while (!StopRequested() && !failed()) std::this_thread::sleep_for(Millis(100));
+  while (!StopRequested() && !failed()) {
+    if (ReloadRequested() && allow_) (void)ReloadAllowList();  // logged either way
+    std::this_thread::sleep_for(Millis(100));
+  }
   const bool failed_now = failed();
   MC_LOG(info) << (failed_now ? "stopping after a failure" : "stopping");
   Stop();
   return failed_now ? 1 : 0;
 }
 
-bool Broker::failed() const { return control_failed_ || (content_ && content_->failed()); }
+bool Broker::failed() const {
+  return control_failed_ || (content_ && content_->failed()) || (zap_ && zap_->failed());
+}
 
 void Broker::ControlThread() {
   Status s = RunGuarded("control", [this] { return ControlLoop(); });
@@ -273,25 +338,34 @@ Status Broker::ControlLoop() {
 
 namespace {
 
-const char* ControlRequestName(uint32_t field) {
-  switch (field) {
-    case v1::ControlRequest::kHello:
-      return "Hello";
-    case v1::ControlRequest::kPublish:
-      return "Publish";
-    case v1::ControlRequest::kEvents:
-      return "Events";
-    case v1::ControlRequest::kAck:
-      return "Ack";
-    case v1::ControlRequest::kStatus:
-      return "Status";
-    case v1::ControlRequest::kPutObjects:
-      return "PutObjects";
-    case v1::ControlRequest::kLinked:
-      return "Linked";
-    default:
-      return "unknown";
+// Each request type of ControlRequest's body: its name for refusals and
+// logs, and what it is to the role checks.
+struct ControlKind {
+  uint32_t field;
+  const char* name;
+  ControlAction action;
+};
+constexpr ControlKind kControlKinds[] = {
+    {v1::ControlRequest::kHello, "Hello", ControlAction::kHello},
+    {v1::ControlRequest::kPublish, "Publish", ControlAction::kPublish},
+    {v1::ControlRequest::kEvents, "Events", ControlAction::kEvents},
+    {v1::ControlRequest::kAck, "Ack", ControlAction::kAck},
+    {v1::ControlRequest::kStatus, "Status", ControlAction::kStatus},
+    {v1::ControlRequest::kPutObjects, "PutObjects", ControlAction::kPutObjects},
+    {v1::ControlRequest::kLinked, "Linked", ControlAction::kLinked},
+};
+
+// nullptr for a field that is no request type (a peer's choice).
+const ControlKind* ControlKindOf(uint32_t field) {
+  for (const ControlKind& kind : kControlKinds) {
+    if (kind.field == field) return &kind;
   }
+  return nullptr;
+}
+
+const char* ControlRequestName(uint32_t field) {
+  const ControlKind* kind = ControlKindOf(field);
+  return kind ? kind->name : "unknown";
 }
 
 }  // namespace
@@ -304,7 +378,7 @@ void Broker::SendControlRefusal(zmq::message_t& identity, uint64_t request_id,
   auto [it, fresh] = control_limits_logged_.emplace(peer + '\0' + limit, now);
   if (fresh || now - it->second >= std::chrono::minutes(1)) {
     it->second = now;
-    MC_LOG(warning) << "control peer " << ToHex(peer).substr(0, 64) << " refused: " << limit
+    MC_LOG(warning) << "control peer " << PeerForLog(peer) << " refused: " << limit
                     << " (logged once a minute)";
   }
   v1::ControlReply reply = Fail(message);
@@ -314,6 +388,47 @@ void Broker::SendControlRefusal(zmq::message_t& identity, uint64_t request_id,
   out.push_back(std::move(identity));
   out.push_back(ToFrame(reply));
   SendMultipartNoWait(control_, out);
+}
+
+void Broker::LogOnce(const std::string& key, const std::string& line) {
+  if (logged_once_.count(key) != 0) return;
+  if (logged_once_.size() >= 4096) return;  // bounded; the first 4096 are in the log
+  logged_once_.insert(key);
+  MC_LOG(warning) << line;
+}
+
+bool Broker::AdmitRole(std::vector<zmq::message_t>& frames, const std::string& peer,
+                       uint32_t body_field, uint64_t request_id) {
+  auto send_refusal = [&](const std::string& message) {
+    v1::ControlReply reply = Fail(message);
+    reply.set_protocol_version(kProtocolVersion);
+    reply.set_request_id(request_id);
+    std::vector<zmq::message_t> out;
+    out.push_back(std::move(frames[0]));
+    out.push_back(ToFrame(reply));
+    SendMultipartNoWait(control_, out);
+  };
+  const auto user_id = UserIdOf(frames.back());
+  const auto caller = user_id ? allow_->Check(*user_id) : std::nullopt;
+  if (!caller) {
+    // Passed ZAP at its handshake, removed from the list since (SIGHUP).
+    LogOnce("gone\n" + peer, "refused control requests of " + PeerForLog(peer) +
+                                 ": its key is no longer on the allow-list (logged once per key)");
+    send_refusal("refused: this client's key is not on the broker's allow-list");
+    return false;
+  }
+  const ControlKind* kind = ControlKindOf(body_field);
+  if (kind == nullptr || !RoleMayControl(caller->role, kind->action)) {
+    const std::string what = ControlRequestName(body_field);
+    LogOnce("role\n" + peer + "\n" + what,
+            "refused a " + what + " request of " + std::string(RoleName(caller->role)) + " key " +
+                caller->name + " (" + caller->public_z85 + "): its role may not send it (logged " +
+                "once per key and request type)");
+    send_refusal("refused: the " + std::string(RoleName(caller->role)) + " key " + caller->name +
+                 " may not send " + what + " requests");
+    return false;
+  }
+  return true;
 }
 
 void Broker::AdmitControl(std::vector<zmq::message_t>& frames) {
@@ -364,6 +479,10 @@ void Broker::AdmitControl(std::vector<zmq::message_t>& frames) {
                            " control requests at once or " +
                            std::to_string(static_cast<int>(limits.requests_per_second)) +
                            " a second from this peer; retry later");
+    return;
+  }
+  if (curve_ && !AdmitRole(frames, peer, peek->body_field, peek->request_id)) {
+    p.tokens -= 1;  // refused requests spend the budget too: no flood of them
     return;
   }
   if (p.pending.size() >= limits.pending_per_peer || control_pending_ >= limits.pending ||
@@ -424,7 +543,14 @@ void Broker::HandleControl(std::vector<zmq::message_t>& frames) {
   } else if (request.protocol_version() != kProtocolVersion) {
     reply = Fail("unsupported protocol version " + std::to_string(request.protocol_version()));
   } else {
-    reply = Dispatch(request);
+    std::optional<PeerIdentity> caller;
+    if (curve_) {
+      // AdmitRole checked it a moment ago; read again, not trusted across.
+      const auto user_id = UserIdOf(frames.back());
+      caller = user_id ? allow_->Check(*user_id) : std::nullopt;
+    }
+    reply = curve_ && !caller ? Fail("refused: this client's key is not on the broker's allow-list")
+                              : Dispatch(request, caller);
   }
   reply.set_protocol_version(kProtocolVersion);
   reply.set_request_id(request.request_id());
@@ -434,7 +560,8 @@ void Broker::HandleControl(std::vector<zmq::message_t>& frames) {
   SendMultipartNoWait(control_, out);
 }
 
-v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request) {
+v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request,
+                                  const std::optional<PeerIdentity>& caller) {
   switch (request.body_case()) {
     case v1::ControlRequest::kHello:
       return HandleHello(request.hello());
@@ -443,7 +570,7 @@ v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request) {
     case v1::ControlRequest::kEvents:
       return HandleEvents(request.events());
     case v1::ControlRequest::kAck:
-      return HandleAck(request.ack());
+      return HandleAck(request.ack(), caller);
     case v1::ControlRequest::kStatus:
       return HandleStatus();
     case v1::ControlRequest::kLinked:
@@ -984,9 +1111,20 @@ v1::ControlReply Broker::HandleEvents(const v1::EventsRequest& request) {
   return reply;
 }
 
-v1::ControlReply Broker::HandleAck(const v1::AckRequest& request) {
+v1::ControlReply Broker::HandleAck(const v1::AckRequest& request,
+                                   const std::optional<PeerIdentity>& caller) {
   const v1::Ack& ack = request.ack();
   if (!PrintableId(ack.mirror_id())) return Fail("bad mirror id");
+  // A mirror reports, and shows in the status, only as the name its key is
+  // listed under.
+  if (caller && ack.mirror_id() != caller->name) {
+    LogOnce("ack\n" + caller->public_z85 + "\n" + ack.mirror_id(),
+            "refused ACK as mirror " + EscapeForLog(ack.mirror_id(), kMaxMirrorIdBytes) + " from " +
+                std::string(RoleName(caller->role)) + " key " + caller->name + " (" +
+                caller->public_z85 + "): that key is listed as " + caller->name +
+                " (logged once per key and id)");
+    return Fail("refused: this key may ACK only as mirror " + caller->name);
+  }
   if (Status s = ValidateRepoName(ack.repo()); !s.ok()) return Fail(s.message());
   if (ack.error().size() > 4096) return Fail("error text too long");
   // A mirror can only hold what was published.
@@ -1018,6 +1156,7 @@ v1::ControlReply Broker::HandleStatus() {
   auto* status = reply.mutable_status();
   status->set_broker_id(options_.broker_id);
   status->set_now_unix(BrokerClock(options_).NowUnix());
+  status->set_insecure_plaintext(!curve_);
   for (const auto& [repo, head] : state_->repos()) {
     auto* r = status->add_repos();
     r->set_repo(repo);

@@ -7,6 +7,11 @@
 //     owns the SQLite state. Every send on it is non-blocking, so a slow or
 //     dead peer never stalls it.
 //   content ROUTER: ContentServer's own threads (see content_server.h).
+//   ZAP REP (inproc, CURVE only): ZapHandler's thread, which decides every
+//     handshake against the allow-list (core/net/zap_handler.h).
+// With CURVE every request on the control socket is checked against the
+// sender's role (RoleMayControl) and its key's place on the allow-list in
+// force; a mirror may ACK only as the name its key is listed under.
 //
 // Command protocol: Start() binds everything and returns once serving (or an
 // error); Stop() is synchronous and idempotent; Run() is Start + wait for
@@ -22,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,7 +39,10 @@
 #include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/crypto/keys.h"
+#include "core/net/allow_list.h"
+#include "core/net/curve.h"
 #include "core/net/endpoint.h"
+#include "core/net/zap_handler.h"
 
 namespace mirrorcast {
 
@@ -56,6 +65,13 @@ struct ControlLimits {
 
 struct BrokerOptions {
   HostPort listen;  // control socket; port 0 = any free port
+  // Transport security (docs/protocol.md, "Transport security"). CURVE on
+  // every socket: the broker's secret key file (mirrorcast keygen --curve)
+  // and the allow-list of client keys with their roles; both or neither.
+  // Neither is plain TCP, which Start() refuses unless insecure_plaintext.
+  std::optional<std::filesystem::path> curve_key;
+  std::optional<std::filesystem::path> allow_file;
+  bool insecure_plaintext = false;
   std::filesystem::path state_dir;
   std::filesystem::path tree_root;                 // repo R is served from tree_root/R
   std::vector<std::filesystem::path> trust;        // publisher public keys
@@ -108,6 +124,11 @@ class Broker {
   uint16_t content_port() const { return content_port_; }
   // True once a thread of the broker has ended on an error (logged).
   bool failed() const;
+  // Reads the allow-list file again and puts it in force for every later
+  // handshake and request (connections stay up; a key removed is refused
+  // from its next request on). A file with an error changes nothing (the
+  // error is logged and returned). Run() calls it on SIGHUP. Any thread.
+  Status ReloadAllowList();
 
  private:
   // The control thread: ControlLoop() through RunGuarded; a failure stops
@@ -122,7 +143,16 @@ class Broker {
   void HandleControl(std::vector<zmq::message_t>& frames);
   void SendControlRefusal(zmq::message_t& identity, uint64_t request_id, const std::string& peer,
                           const std::string& limit, const std::string& message);
-  v1::ControlReply Dispatch(const v1::ControlRequest& request);
+  // Refuses (and logs) a request the peer's role may not make, or from a
+  // key no longer on the allow-list; true when it may go on. CURVE only.
+  bool AdmitRole(std::vector<zmq::message_t>& frames, const std::string& peer, uint32_t body_field,
+                 uint64_t request_id);
+  // Logs `line` once per `key` (bounded), for refusals a peer can repeat.
+  void LogOnce(const std::string& key, const std::string& line);
+  // `caller`: the allow-listed identity of the sender (CURVE), nullopt on
+  // plain TCP.
+  v1::ControlReply Dispatch(const v1::ControlRequest& request,
+                            const std::optional<PeerIdentity>& caller);
   v1::ControlReply HandlePublish(const v1::PublishRequest& request);
   // Checks that every file version the publish names anew is in the tree
   // with its signed size and mtime, records its identity and retains it
@@ -150,7 +180,8 @@ class Broker {
   v1::RecallWindow RecallWindowOf(const std::string& repo, const RepoHead& head);
   void PruneVersions(const std::string& repo);
   v1::ControlReply HandleEvents(const v1::EventsRequest& request);
-  v1::ControlReply HandleAck(const v1::AckRequest& request);
+  v1::ControlReply HandleAck(const v1::AckRequest& request,
+                             const std::optional<PeerIdentity>& caller);
   v1::ControlReply HandleStatus();
   v1::ControlReply HandlePutObjects(const v1::PutObjectsRequest& request);
   v1::ControlReply HandleHello(const v1::HelloRequest& request);
@@ -159,6 +190,11 @@ class Broker {
 
   BrokerOptions options_;
   zmq::context_t context_;
+  // CURVE: the broker's keys, the allow-list in force and the ZAP handler
+  // (started before any server socket binds, stopped after they close).
+  std::optional<CurveKeyPair> curve_;
+  std::unique_ptr<CurrentAllowList> allow_;
+  std::unique_ptr<ZapHandler> zap_;
   zmq::socket_t control_;
   zmq::socket_t events_;
   // Declared before content_, whose workers use it (PathOf); Retain and
@@ -190,6 +226,7 @@ class Broker {
   size_t control_pending_ = 0;
   size_t control_pending_bytes_ = 0;
   std::map<std::string, std::chrono::steady_clock::time_point> control_limits_logged_;
+  std::set<std::string> logged_once_;  // LogOnce; the control thread only
 };
 
 }  // namespace mirrorcast

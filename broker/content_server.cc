@@ -114,6 +114,7 @@ Status ContentServer::Start() {
     fs::remove(entry.path(), rm);
   }
   ConfigureSocket(router_, options_.bind, static_cast<int64_t>(kMaxContentRequestBytes));
+  SecureServerSocket(router_, options_.curve, kZapDomainContent);
   // The send high-water mark is per peer: it bounds the replies queued for
   // one peer that does not read them. Mandatory routing makes a full queue
   // an error we see (and log) instead of a silent drop.
@@ -276,6 +277,16 @@ void ContentServer::Admit(std::vector<zmq::message_t>& frames) {
   // The cheap checks first, before the frame costs a parse.
   auto peek = PeekRequest(frames[1]);
   const uint64_t request_id = peek.ok() ? peek->request_id : 0;
+  if (options_.curve) {
+    // The handshake passed ZAP; the key may have been removed since (SIGHUP).
+    auto user_id = UserIdOf(frames.back());
+    if (!user_id || options_.allow == nullptr || !options_.allow->Check(*user_id)) {
+      limit = "key no longer on the allow-list";
+      refusal = "refused: this client's key is not on the broker's allow-list";
+      refuse(request_id);
+      return;
+    }
+  }
   {
     std::lock_guard lock(mu_);
     auto c = congested_.find(peer);
@@ -493,7 +504,7 @@ void ContentServer::LogLimit(const std::string& peer, const std::string& limit,
     if (!fresh && now - it->second < kLogWindow) return;
     it->second = now;
   }
-  MC_LOG(warning) << "content peer " << ToHex(peer).substr(0, 64) << " refused: " << limit
+  MC_LOG(warning) << "content peer " << PeerForLog(peer) << " refused: " << limit
                   << (detail.empty() ? "" : " (first: " + detail.substr(0, 512) + ")")
                   << " (logged once a minute)";
 }

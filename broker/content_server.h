@@ -15,7 +15,11 @@
 // PUSH/PULL pair. None of this touches the control thread, so bulk transfers
 // never delay fan-out or ACKs.
 //
-// Limits (ContentLimits; a "peer" is PeerOf(), core/net/messages.h). Each
+// Security: CURVE with the ZAP domain kZapDomainContent (publish, mirror
+// and relay keys; core/net/curve.h), or plain TCP.
+//
+// Limits (ContentLimits; a "peer" is PeerOf(), core/net/messages.h: the
+// client's CURVE key, so a reconnect gains no fresh budget). Each
 // peer has its own queue and workers serve the peers round-robin, so a peer
 // with a thousand requests waiting delays one with a single request by at
 // most one request per other peer. Checked on the I/O thread before a
@@ -51,6 +55,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -61,6 +66,8 @@
 #include "broker/object_store.h"
 #include "broker/served_file.h"
 #include "core/base/status.h"
+#include "core/net/allow_list.h"
+#include "core/net/curve.h"
 #include "core/net/endpoint.h"
 #include "proto/mirrorcast.pb.h"
 
@@ -91,6 +98,11 @@ struct ContentServerOptions {
   uint64_t keep_versions = 4;            // as BrokerOptions::keep_versions
   int workers = 4;
   ContentLimits limits;
+  // CURVE (the broker's key pair) and the allow-list in force; nullopt and
+  // nullptr: plain TCP (--insecure-plaintext). With CURVE, a request whose
+  // key was removed from the allow-list since its handshake is refused.
+  std::optional<CurveKeyPair> curve;
+  const CurrentAllowList* allow = nullptr;  // not owned; outlives the server
   // Tests only: runs on a worker before each job it takes (peer, request).
   std::function<void(const std::string&, const v1::ContentRequest&)> before_job;
 };

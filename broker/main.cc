@@ -4,6 +4,7 @@
 #include "broker/broker.h"
 #include "core/cli/options.h"
 #include "core/cli/signals.h"
+#include "core/cli/transport.h"
 #include "core/fs/lock.h"
 
 namespace po = boost::program_options;
@@ -46,7 +47,7 @@ int BrokerMain(int argc, char** argv) {
        "of every repo, so mirrors notice missed events and can prove they are fresh")
       ("heartbeat-interval", po::value<int>()->default_value(10), "seconds between heartbeats");
   // clang-format on
-  // What one peer (one connection; its CURVE key once keys are required) and
+  // What one peer (its CURVE key; one connection with --insecure-plaintext) and
   // all peers together may hold of the broker. Defaults: BrokerOptions'.
   const ContentLimits content_defaults;
   const ControlLimits control_defaults;
@@ -89,14 +90,18 @@ int BrokerMain(int argc, char** argv) {
        "largest Hello, Events, Ack, Status or Linked request (Publish and PutObjects: 40 MiB)");
   // clang-format on
   options.add(limits);
+  options.add(BrokerTransportOptions());
   ProgramInfo info{
       "mirrorcast-broker",
       "mirrorcast-broker --listen HOST:PORT --state DIR --tree-root DIR --trust PUBFILE "
-      "[options]",
+      "--curve-key KEYFILE --allow FILE [options]",
       "Accepts signed repository events from mirrorcast-publish, stores them durably, "
       "fans them out to mirrorcast-subscriber daemons, serves the changed content "
       "(whole files and librsync deltas) and records which mirror holds which serial. "
-      "Stops cleanly on SIGTERM."};
+      "Every socket uses CURVE: only keys on the --allow list connect, each in its role "
+      "(publish, mirror, relay, admin); SIGHUP reloads the list without dropping connections. "
+      "Stops cleanly on SIGTERM. Exit codes: 0 stopped; 1 failed while running or could not "
+      "start; 2 usage or configuration error."};
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
   auto listen = ParseHostPort((*vm)["listen"].as<std::string>());
@@ -104,6 +109,19 @@ int BrokerMain(int argc, char** argv) {
 
   BrokerOptions opts;
   opts.listen = *listen;
+  if (BrokerUsesCurve(*vm)) {
+    opts.curve_key = (*vm)["curve-key"].as<std::string>();
+    opts.allow_file = (*vm)["allow"].as<std::string>();
+    // Checked here too, so a bad key or list is a configuration error (2).
+    if (auto key = LoadCurveSecretFile(*opts.curve_key); !key.ok()) {
+      throw std::runtime_error("--curve-key: " + key.status().message());
+    }
+    if (auto list = AllowList::LoadFile(*opts.allow_file); !list.ok()) {
+      throw std::runtime_error("--allow: " + list.status().message());
+    }
+  } else {
+    opts.insecure_plaintext = true;
+  }
   opts.state_dir = (*vm)["state"].as<std::string>();
   opts.tree_root = (*vm)["tree-root"].as<std::string>();
   for (const auto& t : (*vm)["trust"].as<std::vector<std::string>>()) opts.trust.emplace_back(t);
@@ -140,6 +158,7 @@ int BrokerMain(int argc, char** argv) {
   if (!state_lock.ok()) throw std::runtime_error(state_lock.status().message());
 
   InstallStopSignals();
+  InstallReloadSignal();
   Broker broker(std::move(opts));
   return broker.Run();
 }

@@ -2,8 +2,11 @@
 # mirrorcast end-to-end demo, run by `make demo` as: bash deploy/demo.sh BUILD_DIR
 #
 # On loopback only (127.0.0.1), in a temporary directory removed on exit:
-#   1. an origin key, a sample yum-style repo (300 small packages, repodata/,
+#   1. an origin signing key, CURVE transport keys for the broker, the
+#      publisher, the admin tool and each mirror, an allow-list naming them in
+#      their roles, a sample yum-style repo (300 small packages, repodata/,
 #      one 50 MiB image), a broker and three mirrors (subscriber daemons);
+#      every socket uses CURVE and a key not on the list is refused;
 #   2. publish serial 1 and wait until every mirror has applied it;
 #   3. a second change: ~20 new files, a few KiB changed inside the big image,
 #      one delete, one rename, regenerated repodata; publish, wait again;
@@ -133,7 +136,8 @@ json_field() { # OBJECT KEY
 
 status_lines() {
   local json
-  json=$(timeout 10 "$BIN/mirrorcast" status --broker "$BROKER" --json 2>>"$LOGS/status.log") ||
+  json=$(timeout 10 "$BIN/mirrorcast" status --broker "$BROKER" --json $(curve_flags admin) \
+    2>>"$LOGS/status.log") ||
     return 1
   flatten_status <<<"$json"
 }
@@ -181,11 +185,17 @@ wait_for_serial() {
 publish() {
   local out
   if ! out=$(timeout 120 "$BIN/mirrorcast-publish" --broker "$BROKER" --key "$D/origin.key" \
-    --repo "$REPO" --tree "$D/origin-root/$REPO" --state "$D/pub-state" 2>>"$LOGS/publish.log"); then
+    --repo "$REPO" --tree "$D/origin-root/$REPO" --state "$D/pub-state" \
+    $(curve_flags publisher) 2>>"$LOGS/publish.log"); then
     die "mirrorcast-publish failed (log: $LOGS/publish.log)"
   fi
   printf '%s\n' "$out" >>"$LOGS/publish.log"
   printf '%s\n' "$out" | sed 's/^/    /'
+}
+
+# The transport flags of a client holding keys/NAME.curve.key.
+curve_flags() { # NAME
+  printf -- '--curve-key %s --broker-key %s' "$D/keys/$1.curve.key" "$D/keys/broker.curve.pub"
 }
 
 # ---------------------------------------------------------------------------
@@ -308,13 +318,29 @@ say "generating the origin signing key"
   die "mirrorcast keygen failed (log: $LOGS/keygen.log)"
 sed 's/^[[:space:]]*/    /' "$LOGS/keygen.log"
 
+say "generating CURVE transport keys and the broker's allow-list"
+mkdir -p "$D/keys"
+chmod 700 "$D/keys"
+for name in broker publisher admin "${MIRRORS[@]}" intruder; do
+  "$BIN/mirrorcast" keygen --curve --out "$D/keys/$name" >>"$LOGS/keygen.log" 2>&1 ||
+    die "mirrorcast keygen --curve failed (log: $LOGS/keygen.log)"
+done
+{
+  echo "# ROLE NAME PUBLIC-KEY-FILE-OR-Z85 (roles: publish, mirror, relay, admin)"
+  echo "publish release-host publisher.curve.pub"
+  echo "admin ops admin.curve.pub"
+  for id in "${MIRRORS[@]}"; do echo "mirror $id $id.curve.pub"; done
+} >"$D/keys/allow.list"
+sed 's/^/    /' "$D/keys/allow.list"
+
 say "creating the sample repository (300 packages, repodata/, a 50 MiB image)"
 make_sample_repo "$D/origin-root/$REPO"
 info "$(find "$D/origin-root/$REPO" -type f | wc -l) files, $(du -sh "$D/origin-root/$REPO" | cut -f1)"
 
 say "starting broker on 127.0.0.1"
 start_daemon broker "$BIN/mirrorcast-broker" --listen 127.0.0.1:0 --port-file "$D/broker.port" \
-  --state "$D/broker-state" --tree-root "$D/origin-root" --trust "$D/origin.pub"
+  --state "$D/broker-state" --tree-root "$D/origin-root" --trust "$D/origin.pub" \
+  --curve-key "$D/keys/broker.curve.key" --allow "$D/keys/allow.list"
 deadline=$((SECONDS + 20))
 while [[ ! -s $D/broker.port ]]; do
   check_alive
@@ -331,6 +357,7 @@ for id in "${MIRRORS[@]}"; do
   mkdir -p "$D/$id"
   start_daemon "$id" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
     --repo "$REPO" --tree "$D/$id" --state "$D/$id-state" --id "$id" --trace-name "$id" \
+    $(curve_flags "$id") \
     --delete-delay 0 # the demo compares trees at once; the default keeps deleted files 48 h
 done
 sleep 0.5
@@ -367,8 +394,18 @@ say "waiting for the mirrors to apply serial $serial2"
 wait_for_serial "$serial2" "$t0"
 
 say "mirror table (mirrorcast status --broker $BROKER)"
-timeout 10 "$BIN/mirrorcast" status --broker "$BROKER" 2>>"$LOGS/status.log" | sed 's/^/    /' ||
-  check_fail "mirrorcast status (table) failed"
+timeout 10 "$BIN/mirrorcast" status --broker "$BROKER" $(curve_flags admin) \
+  2>>"$LOGS/status.log" | sed 's/^/    /' || check_fail "mirrorcast status (table) failed"
+
+say "a key not on the allow-list is refused (mirrorcast status with the intruder's key)"
+if intruder=$(timeout 20 "$BIN/mirrorcast" status --broker "$BROKER" --timeout 2 \
+  $(curve_flags intruder) 2>&1); then
+  check_fail "the broker answered a key that is not on its allow-list: $intruder"
+elif [[ $intruder != *"refused this client's key"* ]]; then
+  check_fail "the intruder was not told its key was refused: $intruder"
+else
+  info "refused: ${intruder:0:110}..."
+fi
 
 say "checking every mirror tree is identical to the origin"
 verify_trees

@@ -7,6 +7,7 @@
 #include <zmq.hpp>
 
 #include "core/cli/options.h"
+#include "core/cli/transport.h"
 #include "core/net/endpoint.h"
 #include "core/net/publish_client.h"
 #include "publisher/publisher.h"
@@ -19,7 +20,9 @@ namespace {
 constexpr const char* kProgram = "mirrorcast-publish";
 
 const ProgramInfo kInfo{
-    kProgram, "mirrorcast-publish --broker HOST:PORT --key KEYFILE --repo R --tree DIR [options]",
+    kProgram,
+    "mirrorcast-publish --broker HOST:PORT --key KEYFILE --repo R --tree DIR --curve-key "
+    "KEYFILE --broker-key PUBFILE [options]",
     "Finds what changed in the repository tree DIR since the last serial the broker holds, "
     "signs a RepoChanged event for it and hands it to the origin broker. Exits 0 only once the "
     "broker has durably accepted the event; when nothing changed it publishes nothing and "
@@ -27,6 +30,8 @@ const ProgramInfo kInfo{
     "Prints 'scan: entries=N hashed_files=H hashed_bytes=B cache_hits=C', then "
     "'published repo=R serial=N changes=K (...)' or 'nothing changed: repo=R stays at serial "
     "N'.\n"
+    "The connection uses CURVE (--curve-key, listed as 'publish NAME' in the broker's "
+    "allow-list, and --broker-key); --key is the separate Ed25519 key that signs the event.\n"
     "A publish that would delete more than --max-delete-percent of the repo's entries, or "
     "leave it empty, is refused unless --force: a wrong --tree or an unmounted volume would "
     "otherwise empty every mirror within seconds.\n"
@@ -68,10 +73,12 @@ int PublishMain(int argc, char** argv) {
       "publish even when the deletion checks above refuse (a repo that really is being "
       "emptied or rebuilt)");
 
+  options.add(ClientTransportOptions());
   auto vm = ParseCommandLine(argc, argv, kInfo, options);
   if (!vm) return 0;
 
   PublisherOptions publish;
+  publish.transport = ClientTransportFromOptions(*vm, kProgram);
   Result<HostPort> broker = ParseHostPort((*vm)["broker"].as<std::string>());
   if (!broker.ok()) throw std::runtime_error("bad --broker: " + broker.status().message());
   publish.broker = *broker;

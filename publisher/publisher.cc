@@ -189,6 +189,7 @@ Status FetchBrokerManifest(const PublisherOptions& options, zmq::context_t& cont
   }
   ContentClientOptions content_options;
   content_options.stall_timeout = options.timeout;
+  content_options.transport = options.transport;
   ContentClient content(context, options.broker.WithPort(static_cast<uint16_t>(content_port)),
                         options.repo, content_options);
   Result<ManifestIndex> index = FetchManifestIndex(content, latest.root);
@@ -499,7 +500,7 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
     MC_ASSIGN_OR_RETURN(paths, ReadPathsFile(*options.paths_from));
   }
 
-  ControlClient control(context, options.broker);
+  ControlClient control(context, options.broker, options.transport);
   Result<v1::HelloReply> hello = control.Hello(options.client_name, options.timeout);
   if (!hello.ok()) return BrokerFailure(hello.status(), options, "hello");
   MC_ASSIGN_OR_RETURN(const BrokerRepoHead latest, FindRepoHead(*hello, options.repo));

@@ -38,6 +38,7 @@
 #include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/manifest/scanner.h"
+#include "core/net/curve.h"
 #include "core/net/endpoint.h"
 #include "core/wire/envelope.h"
 
@@ -47,6 +48,7 @@ inline constexpr const char* kDefaultPublishStateDir = "/var/lib/mirrorcast/publ
 
 struct PublisherOptions {
   HostPort broker;                 // control endpoint of the origin broker
+  ClientTransport transport;       // CURVE keys; nullopt: plain TCP (--insecure-plaintext)
   std::filesystem::path key_file;  // Ed25519 secret key (PREFIX.key, mode 0600)
   std::string repo;                // repository name (ValidateRepoName)
   std::filesystem::path tree;      // root of the repository tree

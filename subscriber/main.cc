@@ -6,6 +6,7 @@
 #include "core/base/log.h"
 #include "core/cli/options.h"
 #include "core/cli/signals.h"
+#include "core/cli/transport.h"
 #include "core/fs/lock.h"
 #include "core/mirror/trace_files.h"
 #include "core/net/endpoint.h"
@@ -72,14 +73,17 @@ int SubscriberMain(int argc, char** argv) {
       ("connect-timeout", po::value<int>()->default_value(60),
        "with --once: give up (exit 1) when the broker has not answered for this many seconds");
   // clang-format on
+  options.add(ClientTransportOptions());
   ProgramInfo info{
       "mirrorcast-subscriber",
       "mirrorcast-subscriber --broker HOST:PORT --trust PUBFILE --repo R --tree DIR --state DIR "
-      "--id NAME [options]",
+      "--id NAME --curve-key KEYFILE --broker-key PUBFILE [options]",
       "Keeps one mirror tree at the broker's latest serial: verifies each signed event, fetches "
       "only what changed (local reuse, librsync deltas, or whole files), checks every SHA-256 "
       "against the signed manifest, applies content before metadata and deletions last, records "
-      "the serial durably and acknowledges it to the broker. Stops cleanly on SIGTERM."};
+      "the serial durably and acknowledges it to the broker. Every socket to the broker uses "
+      "CURVE; the broker's allow-list must list this key as 'mirror NAME' with NAME = --id "
+      "(the only id it may ACK as). Stops cleanly on SIGTERM."};
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
   auto broker = ParseHostPort((*vm)["broker"].as<std::string>());
@@ -87,6 +91,7 @@ int SubscriberMain(int argc, char** argv) {
 
   SubscriberOptions opts;
   opts.broker = *broker;
+  opts.transport = ClientTransportFromOptions(*vm, "mirrorcast-subscriber");
   for (const auto& t : (*vm)["trust"].as<std::vector<std::string>>()) opts.trust.emplace_back(t);
   if (vm->count("heartbeat-trust")) {
     for (const auto& t : (*vm)["heartbeat-trust"].as<std::vector<std::string>>()) {

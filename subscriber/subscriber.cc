@@ -128,7 +128,7 @@ Status Subscriber::Session::Init(bool once) {
 }
 
 Status Subscriber::Session::Connect(bool once) {
-  control_ = std::make_unique<ControlClient>(context_, options_.broker);
+  control_ = std::make_unique<ControlClient>(context_, options_.broker, options_.transport);
   auto backoff = Millis(200);
   bool warned = false;
   const auto give_up = clock().Steady() + options_.once_connect_timeout;
@@ -152,6 +152,9 @@ Status Subscriber::Session::Connect(bool once) {
     } else {
       MC_LOG(debug) << "broker still not answering: " << hello.status().ToString();
     }
+    // libzmq gives up a connection whose security handshake failed (a key
+    // not yet on the broker's allow-list): the retry gets a fresh socket.
+    control_ = std::make_unique<ControlClient>(context_, options_.broker, options_.transport);
     const auto until = clock().Steady() + backoff;
     while (clock().Steady() < until) {
       if (ShouldStop()) return Status::Unavailable("stopped before the broker answered");
@@ -169,11 +172,13 @@ void Subscriber::Session::Attach(const v1::HelloReply& hello) {
   content.clock = options_.clock;
   content.credit = options_.fetch_credit;
   content.fsync_each_file = false;  // Applier::Stage syncs the staging filesystem once
+  content.transport = options_.transport;
   content_ = std::make_unique<ContentClient>(
       context_, options_.broker.WithPort(static_cast<uint16_t>(hello.content_port())),
       options_.repo, content);
   events_ = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::sub);
   ConfigureSocket(*events_, options_.broker, static_cast<int64_t>(kMaxEnvelopeBytes) + 1024);
+  SecureClientSocket(*events_, options_.transport);
   events_->set(zmq::sockopt::rcvhwm, 10000);
   std::string topic = options_.repo;
   topic.push_back('\0');

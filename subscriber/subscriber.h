@@ -31,6 +31,7 @@
 #include "core/base/status.h"
 #include "core/crypto/keys.h"
 #include "core/manifest/metadata.h"
+#include "core/net/curve.h"
 #include "core/net/endpoint.h"
 #include "proto/mirrorcast.pb.h"
 
@@ -38,6 +39,9 @@ namespace mirrorcast {
 
 struct SubscriberOptions {
   HostPort broker;
+  // CURVE keys for every socket to the broker; nullopt: plain TCP
+  // (subscriber/main.cc allows that only with --insecure-plaintext).
+  ClientTransport transport;
   std::vector<std::filesystem::path> trust;  // origin public keys
   // Keys trusted to sign heartbeats only (the origin broker's online key).
   std::vector<std::filesystem::path> heartbeat_trust;

@@ -11,9 +11,11 @@
 
 namespace mirrorcast {
 
-// mirrorcast keygen --out PREFIX
+// mirrorcast keygen [--curve] --out PREFIX
 int KeygenMain(int argc, char** argv);
 
+// The commands that talk to a broker also take --curve-key FILE --broker-key
+// FILE, or --insecure-plaintext (core/cli/transport.h).
 // mirrorcast status --broker HOST:PORT [--json] [--timeout S]
 int StatusMain(int argc, char** argv);
 

@@ -19,7 +19,7 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"keygen", "mirrorcast keygen", KeygenMain,
-     "create an Ed25519 signing key pair (PREFIX.key, PREFIX.pub)"},
+     "create an Ed25519 signing key pair, or with --curve a CURVE transport key pair"},
     {"status", "mirrorcast status", StatusMain,
      "show a broker's repos and the state every mirror last reported"},
     {"recall", "mirrorcast recall", RecallMain,

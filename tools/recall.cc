@@ -25,6 +25,7 @@
 #include "core/base/clock.h"
 #include "core/base/log.h"
 #include "core/cli/options.h"
+#include "core/cli/transport.h"
 #include "core/crypto/keys.h"
 #include "core/crypto/sha256.h"
 #include "core/manifest/chunks.h"
@@ -45,6 +46,7 @@ constexpr int64_t kSecondsPerDay = 24 * 60 * 60;
 
 struct RecallOptions {
   HostPort broker;
+  ClientTransport transport;  // CURVE keys (a publish key of the allow-list); nullopt: plain TCP
   std::filesystem::path key_file;
   std::vector<std::filesystem::path> trust;
   std::string repo;
@@ -131,7 +133,7 @@ Result<RecallOutcome> RecallImpl(const RecallOptions& options, zmq::context_t& c
     }
   }
 
-  ControlClient control(context, options.broker);
+  ControlClient control(context, options.broker, options.transport);
   Result<v1::HelloReply> hello =
       control.Hello(std::string(kProgram) + " repo=" + options.repo, options.timeout);
   if (!hello.ok()) {
@@ -165,6 +167,7 @@ Result<RecallOutcome> RecallImpl(const RecallOptions& options, zmq::context_t& c
   }
   ContentClientOptions content_options;
   content_options.stall_timeout = options.timeout;
+  content_options.transport = options.transport;
   ContentClient content(context, options.broker.WithPort(static_cast<uint16_t>(content_port)),
                         options.repo, content_options);
   auto index_of = [&](const std::string& root, uint64_t serial) -> Result<ManifestIndex> {
@@ -248,14 +251,16 @@ int RecallMain(int argc, char** argv) {
   const ProgramInfo info{
       kProgram,
       "mirrorcast recall --broker HOST:PORT --key KEYFILE --repo R --to N --reason TEXT "
-      "[options]",
+      "--curve-key KEYFILE --broker-key PUBFILE [options]",
       "Rolls every mirror of repo R back to the content of serial N after a bad push: "
       "publishes serial N's manifest again as a new serial (the broker's latest + 1, so serials "
       "only grow), signed with a publish key and carrying TEXT as the reason. Mirrors apply it "
       "like any update and fetch only what they do not hold; the files come from the broker's "
       "retained store, so N must be within the broker's recall window (the serials whose "
       "replaced versions it still keeps, --keep-versions); a serial outside it is refused "
-      "before anything is signed. 'mirrorcast status' shows the recall and its reason.\n"
+      "before anything is signed. 'mirrorcast status' shows the recall and its reason. The "
+      "connection's CURVE key (--curve-key) must be on the broker's allow-list as 'publish "
+      "NAME'.\n"
       "The origin tree is not touched: fix it before the next mirrorcast-publish, which builds "
       "on the recalled serial and publishes whatever in the tree still differs from it.\n"
       "Prints 'recalled repo=R serial=S = serial N (...)'. Exit codes: 0 recalled (or the "
@@ -279,10 +284,12 @@ int RecallMain(int argc, char** argv) {
       "expiry-days", po::value<int>()->default_value(30),
       "days after which mirrors refuse the recall event (1-3650)")(
       "timeout", po::value<double>()->default_value(60), "seconds to wait for each broker reply");
+  options.add(ClientTransportOptions());
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
 
   RecallOptions recall;
+  recall.transport = ClientTransportFromOptions(*vm, kProgram);
   Result<HostPort> broker = ParseHostPort((*vm)["broker"].as<std::string>());
   if (!broker.ok()) throw std::runtime_error("bad --broker: " + broker.status().message());
   if (broker->port == 0) throw std::runtime_error("bad --broker: the port must not be 0");

@@ -17,6 +17,7 @@
 
 #include "core/base/clock.h"
 #include "core/cli/options.h"
+#include "core/cli/transport.h"
 #include "core/crypto/sha256.h"
 #include "core/net/control_client.h"
 #include "core/net/endpoint.h"
@@ -161,9 +162,15 @@ std::vector<v1::RepoSerial> SortedRepos(const v1::StatusReply& status) {
 
 }  // namespace
 
+constexpr const char* kInsecureWarning =
+    "WARNING: INSECURE: this broker runs with --insecure-plaintext: no CURVE, no allow-list; "
+    "anyone who reaches its ports can subscribe, fetch and ACK as any mirror";
+
 std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
   std::ostringstream out;
-  out << "broker " << OneLine(status.broker_id()) << " at " << IsoTime(now_unix) << "\n\n";
+  out << "broker " << OneLine(status.broker_id()) << " at " << IsoTime(now_unix) << "\n";
+  if (status.insecure_plaintext()) out << kInsecureWarning << "\n";
+  out << "\n";
 
   const std::vector<v1::RepoSerial> repos = SortedRepos(status);
   if (repos.empty()) {
@@ -262,6 +269,11 @@ std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix,
     if (text.empty()) out += "\n";
   };
   emit("broker " + Cut(status.broker_id(), 40) + " at " + IsoTime(now_unix));
+  if (status.insecure_plaintext()) {
+    emit(
+        "WARNING: INSECURE: this broker runs with --insecure-plaintext (no CURVE, no "
+        "allow-list)");
+  }
   emit("");
   const std::vector<v1::RepoSerial> repos = SortedRepos(status);
   if (repos.empty()) {
@@ -393,6 +405,7 @@ std::string FormatStatusJson(const v1::StatusReply& status) {
   }
   nlohmann::json doc = {{"broker_id", status.broker_id()},
                         {"now_unix", status.now_unix()},
+                        {"insecure_plaintext", status.insecure_plaintext()},
                         {"repos", std::move(repos)},
                         {"recalls", std::move(recalls)},
                         {"mirrors", std::move(mirrors)}};
@@ -413,6 +426,7 @@ int StatusMain(int argc, char** argv) {
       "(WARNING: a mirror stale, or --warn-behind serials behind, or behind and silent for "
       "--warn-silent seconds) or 2 (CRITICAL: a mirror failed or rejected an update, or "
       "--crit-behind serials behind, or behind and silent for --crit-silent seconds). "
+      "Its CURVE key (--curve-key) must be on the broker's allow-list as 'admin NAME'. "
       "Exit codes otherwise: 0 printed; 1 the broker refused; 2 usage error; 3 broker "
       "unreachable or timed out (UNKNOWN for --check)."};
   po::options_description options("Status options");
@@ -430,8 +444,10 @@ int StatusMain(int argc, char** argv) {
       "crit-silent", po::value<int64_t>()->default_value(StatusThresholds{}.crit_silent),
       "--check: seconds without an ACK, while behind, for CRITICAL")(
       "timeout", po::value<double>()->default_value(10), "seconds to wait for the broker");
+  options.add(ClientTransportOptions());
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
+  const ClientTransport transport = ClientTransportFromOptions(*vm, info.name);
 
   Result<HostPort> broker = ParseHostPort((*vm)["broker"].as<std::string>());
   if (!broker.ok()) throw std::runtime_error("bad --broker: " + broker.status().message());
@@ -444,7 +460,7 @@ int StatusMain(int argc, char** argv) {
   zmq::context_t context;
   Result<v1::StatusReply> status = Status::Internal("not asked");
   {
-    ControlClient control(context, *broker);
+    ControlClient control(context, *broker, transport);
     status = control.GetStatus(
         std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000))));
   }

@@ -38,6 +38,7 @@
 #include <zmq.hpp>
 
 #include "core/cli/options.h"
+#include "core/cli/transport.h"
 #include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
 #include "core/fs/path.h"
@@ -393,6 +394,7 @@ struct RepairOptions {
   fs::path state;
   std::string repo;
   HostPort broker;
+  ClientTransport transport;  // CURVE keys (the mirror's); nullopt: plain TCP
   std::chrono::milliseconds timeout{10000};
   bool delete_extra = false;
 };
@@ -533,7 +535,7 @@ class TreeRepairer : public BrokerLink {
   // Hello on the control socket gives the content port.
   Status Connect() {
     if (content_) return Status::Ok();
-    control_ = std::make_unique<ControlClient>(context_, options_.broker);
+    control_ = std::make_unique<ControlClient>(context_, options_.broker, options_.transport);
     Result<v1::HelloReply> hello = control_->Hello("mirrorcast verify", options_.timeout);
     if (!hello.ok()) return hello.status();
     if (hello->content_port() == 0 || hello->content_port() > 65535) {
@@ -551,6 +553,7 @@ class TreeRepairer : public BrokerLink {
     }
     ContentClientOptions content;
     content.stall_timeout = options_.timeout;
+    content.transport = options_.transport;
     content_ = std::make_unique<ContentClient>(
         context_, options_.broker.WithPort(static_cast<uint16_t>(hello->content_port())),
         options_.repo, content);
@@ -606,6 +609,7 @@ int VerifyMain(int argc, char** argv) {
       "timeout", po::value<double>()->default_value(10),
       "with --repair: seconds to wait for the broker")("json", po::bool_switch(),
                                                        "print one JSON object instead of lines");
+  options.add(ClientTransportOptions());
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
 
@@ -629,6 +633,9 @@ int VerifyMain(int argc, char** argv) {
     broker = *parsed;
   }
   if (repair && !broker) throw std::runtime_error("--repair needs --broker HOST:PORT");
+  // Only a repair talks to the broker (with the mirror's key: role mirror).
+  ClientTransport transport;
+  if (repair) transport = ClientTransportFromOptions(*vm, info.name);
   std::error_code ec;
   if (!fs::is_directory(tree, ec)) {
     throw std::runtime_error("--tree " + tree.string() + " is not a directory");
@@ -719,6 +726,7 @@ int VerifyMain(int argc, char** argv) {
     ro.state = state;
     ro.repo = repo;
     ro.broker = *broker;
+    ro.transport = transport;
     ro.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000)));
     ro.delete_extra = delete_extra;
     TreeRepairer repairer(ro, manifest);

@@ -8,7 +8,10 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 
+std::atomic<bool> g_reload{false};
+
 extern "C" void HandleStopSignal(int) { g_stop.store(true); }
+extern "C" void HandleReloadSignal(int) { g_reload.store(true); }
 
 }  // namespace
 
@@ -23,5 +26,15 @@ void InstallStopSignals() {
 }
 
 bool StopRequested() { return g_stop.load(); }
+
+void InstallReloadSignal() {
+  struct sigaction sa {};
+  sa.sa_handler = HandleReloadSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  sigaction(SIGHUP, &sa, nullptr);
+}
+
+bool ReloadRequested() { return g_reload.exchange(false); }
 
 }  // namespace mirrorcast

@@ -39,35 +39,23 @@ const unsigned char* Bytes(std::string_view s) {
   return s.empty() ? &kEmpty : reinterpret_cast<const unsigned char*>(s.data());
 }
 
-// Overwrites secret material before its memory is released.
-void Wipe(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
-}
-
-// Parses "<prefix> <64 hex chars>" with an optional trailing newline (and
-// tolerates a CR or trailing blanks from editors) into 32 raw bytes.
+// Parses "<prefix> <64 hex chars>" into 32 raw bytes.
 Result<std::string> ParseKeyText(std::string_view text, std::string_view prefix,
                                  const std::filesystem::path& path) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ' ||
-                           text.back() == '\t')) {
-    text.remove_suffix(1);
-  }
   const std::string expected = "expected one line '" + std::string(prefix) + " <64 hex chars>'";
-  if (text.size() != prefix.size() + 1 + 2 * kEd25519SeedSize ||
-      text.substr(0, prefix.size()) != prefix || text[prefix.size()] != ' ') {
-    return Status::InvalidArgument(path.string() + ": not a mirrorcast key file of this kind (" +
-                                   expected + ")");
-  }
-  auto raw = FromHex(text.substr(prefix.size() + 1));
+  MC_ASSIGN_OR_RETURN(std::string hex,
+                      ParseKeyFileLine(text, prefix, 2 * kEd25519SeedSize, path, expected));
+  auto raw = FromHex(hex);
+  WipeSecret(hex);
   if (!raw.ok()) {
     return Status::InvalidArgument(path.string() + ": malformed key (" + expected + ")");
   }
   return std::move(raw).value();
 }
 
-// Reads at most kMaxKeyFileBytes from an open descriptor.
-Result<std::string> ReadKeyFd(int fd, const std::filesystem::path& path) {
+// Reads at most `max_bytes` from an open descriptor.
+Result<std::string> ReadKeyFd(int fd, const std::filesystem::path& path, size_t max_bytes,
+                              std::string_view what) {
   std::string out;
   char buf[512];
   for (;;) {
@@ -75,14 +63,15 @@ Result<std::string> ReadKeyFd(int fd, const std::filesystem::path& path) {
     if (n < 0) {
       if (errno == EINTR) continue;
       OPENSSL_cleanse(buf, sizeof buf);
-      Wipe(out);
+      WipeSecret(out);
       return Status::FromErrno("read " + path.string(), errno);
     }
     if (n == 0) break;
-    if (out.size() + static_cast<size_t>(n) > kMaxKeyFileBytes) {
+    if (out.size() + static_cast<size_t>(n) > max_bytes) {
       OPENSSL_cleanse(buf, sizeof buf);
-      Wipe(out);
-      return Status::InvalidArgument(path.string() + ": too large to be a key file");
+      WipeSecret(out);
+      return Status::InvalidArgument(path.string() + ": too large to be a " + std::string(what) +
+                                     " (at most " + std::to_string(max_bytes) + " bytes)");
     }
     out.append(buf, static_cast<size_t>(n));
   }
@@ -196,6 +185,68 @@ Status WriteNewFile(const std::filesystem::path& path, std::string_view text, mo
 
 }  // namespace
 
+void WipeSecret(std::string& s) {
+  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
+  s.clear();
+}
+
+Result<std::string> ParseKeyFileLine(std::string_view text, std::string_view prefix,
+                                     size_t payload_chars, const std::filesystem::path& path,
+                                     std::string_view expected) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ' ||
+                           text.back() == '\t')) {
+    text.remove_suffix(1);
+  }
+  if (text.size() != prefix.size() + 1 + payload_chars || text.substr(0, prefix.size()) != prefix ||
+      text[prefix.size()] != ' ') {
+    return Status::InvalidArgument(path.string() + ": not a mirrorcast key file of this kind (" +
+                                   std::string(expected) + ")");
+  }
+  return std::string(text.substr(prefix.size() + 1));
+}
+
+Result<std::string> ReadProtectedFile(const std::filesystem::path& path, KeyFileKind kind,
+                                      size_t max_bytes, std::string_view what) {
+  const bool secret = kind == KeyFileKind::kSecret;
+  const std::string label = secret ? "secret " + std::string(what) : std::string(what);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | (secret ? O_NOFOLLOW : 0)));
+  if (!fd.valid()) return Status::FromErrno("open " + label + " " + path.string(), errno);
+  // Checked on the open descriptor, so the file read is the file checked.
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("stat " + path.string(), errno);
+  if (!S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument(path.string() + ": " + label + " is not a regular file");
+  }
+  if (secret && (st.st_mode & 077) != 0) {
+    return Status::FailedPrecondition(
+        label + " " + path.string() + " has mode " + ModeText(st.st_mode) +
+        " and is accessible by group or others; fix with: chmod 600 " + path.string());
+  }
+  MC_RETURN_IF_ERROR(CheckKeyFile(fd.get(), path, &st));
+  return ReadKeyFd(fd.get(), path, max_bytes, what);
+}
+
+Status SaveKeyPairFiles(const std::filesystem::path& secret_path, std::string_view secret_text,
+                        const std::filesystem::path& public_path, std::string_view public_text) {
+  // Check the public file first so a clash does not leave a lone secret key.
+  struct stat existing {};
+  if (::lstat(public_path.c_str(), &existing) == 0) {
+    return Status::AlreadyExists(public_path.string() +
+                                 " already exists; refusing to overwrite a key");
+  }
+  if (errno != ENOENT) return Status::FromErrno("stat " + public_path.string(), errno);
+  MC_RETURN_IF_ERROR(WriteNewFile(secret_path, secret_text, 0600));
+  Status st = WriteNewFile(public_path, public_text, 0644);
+  if (!st.ok()) {
+    // We created the secret file a moment ago: do not leave half a key pair.
+    ::unlink(secret_path.c_str());
+    return st;
+  }
+  std::filesystem::path dir = secret_path.parent_path();
+  if (dir.empty()) dir = ".";
+  return FsyncDir(dir);
+}
+
 // ---------------------------------------------------------------------------
 // PublicKey
 
@@ -216,11 +267,8 @@ Result<PublicKey> PublicKey::FromRaw(std::string_view raw32) {
 Result<PublicKey> PublicKey::LoadFile(const std::filesystem::path& path) {
   // A trusted key decides what mirrors accept: checked like a secret one,
   // except that anyone may read it.
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return Status::FromErrno("open public key " + path.string(), errno);
-  struct stat st {};
-  MC_RETURN_IF_ERROR(CheckKeyFile(fd.get(), path, &st));
-  MC_ASSIGN_OR_RETURN(std::string text, ReadKeyFd(fd.get(), path));
+  MC_ASSIGN_OR_RETURN(std::string text,
+                      ReadProtectedFile(path, KeyFileKind::kPublic, kMaxKeyFileBytes, "key file"));
   MC_ASSIGN_OR_RETURN(std::string raw, ParseKeyText(text, kPublicPrefix, path));
   auto key = FromRaw(raw);
   if (!key.ok()) return key.status().WithContext(path.string());
@@ -254,7 +302,7 @@ Result<SigningKey> SigningKey::Generate() {
   }
   auto pub_raw = DerivePublicRaw(seed);
   if (!pub_raw.ok()) {
-    Wipe(seed);
+    WipeSecret(seed);
     return pub_raw.status();
   }
   MC_ASSIGN_OR_RETURN(PublicKey pub, PublicKey::FromRaw(*pub_raw));
@@ -265,27 +313,14 @@ Result<SigningKey> SigningKey::Generate() {
 }
 
 Result<SigningKey> SigningKey::LoadFile(const std::filesystem::path& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd.valid()) return Status::FromErrno("open secret key " + path.string(), errno);
-  // Checked on the open descriptor, so the file read is the file checked.
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) return Status::FromErrno("stat " + path.string(), errno);
-  if (!S_ISREG(st.st_mode)) {
-    return Status::InvalidArgument(path.string() + ": secret key is not a regular file");
-  }
-  if ((st.st_mode & 077) != 0) {
-    return Status::FailedPrecondition(
-        "secret key " + path.string() + " has mode " + ModeText(st.st_mode) +
-        " and is accessible by group or others; fix with: chmod 600 " + path.string());
-  }
-  MC_RETURN_IF_ERROR(CheckKeyFile(fd.get(), path, &st));
-  MC_ASSIGN_OR_RETURN(std::string text, ReadKeyFd(fd.get(), path));
+  MC_ASSIGN_OR_RETURN(std::string text,
+                      ReadProtectedFile(path, KeyFileKind::kSecret, kMaxKeyFileBytes, "key file"));
   auto seed = ParseKeyText(text, kSecretPrefix, path);
-  Wipe(text);
+  WipeSecret(text);
   if (!seed.ok()) return seed.status();
   auto pub_raw = DerivePublicRaw(*seed);
   if (!pub_raw.ok()) {
-    Wipe(*seed);
+    WipeSecret(*seed);
     return pub_raw.status().WithContext(path.string());
   }
   MC_ASSIGN_OR_RETURN(PublicKey pub, PublicKey::FromRaw(*pub_raw));
@@ -297,28 +332,11 @@ Result<SigningKey> SigningKey::LoadFile(const std::filesystem::path& path) {
 
 Status SigningKey::SaveFiles(const std::string& prefix) const {
   if (prefix.empty()) return Status::InvalidArgument("empty key file prefix");
-  const std::filesystem::path secret_path = prefix + ".key";
-  const std::filesystem::path public_path = prefix + ".pub";
-  // Check the public file first so a clash does not leave a lone secret key.
-  struct stat existing {};
-  if (::lstat(public_path.c_str(), &existing) == 0) {
-    return Status::AlreadyExists(public_path.string() +
-                                 " already exists; refusing to overwrite a key");
-  }
-  if (errno != ENOENT) return Status::FromErrno("stat " + public_path.string(), errno);
   std::string secret_text = std::string(kSecretPrefix) + " " + ToHex(seed_) + "\n";
-  Status st = WriteNewFile(secret_path, secret_text, 0600);
-  Wipe(secret_text);
-  MC_RETURN_IF_ERROR(st);
-  st = WriteNewFile(public_path, public_key_.ToFileText(), 0644);
-  if (!st.ok()) {
-    // We created the secret file a moment ago: do not leave half a key pair.
-    ::unlink(secret_path.c_str());
-    return st;
-  }
-  std::filesystem::path dir = secret_path.parent_path();
-  if (dir.empty()) dir = ".";
-  return FsyncDir(dir);
+  Status st =
+      SaveKeyPairFiles(prefix + ".key", secret_text, prefix + ".pub", public_key_.ToFileText());
+  WipeSecret(secret_text);
+  return st;
 }
 
 std::string SigningKey::Sign(std::string_view message) const {

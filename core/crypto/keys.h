@@ -21,6 +21,40 @@ namespace mirrorcast {
 inline constexpr size_t kEd25519PublicKeySize = 32;
 inline constexpr size_t kEd25519SignatureSize = 64;
 
+// How a key file is read: a public key (anyone may read it; only root or
+// its owner, who must be us or root, may write it and the directories on the
+// way to it) or a secret key (also: nobody else may read it, and a symlink is
+// not followed).
+enum class KeyFileKind { kPublic, kSecret };
+
+// Reads a small protected file (a key file, an allow-list) of at most
+// `max_bytes`, refusing one that someone else could replace (owner, mode,
+// every directory up to the root, also of the symlink's target) with a
+// message saying how to fix it (FailedPrecondition), and for kSecret one
+// readable by group or others. Checked on the open descriptor, so the bytes
+// read are those of the file checked. `what` names the file in errors
+// ("secret key", "allow-list"). Every key and trust file goes through this.
+Result<std::string> ReadProtectedFile(const std::filesystem::path& path, KeyFileKind kind,
+                                      size_t max_bytes, std::string_view what);
+
+// Overwrites secret material before its memory is released.
+void WipeSecret(std::string& s);
+
+// The payload of a one-line key file "<prefix> <payload_chars characters>"
+// (a trailing newline, CR or blanks from editors are tolerated); otherwise
+// InvalidArgument naming `path` and `expected` (how the line should look).
+Result<std::string> ParseKeyFileLine(std::string_view text, std::string_view prefix,
+                                     size_t payload_chars, const std::filesystem::path& path,
+                                     std::string_view expected);
+
+// Writes a key pair's two files: `secret_path` (0600) then `public_path`
+// (0644), each created exclusively (never replaces a file or follows a
+// symlink planted there) and fsynced, then their directory. Refuses before
+// writing anything when the public file exists, and removes the secret file
+// again when the public one cannot be written: never half a pair.
+Status SaveKeyPairFiles(const std::filesystem::path& secret_path, std::string_view secret_text,
+                        const std::filesystem::path& public_path, std::string_view public_text);
+
 class PublicKey {
  public:
   static Result<PublicKey> FromRaw(std::string_view raw32);

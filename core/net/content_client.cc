@@ -103,6 +103,7 @@ ContentClient::ContentClient(zmq::context_t& context, HostPort content, std::str
     options_.chunk_bytes = kMaxChunk;
   if (options_.credit < 1) options_.credit = 1;
   ConfigureSocket(socket_, content_, static_cast<int64_t>(kMaxReplyBytes));
+  SecureClientSocket(socket_, options_.transport);
   socket_.set(zmq::sockopt::reconnect_ivl, 100);
   socket_.set(zmq::sockopt::reconnect_ivl_max, 2000);
   socket_.connect(content_.Endpoint());

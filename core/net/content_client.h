@@ -27,6 +27,7 @@
 
 #include "core/base/clock.h"
 #include "core/base/status.h"
+#include "core/net/curve.h"
 #include "core/net/endpoint.h"
 #include "core/wire/envelope.h"
 #include "proto/mirrorcast.pb.h"
@@ -62,6 +63,8 @@ struct ContentClientOptions {
   // Steady time for the stall timeout and the rate window. Not owned; must
   // outlive the client. nullptr: the real clock.
   const Clock* clock = nullptr;
+  // CURVE keys (SecureClientSocket); nullopt: plain TCP.
+  ClientTransport transport;
 };
 
 struct FetchStats {

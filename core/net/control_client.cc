@@ -18,9 +18,12 @@ int RemainingMs(SteadyClock::time_point deadline) {
 
 }  // namespace
 
-ControlClient::ControlClient(zmq::context_t& context, HostPort broker)
-    : broker_(std::move(broker)), socket_(context, zmq::socket_type::dealer) {
+ControlClient::ControlClient(zmq::context_t& context, HostPort broker, ClientTransport transport)
+    : broker_(std::move(broker)),
+      socket_(context, zmq::socket_type::dealer),
+      watch_(context, socket_) {
   ConfigureSocket(socket_, broker_, static_cast<int64_t>(kMaxControlMessageBytes));
+  SecureClientSocket(socket_, transport);
   // Queue only on a live connection: a request that cannot be delivered now
   // fails here instead of being delivered long after its caller gave up.
   socket_.set(zmq::sockopt::immediate, 1);
@@ -44,7 +47,9 @@ Result<v1::ControlReply> ControlClient::Call(v1::ControlRequest request, Millis 
       if (socket_.send(frame, zmq::send_flags::dontwait)) break;
     }
     if (RemainingMs(deadline) == 0) {
-      return Status::Unavailable("broker " + broker_.ToString() + " not reachable");
+      const std::string why = watch_.LastFailure();
+      return Status::Unavailable("broker " + broker_.ToString() + " not reachable" +
+                                 (why.empty() ? std::string() : ": " + why));
     }
   }
 

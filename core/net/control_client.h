@@ -11,6 +11,7 @@
 #include <zmq.hpp>
 
 #include "core/base/status.h"
+#include "core/net/curve.h"
 #include "core/net/endpoint.h"
 #include "proto/mirrorcast.pb.h"
 
@@ -18,11 +19,14 @@ namespace mirrorcast {
 
 class ControlClient {
  public:
-  ControlClient(zmq::context_t& context, HostPort broker);
+  // `transport`: CURVE keys (SecureClientSocket), nullopt for plain TCP.
+  ControlClient(zmq::context_t& context, HostPort broker, ClientTransport transport = std::nullopt);
 
   // Sends `request` (protocol_version and request_id are set here) and waits
   // up to `timeout` for the matching reply. A reply with ok=false becomes a
-  // Status carrying the broker's error text (Rejected).
+  // Status carrying the broker's error text (Rejected). A broker that cannot
+  // be reached is Unavailable, naming a failed security handshake (refused
+  // key, CURVE against plain TCP) when there was one.
   Result<v1::ControlReply> Call(v1::ControlRequest request, std::chrono::milliseconds timeout);
 
   // Convenience wrappers.
@@ -37,6 +41,9 @@ class ControlClient {
  private:
   HostPort broker_;
   zmq::socket_t socket_;
+  // Says why a broker is "not reachable" when a handshake failed; destroyed
+  // before socket_.
+  HandshakeWatch watch_;
   uint64_t next_request_id_ = 1;
 };
 

@@ -2,6 +2,10 @@
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/wire_format_lite.h>
+#include <zmq.h>
+
+#include "core/base/log.h"
+#include "core/crypto/sha256.h"
 
 namespace mirrorcast {
 
@@ -25,9 +29,21 @@ Status ParseFrame(const zmq::message_t& frame, size_t max_bytes,
   return Status::Ok();
 }
 
+std::optional<std::string> UserIdOf(const zmq::message_t& frame) {
+  const char* user_id = zmq_msg_gets(frame.handle(), "User-Id");
+  if (user_id == nullptr) return std::nullopt;
+  return std::string(user_id);
+}
+
 std::string PeerOf(const std::vector<zmq::message_t>& frames) {
   if (frames.empty()) return std::string();
+  if (auto user_id = UserIdOf(frames.back())) return "k:" + *user_id;
   return frames.front().to_string();
+}
+
+std::string PeerForLog(std::string_view peer) {
+  if (peer.substr(0, 2) == "k:") return EscapeForLog(peer.substr(2), 256);
+  return ToHex(peer).substr(0, 64);
 }
 
 Result<RequestPeek> PeekRequest(const zmq::message_t& frame, int max_fields) {

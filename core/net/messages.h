@@ -4,7 +4,9 @@
 
 #include <google/protobuf/message_lite.h>
 
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 #include <zmq.hpp>
 
@@ -19,11 +21,17 @@ Status ParseFrame(const zmq::message_t& frame, size_t max_bytes,
                   google::protobuf::MessageLite* out);
 
 // Who sent a message received on a ROUTER (`frames` as ReceiveMultipart
-// returned them): the key per-peer limits are counted under. Today the
-// connection's routing id; with CURVE it becomes the client's public key
-// (the ZAP User-Id), so reconnecting gives no fresh budget. Opaque bytes:
-// escape before logging.
+// returned them): the key per-peer limits are counted under. With CURVE the
+// ZAP User-Id (role, name and public key, core/net/allow_list.h) prefixed
+// "k:", so reconnecting gives no fresh budget; on plain TCP the
+// connection's routing id. Opaque bytes: log through PeerForLog.
 std::string PeerOf(const std::vector<zmq::message_t>& frames);
+// The ZAP User-Id libzmq attached to a received frame (CURVE), nullopt
+// without one (plain TCP).
+std::optional<std::string> UserIdOf(const zmq::message_t& frame);
+// A PeerOf() value for a log line: the User-Id escaped, or a routing id in
+// hex (capped).
+std::string PeerForLog(std::string_view peer);
 
 // The top level of a request frame, read without parsing any submessage:
 // enough to refuse a frame before it costs a parse. `body_field` is the

@@ -95,6 +95,7 @@ class BrokerTest : public ::testing::Test {
     options.trust = {dir_ / "publisher.pub"};
     options.broker_id = "test-broker";
     options.content_workers = 2;
+    options.insecure_plaintext = true;  // the CURVE path: tests/broker/curve_test.cc
     options_ = options;
     broker_ = std::make_unique<Broker>(options);
     Status started = broker_->Start();

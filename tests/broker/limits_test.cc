@@ -122,6 +122,7 @@ class LimitsTest : public ::testing::Test {
     options_.tree_root = dir_ / "tree";
     options_.trust = {dir_ / "publisher.pub"};
     options_.broker_id = "limits-broker";
+    options_.insecure_plaintext = true;
     options_.content_workers = 1;
     options_.content_before_job = [this](const std::string&, const v1::ContentRequest& r) {
       gate_.Enter(r);

@@ -18,9 +18,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::vector<std::pair<const char*, std::vector<std::string> (*)()>> targets = {
-      {"envelope", &EnvelopeSeeds}, {"manifest", &ManifestSeeds}, {"delta", &DeltaSeeds},
-      {"path", &PathSeeds},         {"messages", &MessagesSeeds}, {"keyfile", &KeyfileSeeds},
-      {"chunks", &ChunksSeeds},
+      {"envelope", &EnvelopeSeeds}, {"manifest", &ManifestSeeds},    {"delta", &DeltaSeeds},
+      {"path", &PathSeeds},         {"messages", &MessagesSeeds},    {"keyfile", &KeyfileSeeds},
+      {"chunks", &ChunksSeeds},     {"allow_list", &AllowListSeeds},
   };
   for (const auto& [name, seeds] : targets) {
     const std::filesystem::path dir = std::filesystem::path(argv[1]) / name;

@@ -1,6 +1,7 @@
 // Fuzzes the key-file readers: an operator-supplied or copied .pub file
 // (PublicKey::LoadFile, TrustStore::AddFile), a .key file
-// (SigningKey::LoadFile), and the hex and raw key decoders beneath them.
+// (SigningKey::LoadFile), the hex and raw key decoders beneath them, and the
+// CURVE transport key files (LoadCurvePublicFile, LoadCurveSecretFile).
 #include <sys/stat.h>
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 
 #include "core/crypto/keys.h"
 #include "core/crypto/sha256.h"
+#include "core/net/curve.h"
 #include "tests/fuzz/fuzz_targets.h"
 #include "tests/fuzz/quiet_logs.h"
 #include "tests/fuzz/scratch_dir.h"
@@ -44,6 +46,9 @@ std::vector<std::string> KeyfileSeeds() {
       "mirrorcast-ed25519-public-v1 "
       "D75A980182B10AB7D54BFED3C964073A0EE172F3DAA62325AF021A68F707511A \r\n",
       "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+      // CurveZMQ's example server key pair (RFC 26), in our file formats.
+      "mirrorcast-curve-public-v1 rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7\n",
+      "mirrorcast-curve-secret-v1 JTKVSB%%)wK0E.X)V>+}o?pNmC{O&4W4b!Ni{Lh6\n",
   };
 }
 
@@ -70,6 +75,19 @@ extern "C" int MIRRORCAST_FUZZ_ENTRY(const uint8_t* data, size_t size) {
   if (signer.ok()) {
     const std::string sig = signer->Sign(bytes);
     if (!signer->public_key().Verify(bytes, sig)) __builtin_trap();
+  }
+
+  // CURVE key files: a secret gives a key pair whose public half is what
+  // its own public file would hold.
+  auto curve_pub = LoadCurvePublicFile(pub);
+  if (curve_pub.ok() && !IsCurveKeyZ85(*curve_pub)) __builtin_trap();
+  auto curve = LoadCurveSecretFile(secret);
+  if (curve.ok()) {
+    if (!IsCurveKeyZ85(curve->public_z85) || !IsCurveKeyZ85(curve->secret_z85)) __builtin_trap();
+    const std::filesystem::path copy = Scratch() / "curve-copy.pub";
+    WriteScratchFile(copy, CurvePublicFileText(curve->public_z85));
+    auto again = LoadCurvePublicFile(copy);
+    if (!again.ok() || *again != curve->public_z85) __builtin_trap();
   }
 
   // The decoders under the file format, on the bare bytes.

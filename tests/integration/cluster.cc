@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "core/net/control_client.h"
+#include "core/net/curve.h"
 #include "tests/support/tree.h"
 
 namespace mirrorcast::testing {
@@ -16,10 +17,95 @@ namespace mirrorcast::testing {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
+namespace {
+
+bool HasTransportFlag(const std::vector<std::string>& args) {
+  for (const auto& a : args) {
+    if (a == "--curve-key" || a == "--insecure-plaintext") return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 Cluster::Cluster(std::string repo) : dir_("mirrorcast-it"), repo_(std::move(repo)), context_(1) {
   fs::create_directories(origin_tree());
   fs::create_directories(dir_.path() / "logs");
   MakeKey("origin");
+  MakeCurveKey("broker");
+  MakeCurveKey("publisher");
+  MakeCurveKey("admin");
+  WriteAllowList("# roles: publish, mirror, relay, admin\n");
+  AllowKey("publish", "publisher", "publisher.curve.pub");
+  AllowKey("admin", "admin", (dir_.path() / "keys" / "admin.curve.pub").string());
+}
+
+fs::path Cluster::MakeCurveKey(const std::string& name) {
+  fs::create_directories(dir_.path() / "keys");
+  const fs::path prefix = dir_.path() / "keys" / name;
+  RunResult r =
+      Run({BinPath("mirrorcast").string(), "keygen", "--curve", "--out", prefix.string()}, 30s);
+  if (r.exit_code != 0) throw std::runtime_error("keygen --curve failed: " + r.err);
+  return prefix;
+}
+
+void Cluster::UseInsecurePlaintext() {
+  if (broker_) throw std::runtime_error("UseInsecurePlaintext() after the broker started");
+  curve_ = false;
+}
+
+std::vector<std::string> Cluster::MirrorTransport(const std::string& id) {
+  if (!curve_) return {"--insecure-plaintext"};
+  const std::string name = "mirror-" + id;
+  if (allowed_mirrors_.insert(id).second) {
+    MakeCurveKey(name);
+    AllowKey("mirror", id, name + ".curve.pub");
+    if (broker_) ReloadAllowList();
+  }
+  return {"--curve-key", (dir_.path() / "keys" / (name + ".curve.key")).string(), "--broker-key",
+          broker_curve_pub().string()};
+}
+
+std::vector<std::string> Cluster::PublisherTransport() const {
+  if (!curve_) return {"--insecure-plaintext"};
+  return {"--curve-key", (dir_.path() / "keys" / "publisher.curve.key").string(), "--broker-key",
+          broker_curve_pub().string()};
+}
+
+std::vector<std::string> Cluster::AdminTransport() const {
+  if (!curve_) return {"--insecure-plaintext"};
+  return {"--curve-key", (dir_.path() / "keys" / "admin.curve.key").string(), "--broker-key",
+          broker_curve_pub().string()};
+}
+
+void Cluster::AllowKey(const std::string& role, const std::string& name, const std::string& key) {
+  std::ofstream out(allow_list(), std::ios::app);
+  out << role << " " << name << " " << key << "\n";
+  if (!out) throw std::runtime_error("cannot append to " + allow_list().string());
+}
+
+void Cluster::WriteAllowList(const std::string& text) { WriteFile(allow_list(), text, 0644); }
+
+size_t Cluster::CountInLog(const fs::path& log, const std::string& needle) {
+  std::ifstream in(log);
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.find(needle) != std::string::npos) ++n;
+  }
+  return n;
+}
+
+void Cluster::ReloadAllowList() {
+  const size_t before = CountInLog(broker_log(), "allow-list reload");
+  broker().Signal(SIGHUP);
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (CountInLog(broker_log(), "allow-list reload") <= before) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      throw std::runtime_error("the broker did not log an allow-list reload within 20 s\n" +
+                               Logs());
+    }
+    std::this_thread::sleep_for(20ms);
+  }
 }
 
 Cluster::~Cluster() {
@@ -56,6 +142,17 @@ void Cluster::StartBroker(const std::vector<std::string>& extra) {
                                    origin_pub().string(),
                                    "--log-level",
                                    "debug"};
+  if (!HasTransportFlag(extra)) {
+    if (curve_) {
+      for (const std::string& a :
+           {std::string("--curve-key"), (dir_.path() / "keys" / "broker.curve.key").string(),
+            std::string("--allow"), allow_list().string()}) {
+        argv.push_back(a);
+      }
+    } else {
+      argv.push_back("--insecure-plaintext");
+    }
+  }
   argv.insert(argv.end(), extra.begin(), extra.end());
   broker_ = std::make_unique<ChildProcess>();
   broker_->Start(argv, dir_.path() / "logs" / "broker.log");
@@ -70,7 +167,8 @@ void Cluster::StopBroker() {
 
 std::vector<std::string> Cluster::SubscriberCommand(const std::string& id, const fs::path& tree,
                                                     const fs::path& state,
-                                                    const std::vector<std::string>& extra) const {
+                                                    const std::vector<std::string>& extra,
+                                                    bool with_transport) {
   std::vector<std::string> argv = {BinPath("mirrorcast-subscriber").string(),
                                    "--broker",
                                    broker_address(),
@@ -84,22 +182,31 @@ std::vector<std::string> Cluster::SubscriberCommand(const std::string& id, const
                                    state.string(),
                                    "--id",
                                    id};
+  if (with_transport && !HasTransportFlag(extra)) {
+    for (const std::string& a : MirrorTransport(id)) argv.push_back(a);
+  }
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }
 
-void Cluster::StartSubscriber(const std::string& id, const std::vector<std::string>& extra) {
-  std::vector<std::string> argv = SubscriberCommand(
-      id, mirror_tree(id), mirror_state(id), {"--poll-interval", "2", "--log-level", "debug"});
+std::vector<std::string> Cluster::SubscriberArgv(const std::string& id,
+                                                 const std::vector<std::string>& extra,
+                                                 bool with_transport) {
+  std::vector<std::string> settings = {"--poll-interval", "2", "--log-level", "debug"};
   // Trees are compared with the origin's: no trace files and no grace period
   // for deletions unless a test asks for them.
   if (std::find(extra.begin(), extra.end(), "--trace-name") == extra.end()) {
-    argv.push_back("--no-trace-files");
+    settings.push_back("--no-trace-files");
   }
   if (std::find(extra.begin(), extra.end(), "--delete-delay") == extra.end()) {
-    argv.insert(argv.end(), {"--delete-delay", "0"});
+    settings.insert(settings.end(), {"--delete-delay", "0"});
   }
-  argv.insert(argv.end(), extra.begin(), extra.end());
+  settings.insert(settings.end(), extra.begin(), extra.end());
+  return SubscriberCommand(id, mirror_tree(id), mirror_state(id), settings, with_transport);
+}
+
+void Cluster::StartSubscriber(const std::string& id, const std::vector<std::string>& extra) {
+  const std::vector<std::string> argv = SubscriberArgv(id, extra);
   auto child = std::make_unique<ChildProcess>();
   child->Start(argv, dir_.path() / "logs" / (id + ".log"));
   subscribers_[id] = std::move(child);
@@ -113,7 +220,9 @@ int Cluster::StopSubscriber(const std::string& id) {
   return status;
 }
 
-RunResult Cluster::Publish(const std::vector<std::string>& extra, std::optional<fs::path> key) {
+std::vector<std::string> Cluster::PublishArgv(const std::vector<std::string>& extra,
+                                              std::optional<fs::path> key,
+                                              int timeout_seconds) const {
   std::vector<std::string> argv = {BinPath("mirrorcast-publish").string(),
                                    "--broker",
                                    broker_address(),
@@ -126,9 +235,16 @@ RunResult Cluster::Publish(const std::vector<std::string>& extra, std::optional<
                                    "--state",
                                    (dir_.path() / "publish-state").string(),
                                    "--timeout",
-                                   "30"};
+                                   std::to_string(timeout_seconds)};
+  if (!HasTransportFlag(extra)) {
+    for (const std::string& a : PublisherTransport()) argv.push_back(a);
+  }
   argv.insert(argv.end(), extra.begin(), extra.end());
-  return Run(argv, 120s);
+  return argv;
+}
+
+RunResult Cluster::Publish(const std::vector<std::string>& extra, std::optional<fs::path> key) {
+  return Run(PublishArgv(extra, key), 120s);
 }
 
 std::string Cluster::PublishOk(const std::vector<std::string>& extra) {
@@ -139,10 +255,18 @@ std::string Cluster::PublishOk(const std::vector<std::string>& extra) {
 
 v1::StatusReply Cluster::Status() {
   HostPort broker{"127.0.0.1", broker_port_};
-  ControlClient client(context_, broker);
-  auto status = client.GetStatus(5000ms);
-  if (!status.ok()) throw std::runtime_error("status: " + status.status().ToString());
-  return *status;
+  // One admin key for every poll: its control budget (--control-rate) is
+  // shared by all of them, so a poll refused for the rate waits and asks again.
+  for (int attempt = 0;; ++attempt) {
+    ControlClient client(context_, broker, LoadClientTransport(AdminTransport()));
+    auto status = client.GetStatus(5000ms);
+    if (status.ok()) return *status;
+    const bool rate = status.status().message().find("retry later") != std::string::npos;
+    if (!rate || attempt >= 50) {
+      throw std::runtime_error("status: " + status.status().ToString());
+    }
+    std::this_thread::sleep_for(100ms);
+  }
 }
 
 std::optional<v1::MirrorStatus> Cluster::Mirror(const std::string& id) {
@@ -197,6 +321,17 @@ int Cluster::KillBroker() {
   if (!status) throw std::runtime_error("broker survived SIGKILL for 10 s");
   broker_.reset();
   return *status;
+}
+
+ClientTransport LoadClientTransport(const std::vector<std::string>& flags) {
+  if (flags.size() != 4 || flags[0] != "--curve-key" || flags[2] != "--broker-key") {
+    return std::nullopt;
+  }
+  auto own = LoadCurveSecretFile(flags[1]);
+  auto broker_key = LoadCurvePublicFile(flags[3]);
+  if (!own.ok()) throw std::runtime_error(own.status().ToString());
+  if (!broker_key.ok()) throw std::runtime_error(broker_key.status().ToString());
+  return ClientCurve{*own, *broker_key};
 }
 
 void MakeSampleRepo(const fs::path& tree, int packages, size_t big_bytes) {

@@ -69,8 +69,12 @@ std::string Signature(uint32_t block, uint32_t strong, size_t records, bool same
 // replies only on some of them. Runs on its own thread until stopped.
 class Flood {
  public:
-  Flood(uint16_t control_port, uint16_t content_port, std::string repo, std::string big_sha)
-      : control_(control_port),
+  // `transport`: an allow-listed mirror key (a hostile mirror; a key not on
+  // the list does not get past the handshake at all).
+  Flood(uint16_t control_port, uint16_t content_port, std::string repo, std::string big_sha,
+        ClientTransport transport)
+      : transport_(std::move(transport)),
+        control_(control_port),
         content_(content_port),
         repo_(std::move(repo)),
         big_sha_(std::move(big_sha)) {
@@ -145,6 +149,7 @@ class Flood {
       zmq::socket_t s(context, zmq::socket_type::dealer);
       s.set(zmq::sockopt::linger, 0);
       s.set(zmq::sockopt::sndhwm, 200);
+      SecureClientSocket(s, transport_);
       s.connect("tcp://127.0.0.1:" + std::to_string(port));
       return s;
     };
@@ -180,6 +185,7 @@ class Flood {
     }
   }
 
+  ClientTransport transport_;
   uint16_t control_;
   uint16_t content_;
   std::string repo_;
@@ -230,12 +236,14 @@ TEST(Flood, HonestMirrorsConvergeWhileOnePeerFloodsDeltasAndOversizedFrames) {
   for (int i = 0; i < kPublishesPerRound; ++i) quiet += PublishAndConverge(c, mirrors, ++serial);
 
   zmq::context_t context(1);
-  ControlClient control(context, HostPort{"127.0.0.1", c.broker_port()});
+  const ClientTransport hostile = LoadClientTransport(c.MirrorTransport("hostile"));
+  ControlClient control(context, HostPort{"127.0.0.1", c.broker_port()}, hostile);
   auto hello = control.Hello("flood-test", 10000ms);
   ASSERT_TRUE(hello.ok()) << hello.status().ToString();
   auto big_sha = Sha256File(c.origin_tree() / "isos/big.iso");
   ASSERT_TRUE(big_sha.ok());
-  Flood flood(c.broker_port(), static_cast<uint16_t>(hello->content_port()), c.repo(), *big_sha);
+  Flood flood(c.broker_port(), static_cast<uint16_t>(hello->content_port()), c.repo(), *big_sha,
+              hostile);
   flood.Start();
   std::this_thread::sleep_for(1s);  // the flood is in full swing before the publish
   double flooded = 0;

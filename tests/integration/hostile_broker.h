@@ -108,24 +108,13 @@ inline std::vector<std::string> HostileSubscriberArgv(const HostileBroker& broke
                                                       const std::filesystem::path& dir,
                                                       const std::string& id,
                                                       const std::vector<std::string>& extra) {
-  std::vector<std::string> argv = {BinPath("mirrorcast-subscriber").string(),
-                                   "--broker",
-                                   broker.address(),
-                                   "--trust",
-                                   (dir / "origin.pub").string(),
-                                   "--repo",
-                                   "demo",
-                                   "--tree",
-                                   (dir / "tree").string(),
-                                   "--state",
-                                   (dir / "state").string(),
-                                   "--id",
-                                   id,
-                                   "--poll-interval",
-                                   "1",
-                                   "--no-trace-files",
-                                   "--delete-delay",
-                                   "0"};
+  std::vector<std::string> argv = {BinPath("mirrorcast-subscriber").string(), "--broker",
+                                   broker.address(), "--trust", (dir / "origin.pub").string(),
+                                   "--repo", "demo", "--tree", (dir / "tree").string(), "--state",
+                                   (dir / "state").string(), "--id", id, "--poll-interval", "1",
+                                   "--no-trace-files", "--delete-delay", "0",
+                                   // A HostileBroker speaks plain TCP.
+                                   "--insecure-plaintext"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }

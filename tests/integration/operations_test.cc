@@ -25,11 +25,12 @@ TEST(Locks, ASecondBrokerOnOneStateDirectoryRefusesToStart) {
   Cluster c;
   std::ofstream(c.origin_tree() / "a.rpm") << "a";
   c.StartBroker();
-  const RunResult second =
-      mirrorcast::testing::Run({BinPath("mirrorcast-broker").string(), "--listen", "127.0.0.1:0",
-                                "--state", (c.root() / "broker-state").string(), "--tree-root",
-                                (c.root() / "origin").string(), "--trust", c.origin_pub().string()},
-                               30s);
+  const RunResult second = mirrorcast::testing::Run(
+      {BinPath("mirrorcast-broker").string(), "--listen", "127.0.0.1:0", "--state",
+       (c.root() / "broker-state").string(), "--tree-root", (c.root() / "origin").string(),
+       "--trust", c.origin_pub().string(), "--curve-key",
+       (c.root() / "keys" / "broker.curve.key").string(), "--allow", c.allow_list().string()},
+      30s);
   EXPECT_EQ(second.exit_code, 2) << second.err;
   EXPECT_NE(second.err.find("is in use by another running mirrorcast process"), std::string::npos)
       << second.err;
@@ -75,11 +76,12 @@ TEST(StatusCheck, ExitCodesFollowHowFarMirrorsAreBehind) {
   c.PublishOk();
   c.StartSubscriber("m");
   c.WaitForSerial({"m"}, 1);
-  auto check = [&]() {
-    return mirrorcast::testing::Run(
-        {BinPath("mirrorcast").string(), "status", "--broker", c.broker_address(), "--check",
-         "--warn-behind", "1", "--crit-behind", "2"},
-        30s);
+  auto check = [&](std::vector<std::string> extra = {"--warn-behind", "1", "--crit-behind", "2"}) {
+    std::vector<std::string> argv = {BinPath("mirrorcast").string(), "status", "--broker",
+                                     c.broker_address(), "--check"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    for (const std::string& a : c.AdminTransport()) argv.push_back(a);
+    return mirrorcast::testing::Run(argv, 30s);
   };
   RunResult ok = check();
   EXPECT_EQ(ok.exit_code, 0) << ok.out << ok.err;
@@ -98,10 +100,7 @@ TEST(StatusCheck, ExitCodesFollowHowFarMirrorsAreBehind) {
   EXPECT_TRUE(critical.out.starts_with("MIRRORCAST CRITICAL")) << critical.out;
 
   c.StopBroker();
-  RunResult unknown =
-      mirrorcast::testing::Run({BinPath("mirrorcast").string(), "status", "--broker",
-                                c.broker_address(), "--check", "--timeout", "1"},
-                               30s);
+  RunResult unknown = check({"--timeout", "1"});
   EXPECT_EQ(unknown.exit_code, 3) << unknown.out;
   EXPECT_TRUE(unknown.out.starts_with("MIRRORCAST UNKNOWN")) << unknown.out;
 }

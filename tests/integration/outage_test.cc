@@ -78,19 +78,7 @@ uint64_t Seed() {
 // timeout: an attempt whose broker vanished fails in seconds (exit 3) and is
 // retried, as release tooling does.
 std::vector<std::string> PublishArgv(const Cluster& c, int timeout_seconds) {
-  return {BinPath("mirrorcast-publish").string(),
-          "--broker",
-          c.broker_address(),
-          "--key",
-          c.origin_key().string(),
-          "--repo",
-          c.repo(),
-          "--tree",
-          c.origin_tree().string(),
-          "--state",
-          (c.root() / "publish-state").string(),
-          "--timeout",
-          std::to_string(timeout_seconds)};
+  return c.PublishArgv({}, std::nullopt, timeout_seconds);
 }
 
 // What one successful mirrorcast-publish run printed.
@@ -200,7 +188,8 @@ size_t CheckEventLog(const Cluster& c, uint64_t latest) {
   TrustStore trust;
   EXPECT_TRUE(trust.AddFile(c.origin_pub()).ok());
   zmq::context_t context(1);
-  ControlClient client(context, HostPort{"127.0.0.1", c.broker_port()});
+  ControlClient client(context, HostPort{"127.0.0.1", c.broker_port()},
+                       LoadClientTransport(c.PublisherTransport()));
   auto reply = client.Events(c.repo(), 0, 1000, 5000ms);
   if (!reply.ok()) {
     ADD_FAILURE() << "events: " << reply.status().ToString();
@@ -237,7 +226,8 @@ void ExpectMirrorsEqualOrigin(Cluster& c, const std::vector<std::string>& ids) {
 // meanwhile (a mirror following the broker to new ports has its own test).
 std::vector<std::string> KeepBrokerPorts(const Cluster& c, std::vector<std::string> flags = {}) {
   zmq::context_t context(1);
-  ControlClient client(context, HostPort{"127.0.0.1", c.broker_port()});
+  ControlClient client(context, HostPort{"127.0.0.1", c.broker_port()},
+                       LoadClientTransport(c.PublisherTransport()));
   auto hello = client.Hello("outage-test", 5000ms);
   if (!hello.ok()) throw std::runtime_error("hello: " + hello.status().ToString());
   flags.insert(flags.end(), {"--events-port", std::to_string(hello->events_port()),
@@ -526,7 +516,7 @@ bool HelpMentions(const std::string& program, const std::string& flag) {
 }
 
 // A subscriber started by hand: Cluster::StartSubscriber fixes --poll-interval.
-ChildProcess StartHeartbeatSubscriber(const Cluster& c, const std::string& id,
+ChildProcess StartHeartbeatSubscriber(Cluster& c, const std::string& id,
                                       const fs::path& heartbeat_pub, int stale_after) {
   ChildProcess p;
   p.Start(c.SubscriberCommand(id, c.mirror_tree(id), c.mirror_state(id),

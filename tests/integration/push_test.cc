@@ -131,6 +131,7 @@ TEST(Push, DeltaThatYieldsTheWrongHashFallsBackToAWholeFileFetch) {
 
   SubscriberOptions opts;
   opts.broker = HostPort{"127.0.0.1", c.broker_port()};
+  opts.transport = LoadClientTransport(c.MirrorTransport("inproc"));
   opts.trust = {c.origin_pub()};
   opts.repo = c.repo();
   opts.tree = c.mirror_tree("inproc");
@@ -255,7 +256,8 @@ TEST(Push, OnceGivesUpWhenTheBrokerNeverAnswers) {
   RunResult r = mirrorcast::testing::Run(
       {BinPath("mirrorcast-subscriber").string(), "--broker", "127.0.0.1:1", "--trust",
        c.origin_pub().string(), "--repo", c.repo(), "--tree", c.mirror_tree("x").string(),
-       "--state", c.mirror_state("x").string(), "--id", "x", "--once", "--connect-timeout", "1"},
+       "--state", c.mirror_state("x").string(), "--id", "x", "--once", "--connect-timeout", "1",
+       "--insecure-plaintext"},
       std::chrono::seconds(60));
   EXPECT_FALSE(r.timed_out);
   EXPECT_EQ(r.exit_code, 1) << r.err;

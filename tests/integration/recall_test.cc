@@ -53,6 +53,7 @@ RunResult RunRecall(Cluster& c, uint64_t to, const std::vector<std::string>& ext
                                    kReason,
                                    "--timeout",
                                    "30"};
+  for (const std::string& a : c.PublisherTransport()) argv.push_back(a);
   argv.insert(argv.end(), extra.begin(), extra.end());
   return Run(argv, 120s);
 }
@@ -183,13 +184,15 @@ TEST(Recall, EveryMirrorGoesBackToTheRecalledTreeFetchingOnlyWhatItLacks) {
   EXPECT_EQ(status.recalls(0).reason(), kReason);
   ASSERT_EQ(status.recall_windows_size(), 1);
   EXPECT_EQ(status.recall_windows(0).head_recall().recall_of(), 2u);
-  const RunResult shown = mirrorcast::testing::Run(
-      {BinPath("mirrorcast").string(), "status", "--broker", c.broker_address(), "--wide"}, 30s);
+  std::vector<std::string> status_argv = {BinPath("mirrorcast").string(), "status", "--broker",
+                                          c.broker_address(), "--wide"};
+  for (const std::string& a : c.AdminTransport()) status_argv.push_back(a);
+  const RunResult shown = mirrorcast::testing::Run(status_argv, 30s);
   ASSERT_EQ(shown.exit_code, 0) << shown.err;
   EXPECT_NE(shown.out.find("recall of serial 2: " + kReason), std::string::npos) << shown.out;
   EXPECT_NE(shown.out.find("4 (recall of 2)"), std::string::npos) << shown.out;
-  const RunResult json = mirrorcast::testing::Run(
-      {BinPath("mirrorcast").string(), "status", "--broker", c.broker_address(), "--json"}, 30s);
+  status_argv.push_back("--json");
+  const RunResult json = mirrorcast::testing::Run(status_argv, 30s);
   EXPECT_NE(json.out.find("\"recall_of\":2"), std::string::npos) << json.out;
 
   // The next ordinary publish of the origin tree builds on the recall (its

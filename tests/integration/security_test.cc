@@ -191,7 +191,7 @@ class SubscriberUnderAttack : public ::testing::Test {
         {BinPath("mirrorcast-subscriber").string(), "--broker",
          "127.0.0.1:" + std::to_string(broker_.port()), "--trust", (dir_ / "origin.pub").string(),
          "--repo", "demo", "--tree", (dir_ / "tree").string(), "--state", (dir_ / "state").string(),
-         "--id", "victim", "--once", "--stall-timeout", "5"},
+         "--id", "victim", "--once", "--stall-timeout", "5", "--insecure-plaintext"},
         60s);
   }
 

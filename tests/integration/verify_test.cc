@@ -25,6 +25,9 @@ RunResult Verify(Cluster& c, const std::string& id, const std::vector<std::strin
       BinPath("mirrorcast").string(), "verify",  "--tree",
       c.mirror_tree(id).string(),     "--state", c.mirror_state(id).string()};
   argv.insert(argv.end(), extra.begin(), extra.end());
+  if (std::find(extra.begin(), extra.end(), "--repair") != extra.end()) {
+    for (const std::string& a : c.MirrorTransport(id)) argv.push_back(a);
+  }
   return mirrorcast::testing::Run(argv, 120s);
 }
 
@@ -231,10 +234,18 @@ TEST(Verify, RefusesAStateRecordedForAnotherTree) {
   std::ofstream(other / "pool" / "theirs.deb") << "not in this state's manifest";
   const TreeSnapshot before = SnapshotTree(other);
 
-  const RunResult r = mirrorcast::testing::Run(
-      {BinPath("mirrorcast").string(), "verify", "--tree", other.string(), "--state",
-       c.mirror_state("m1").string(), "--repair", "--delete-extra", "--broker", c.broker_address()},
-      60s);
+  std::vector<std::string> argv = {BinPath("mirrorcast").string(),
+                                   "verify",
+                                   "--tree",
+                                   other.string(),
+                                   "--state",
+                                   c.mirror_state("m1").string(),
+                                   "--repair",
+                                   "--delete-extra",
+                                   "--broker",
+                                   c.broker_address()};
+  for (const std::string& a : c.MirrorTransport("m1")) argv.push_back(a);
+  const RunResult r = mirrorcast::testing::Run(argv, 60s);
   EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
   EXPECT_TRUE(Contains(r.err, "belongs to the tree")) << r.err;
   EXPECT_EQ(SnapshotTree(other), before);

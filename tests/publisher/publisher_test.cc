@@ -113,6 +113,7 @@ class PublishTest : public ::testing::Test {
     broker.tree_root = dir_ / "served";
     broker.trust = {dir_ / "publisher.pub"};
     broker.broker_id = "test-broker";
+    broker.insecure_plaintext = true;
     broker.content_workers = 1;
     broker.linked_per_reply = linked_per_reply_;
     broker_ = std::make_unique<Broker>(broker);
