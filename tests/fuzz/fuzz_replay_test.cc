@@ -153,6 +153,7 @@ TEST_F(FuzzReplay, Path) { ReplayTarget(&FuzzPath, PathSeeds()); }
 TEST_F(FuzzReplay, Messages) { ReplayTarget(&FuzzMessages, MessagesSeeds()); }
 TEST_F(FuzzReplay, Keyfile) { ReplayTarget(&FuzzKeyfile, KeyfileSeeds()); }
 TEST_F(FuzzReplay, Chunks) { ReplayTarget(&FuzzChunks, ChunksSeeds()); }
+TEST_F(FuzzReplay, Keyset) { ReplayTarget(&FuzzKeyset, KeysetSeeds()); }
 
 }  // namespace
 }  // namespace mirrorcast::fuzz

@@ -23,6 +23,7 @@ int FuzzPath(const uint8_t* data, size_t size);
 int FuzzMessages(const uint8_t* data, size_t size);
 int FuzzKeyfile(const uint8_t* data, size_t size);
 int FuzzChunks(const uint8_t* data, size_t size);
+int FuzzKeyset(const uint8_t* data, size_t size);
 }
 
 namespace mirrorcast::fuzz {
@@ -36,5 +37,6 @@ std::vector<std::string> PathSeeds();
 std::vector<std::string> MessagesSeeds();
 std::vector<std::string> KeyfileSeeds();
 std::vector<std::string> ChunksSeeds();
+std::vector<std::string> KeysetSeeds();
 
 }  // namespace mirrorcast::fuzz
