@@ -5,7 +5,11 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
+#include <string_view>
+
+#include "core/base/status.h"
 
 #include "proto/mirrorcast.pb.h"
 
@@ -13,6 +17,15 @@ namespace mirrorcast {
 
 // mirrorcast keygen --out PREFIX
 int KeygenMain(int argc, char** argv);
+
+// mirrorcast keys make|sign|show|publish ... (key sets; see tools/keys.cc)
+int KeysMain(int argc, char** argv);
+
+// The key set a `keys make` description (statements one a line, see
+// `mirrorcast keys make --help`) says; public key paths are relative to
+// `base`, expiries to `now_unix`. Checked as KeySet::Decode checks.
+Result<v1::KeySet> ParseKeySetDescription(std::string_view text, const std::filesystem::path& base,
+                                          int64_t now_unix);
 
 // mirrorcast status --broker HOST:PORT [--json] [--timeout S]
 int StatusMain(int argc, char** argv);

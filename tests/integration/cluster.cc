@@ -55,11 +55,25 @@ void Cluster::StartBroker(const std::vector<std::string>& extra) {
                                    origin_pub().string(),
                                    "--log-level",
                                    "debug"};
+  ApplyTrustMode(argv);
   argv.insert(argv.end(), extra.begin(), extra.end());
   broker_ = std::make_unique<ChildProcess>();
   broker_->Start(argv, dir_.path() / "logs" / "broker.log");
   const std::string address = WaitForFile(port_file, 20s);
   broker_port_ = static_cast<uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+}
+
+void UseRootKeyInstead(std::vector<std::string>& argv, const fs::path& root_pub) {
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == "--trust") {
+      argv[i] = "--root-key";
+      argv[i + 1] = root_pub.string();
+    }
+  }
+}
+
+void Cluster::ApplyTrustMode(std::vector<std::string>& argv) const {
+  if (root_key_) UseRootKeyInstead(argv, *root_key_);
 }
 
 void Cluster::StopBroker() {
@@ -85,6 +99,7 @@ void Cluster::StartSubscriber(const std::string& id, const std::vector<std::stri
                                    "2",
                                    "--log-level",
                                    "debug"};
+  ApplyTrustMode(argv);
   argv.insert(argv.end(), extra.begin(), extra.end());
   auto child = std::make_unique<ChildProcess>();
   child->Start(argv, dir_.path() / "logs" / (id + ".log"));

@@ -37,6 +37,10 @@ class Cluster {
   std::string broker_address() const { return "127.0.0.1:" + std::to_string(broker_port_); }
   uint16_t broker_port() const { return broker_port_; }
 
+  // From now on the broker and subscribers start with --root-key `root_pub`
+  // (key sets) instead of --trust with the origin key.
+  void UseRootKey(std::filesystem::path root_pub) { root_key_ = std::move(root_pub); }
+
   // Generates a key pair with `mirrorcast keygen` at keys/<name>.{key,pub}.
   std::filesystem::path MakeKey(const std::string& name);
 
@@ -69,13 +73,20 @@ class Cluster {
   int KillBroker();
 
  private:
+  // --trust ORIGIN becomes --root-key ROOT when UseRootKey was called.
+  void ApplyTrustMode(std::vector<std::string>& argv) const;
+
   TempDir dir_;
+  std::optional<std::filesystem::path> root_key_;
   std::string repo_;
   uint16_t broker_port_ = 0;
   std::unique_ptr<ChildProcess> broker_;
   std::map<std::string, std::unique_ptr<ChildProcess>> subscribers_;
   zmq::context_t context_;
 };
+
+// Turns "--trust PUBFILE" in a daemon's command line into "--root-key ROOT".
+void UseRootKeyInstead(std::vector<std::string>& argv, const std::filesystem::path& root_pub);
 
 // A small yum-style repo: `packages` files under Packages/, repodata/ with a
 // repomd.xml naming them, and one `big_bytes` file under isos/.
