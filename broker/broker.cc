@@ -106,10 +106,7 @@ Status Broker::Start() {
         "no transport security: pass --curve-key FILE and --allow FILE (make keys with "
         "'mirrorcast keygen --curve'), or --insecure-plaintext for a lab");
   }
-  for (const auto& file : options_.trust) {
-    MC_RETURN_IF_ERROR(trust_.AddFile(file).WithContext("trust key " + file.string()));
-  }
-  if (trust_.empty()) return Status::InvalidArgument("no trusted publisher key (--trust)");
+  MC_ASSIGN_OR_RETURN(trust_, LoadKeyTrust(options_.trust, {}, options_.root_keys));
   if (options_.heartbeat_key) {
     auto key = SigningKey::LoadFile(*options_.heartbeat_key);
     if (!key.ok()) return key.status().WithContext("heartbeat key");
@@ -122,6 +119,17 @@ Status Broker::Start() {
     return Status::NotFound("tree root " + options_.tree_root.string() + " is not a directory");
   }
   MC_ASSIGN_OR_RETURN(state_, BrokerState::Open(options_.state_dir));
+  if (trust_.rooted()) {
+    // The current key set, as last accepted (written atomically, fsync'd).
+    const fs::path keyset = options_.state_dir / "keyset";
+    if (fs::exists(keyset, ec)) {
+      MC_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(keyset, kMaxKeySetBytes));
+      MC_RETURN_IF_ERROR(trust_.AdoptStored(bytes).WithContext(keyset.string()));
+    } else {
+      MC_LOG(warning) << "no key set yet: publishes are refused until 'mirrorcast keys publish' "
+                         "uploads one signed by the root key";
+    }
+  }
   MC_ASSIGN_OR_RETURN(recall_versions_, ServableVersionReader::Open(options_.state_dir));
   objects_ = std::make_unique<ObjectStore>(options_.state_dir / "objects");
   // Objects linked for a publish that never committed (a crash in between).
@@ -191,7 +199,7 @@ Status Broker::Start() {
   MC_LOG(info) << "serving control=" << options_.listen.WithPort(control_port_).ToString()
                << " events=" << events_port_ << " content=" << content_port_
                << " tree_root=" << options_.tree_root.string()
-               << " repos=" << state_->repos().size() << " trusted_keys=" << trust_.size();
+               << " repos=" << state_->repos().size() << " trust=" << trust_.Describe();
   if (curve_) {
     const auto list = allow_->Get();
     MC_LOG(info) << "transport CURVE, broker key " << curve_->public_z85 << ", allow-list "
@@ -282,6 +290,7 @@ void Broker::SendHeartbeat() {
   hb->set_issued_unix(now);
   // Valid for a few intervals, so one lost heartbeat does not make anyone stale.
   hb->set_expires_unix(now + std::max<int64_t>(30, 3 * options_.heartbeat_interval.count()));
+  hb->set_keyset_version(trust_.version());
   for (const auto& [repo, head] : state_->repos()) {
     auto* r = hb->add_repos();
     r->set_repo(repo);
@@ -353,6 +362,9 @@ constexpr ControlKind kControlKinds[] = {
     {v1::ControlRequest::kStatus, "Status", ControlAction::kStatus},
     {v1::ControlRequest::kPutObjects, "PutObjects", ControlAction::kPutObjects},
     {v1::ControlRequest::kLinked, "Linked", ControlAction::kLinked},
+    // A key set is checked against the broker's root before it is stored;
+    // who may upload it is a publisher's role.
+    {v1::ControlRequest::kPublishKeySet, "PublishKeySet", ControlAction::kPublish},
 };
 
 // nullptr for a field that is no request type (a peer's choice).
@@ -577,6 +589,8 @@ v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request,
       return HandleLinked(request.linked());
     case v1::ControlRequest::kPutObjects:
       return HandlePutObjects(request.put_objects());
+    case v1::ControlRequest::kPublishKeySet:
+      return HandlePublishKeySet(request.publish_key_set());
     default:
       return Fail("empty control request");
   }
@@ -596,7 +610,80 @@ v1::ControlReply Broker::HandleHello(const v1::HelloRequest& request) {
     r->set_manifest_sha256(head.manifest_sha256);
     *hello->add_recall_windows() = RecallWindowOf(repo, head);
   }
+  if (const KeySet* set = trust_.current()) {
+    hello->set_keyset_version(set->version());
+    hello->set_key_set(set->bytes());
+  }
   return reply;
+}
+
+v1::ControlReply Broker::HandlePublishKeySet(const v1::PublishKeySetRequest& request) {
+  auto set = trust_.Check(request.key_set(), BrokerClock(options_).NowUnix());
+  if (!set.ok() && set.status().code() != Status::Code::kAlreadyExists) {
+    MC_LOG(warning) << "refused key set: " << EscapeForLog(set.status().ToString(), 1024);
+    return Fail("refused: " + set.status().message());
+  }
+  v1::ControlReply reply = Ok();
+  if (!set.ok()) {  // the current one again
+    reply.mutable_publish_key_set()->set_version(trust_.version());
+    return reply;
+  }
+  // Durable before anyone is told of it.
+  if (Status s = WriteFileAtomic(options_.state_dir / "keyset", set->bytes()); !s.ok()) {
+    MC_LOG(error) << "cannot store key set version " << set->version() << ": " << s.ToString();
+    return Fail("broker cannot store the key set: " + s.message());
+  }
+  const uint64_t was = trust_.version();
+  for (const auto& reset : set->body().resets()) {
+    const RepoHead head = state_->Head(reset.repo());
+    MC_LOG(warning) << "key set version " << set->version() << " resets repo "
+                    << EscapeForLog(reset.repo(), 64) << " to serial " << reset.floor()
+                    << " on mirrors that accepted a later serial under a key set older than "
+                    << reset.since_version() << " (this broker's head: serial " << head.serial
+                    << "; its next publish is serial " << head.serial + 1 << ")";
+  }
+  trust_.Adopt(std::move(*set));
+  MC_LOG(info) << "accepted key set version " << trust_.version() << " (was " << was << ")";
+  DropRevokedEvents();
+  reply.mutable_publish_key_set()->set_version(trust_.version());
+  SendHeartbeat();  // carries the new version: mirrors fetch it now
+  return reply;
+}
+
+void Broker::DropRevokedEvents() {
+  const int64_t now = BrokerClock(options_).NowUnix();
+  for (const auto& [repo, head] : state_->repos()) {
+    std::vector<uint64_t> revoked;
+    uint64_t since = 0;
+    for (;;) {
+      auto page = state_->EventsSince(repo, since, 256);
+      if (!page.ok()) {
+        MC_LOG(error) << "event log of " << repo << ": " << page.status().ToString();
+        break;
+      }
+      const uint64_t page_start = since;
+      for (const auto& bytes : page->envelopes) {
+        // Our own log: parsed for its serial, then judged as a mirror will.
+        v1::Envelope envelope;
+        v1::SignedPayload payload;
+        if (!envelope.ParseFromString(bytes) || !payload.ParseFromString(envelope.payload()) ||
+            payload.repo_changed().serial() <= since) {
+          continue;
+        }
+        since = payload.repo_changed().serial();
+        if (!trust_.OpenEvent(bytes, now).ok()) revoked.push_back(since);
+      }
+      if (page->envelopes.size() < 256 || since == page_start) break;
+    }
+    if (revoked.empty()) continue;
+    if (Status s = state_->DropEvents(repo, revoked); !s.ok()) {
+      MC_LOG(error) << "cannot drop revoked events of " << repo << ": " << s.ToString();
+      continue;
+    }
+    MC_LOG(warning) << "dropped " << revoked.size() << " event(s) of " << repo
+                    << " from the log: their signing keys are not in key set version "
+                    << trust_.version() << " (mirrors behind them jump to the head)";
+  }
 }
 
 v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
@@ -605,12 +692,11 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   auto since = [this, &t0] {
     return std::chrono::duration<double>(BrokerClock(options_).Steady() - t0).count();
   };
-  auto opened = OpenEnvelope(request.envelope(), trust_);
+  auto opened = trust_.OpenEvent(request.envelope(), now);
   if (!opened.ok()) {
     MC_LOG(warning) << "refused publish: " << EscapeForLog(opened.status().ToString(), 1024);
     return Fail("refused: " + opened.status().message());
   }
-  if (!opened->payload.has_repo_changed()) return Fail("refused: publish carries no RepoChanged");
   const v1::RepoChanged& event = opened->payload.repo_changed();
   if (Status s = CheckRepoChanged(event, now); !s.ok()) {
     MC_LOG(warning) << "refused publish: " << EscapeForLog(s.ToString(), 1024);

@@ -43,6 +43,7 @@
 #include "core/net/curve.h"
 #include "core/net/endpoint.h"
 #include "core/net/zap_handler.h"
+#include "core/wire/key_trust.h"
 
 namespace mirrorcast {
 
@@ -73,8 +74,11 @@ struct BrokerOptions {
   std::optional<std::filesystem::path> allow_file;
   bool insecure_plaintext = false;
   std::filesystem::path state_dir;
-  std::filesystem::path tree_root;                 // repo R is served from tree_root/R
-  std::vector<std::filesystem::path> trust;        // publisher public keys
+  std::filesystem::path tree_root;           // repo R is served from tree_root/R
+  std::vector<std::filesystem::path> trust;  // fixed keys: publisher public keys
+  // Instead of `trust`: root public keys that sign key sets (core/wire/
+  // key_trust.h); the current key set is kept in <state_dir>/keyset.
+  std::vector<std::filesystem::path> root_keys;
   std::optional<std::filesystem::path> port_file;  // gets "HOST:PORT" once bound
   // 0: listen port + 1 / + 2, or any free port when listening on port 0.
   uint16_t events_port = 0;
@@ -185,6 +189,13 @@ class Broker {
   v1::ControlReply HandleStatus();
   v1::ControlReply HandlePutObjects(const v1::PutObjectsRequest& request);
   v1::ControlReply HandleHello(const v1::HelloRequest& request);
+  // A key set from `mirrorcast keys publish`: checked against the current
+  // root (KeyTrust::Check), written to <state>/keyset, adopted; events of the
+  // log signed by keys it no longer allows are dropped (mirrors would refuse
+  // them: a catch-up over them becomes a jump to the head), and a heartbeat
+  // goes out so mirrors learn of it now.
+  v1::ControlReply HandlePublishKeySet(const v1::PublishKeySetRequest& request);
+  void DropRevokedEvents();
   void FanOut(const std::string& repo, const std::string& envelope);
   void SendHeartbeat();
 
@@ -204,7 +215,7 @@ class Broker {
   std::unique_ptr<BrokerState> state_;
   // The control thread's own reader of the version table (recall checks).
   std::unique_ptr<ServableVersionReader> recall_versions_;
-  TrustStore trust_;
+  KeyTrust trust_;  // control thread only (after Start)
   std::optional<SigningKey> heartbeat_key_;
   uint16_t control_port_ = 0;
   uint16_t events_port_ = 0;

@@ -639,6 +639,20 @@ Result<StoredEvents> BrokerState::EventsSince(const std::string& repo, uint64_t 
   return out;
 }
 
+Status BrokerState::DropEvents(const std::string& repo, const std::vector<uint64_t>& serials) {
+  if (serials.empty()) return Status::Ok();
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("DELETE FROM events WHERE repo = ? AND serial = ?"));
+  for (uint64_t serial : serials) {
+    st.Reset();
+    st.Bind(1, repo).Bind(2, static_cast<int64_t>(serial));
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  return tx.Commit();
+}
+
 Result<std::optional<v1::RepoChanged>> BrokerState::StoredEvent(const std::string& repo,
                                                                 uint64_t serial) {
   MC_ASSIGN_OR_RETURN(Statement st,

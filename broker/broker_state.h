@@ -145,6 +145,9 @@ class BrokerState {
   // The RepoChanged of the stored event of `serial` (nullopt when the log no
   // longer holds it). Parsed, not verified again: it was when published.
   Result<std::optional<v1::RepoChanged>> StoredEvent(const std::string& repo, uint64_t serial);
+  // Removes the events of `serials` from the log of `repo` (one
+  // transaction): events signed by keys a new key set revokes.
+  Status DropEvents(const std::string& repo, const std::vector<uint64_t>& serials);
   // The oldest serial the event log of `repo` holds (0: none).
   Result<uint64_t> OldestEventSerial(const std::string& repo);
 

@@ -24,8 +24,14 @@ int BrokerMain(int argc, char** argv) {
        "manifests and retained file versions (best on the tree's filesystem)")
       ("tree-root", po::value<std::string>()->required(),
        "directory whose subdirectory R is the content of repo R")
-      ("trust", po::value<std::vector<std::string>>()->required()->composing(),
-       "public key file of a publisher allowed to publish (repeatable)")
+      ("trust", po::value<std::vector<std::string>>()->composing(),
+       "fixed keys: public key file of a publisher allowed to publish to any repo "
+       "(repeatable). Use --trust or --root-key")
+      ("root-key", po::value<std::vector<std::string>>()->composing(),
+       "instead of --trust: public key file of the offline root that signs key sets "
+       "(repeatable). Publishes are checked against the current key set, which "
+       "'mirrorcast keys publish' uploads (verified against the current root, kept in "
+       "STATE/keyset) and which the broker hands to every mirror")
       ("port-file", po::value<std::string>(),
        "write HOST:PORT of the control socket here once bound")
       ("events-port", po::value<uint16_t>()->default_value(0),
@@ -94,7 +100,7 @@ int BrokerMain(int argc, char** argv) {
   ProgramInfo info{
       "mirrorcast-broker",
       "mirrorcast-broker --listen HOST:PORT --state DIR --tree-root DIR --trust PUBFILE "
-      "--curve-key KEYFILE --allow FILE [options]",
+      "--curve-key KEYFILE --allow FILE [options]   (or --root-key PUBFILE instead of --trust)",
       "Accepts signed repository events from mirrorcast-publish, stores them durably, "
       "fans them out to mirrorcast-subscriber daemons, serves the changed content "
       "(whole files and librsync deltas) and records which mirror holds which serial. "
@@ -124,7 +130,7 @@ int BrokerMain(int argc, char** argv) {
   }
   opts.state_dir = (*vm)["state"].as<std::string>();
   opts.tree_root = (*vm)["tree-root"].as<std::string>();
-  for (const auto& t : (*vm)["trust"].as<std::vector<std::string>>()) opts.trust.emplace_back(t);
+  ReadTrustFlags(*vm, &opts.trust, &opts.root_keys);
   if (vm->count("port-file")) opts.port_file = (*vm)["port-file"].as<std::string>();
   opts.events_port = (*vm)["events-port"].as<uint16_t>();
   opts.content_port = (*vm)["content-port"].as<uint16_t>();

@@ -45,6 +45,9 @@ int PublishMain(int argc, char** argv) {
                         "origin broker control endpoint, HOST:PORT or [V6]:PORT")(
       "key", po::value<std::string>()->required(),
       "Ed25519 secret key file (from 'mirrorcast keygen'; must be mode 0600)")(
+      "cosign-key", po::value<std::vector<std::string>>()->composing(),
+      "another secret key file that signs the event too (repeatable): a key-set publisher "
+      "rule with threshold=K needs K distinct signers")(
       "repo", po::value<std::string>()->required(),
       "repository name: 1-64 of [A-Za-z0-9._-], not starting with '.'")(
       "tree", po::value<std::string>()->required(), "root directory of the repository tree")(
@@ -83,6 +86,7 @@ int PublishMain(int argc, char** argv) {
   if (!broker.ok()) throw std::runtime_error("bad --broker: " + broker.status().message());
   publish.broker = *broker;
   publish.key_file = (*vm)["key"].as<std::string>();
+  publish.cosign_key_files = PathList(*vm, "cosign-key");
   publish.repo = (*vm)["repo"].as<std::string>();
   publish.tree = (*vm)["tree"].as<std::string>();
   if (vm->count("paths-from")) publish.paths_from = (*vm)["paths-from"].as<std::string>();

@@ -495,6 +495,17 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
     return Status::InvalidArgument("cannot load signing key " + options.key_file.string() + ": " +
                                    key.status().message());
   }
+  std::vector<SigningKey> cosigners;
+  for (const auto& file : options.cosign_key_files) {
+    Result<SigningKey> cosigner = SigningKey::LoadFile(file);
+    if (!cosigner.ok()) {
+      return Status::InvalidArgument("cannot load signing key " + file.string() + ": " +
+                                     cosigner.status().message());
+    }
+    cosigners.push_back(std::move(cosigner).value());
+  }
+  std::vector<const SigningKey*> signers = {&*key};
+  for (const SigningKey& cosigner : cosigners) signers.push_back(&cosigner);
   std::optional<std::vector<std::string>> paths;
   if (options.paths_from) {
     MC_ASSIGN_OR_RETURN(paths, ReadPathsFile(*options.paths_from));
@@ -614,7 +625,8 @@ Result<PublishOutcome> PublishImpl(const PublisherOptions& options, zmq::context
   draft.max_inline_change_bytes = options.max_inline_change_bytes;
   draft.now_unix = now;
   draft.expires_unix = now + options.expiry_days * kSecondsPerDay;
-  MC_ASSIGN_OR_RETURN(const SealedEvent sealed, SealRepoChanged(std::move(draft), *key));
+  draft.keyset_version = hello->keyset_version();
+  MC_ASSIGN_OR_RETURN(const SealedEvent sealed, SealRepoChanged(std::move(draft), signers));
   const bool omit = sealed.changes_omitted;
   if (omit) {
     MC_RETURN_IF_ERROR(UploadManifest(options, control, previous_index, next_index, fresh));

@@ -50,8 +50,11 @@ struct PublisherOptions {
   HostPort broker;                 // control endpoint of the origin broker
   ClientTransport transport;       // CURVE keys; nullopt: plain TCP (--insecure-plaintext)
   std::filesystem::path key_file;  // Ed25519 secret key (PREFIX.key, mode 0600)
-  std::string repo;                // repository name (ValidateRepoName)
-  std::filesystem::path tree;      // root of the repository tree
+  // More secret keys that sign the event too (cosignatures), for a key-set
+  // publisher rule with a threshold above 1.
+  std::vector<std::filesystem::path> cosign_key_files;
+  std::string repo;            // repository name (ValidateRepoName)
+  std::filesystem::path tree;  // root of the repository tree
   // When set: rescan only the paths listed in this file (ReadPathsFile; "-"
   // is standard input); otherwise scan the whole tree.
   std::optional<std::filesystem::path> paths_from;

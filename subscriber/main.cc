@@ -26,11 +26,18 @@ int SubscriberMain(int argc, char** argv) {
   options.add_options()
       ("broker", po::value<std::string>()->required(),
        "HOST:PORT of the broker's control socket (the one address a mirror needs)")
-      ("trust", po::value<std::vector<std::string>>()->required()->composing(),
-       "public key file of the origin whose events this mirror accepts (repeatable)")
+      ("trust", po::value<std::vector<std::string>>()->composing(),
+       "fixed keys: public key file of the origin whose events this mirror accepts "
+       "(repeatable). Use --trust or --root-key")
+      ("root-key", po::value<std::vector<std::string>>()->composing(),
+       "instead of --trust/--heartbeat-trust: public key file of the offline root that signs "
+       "key sets (repeatable; any one may sign the first key set). The broker hands out the "
+       "current key set (which keys may sign events of which repos, and heartbeats); it is "
+       "kept in STATE and replaced only by a newer one the current root signed")
       ("heartbeat-trust", po::value<std::vector<std::string>>()->composing(),
-       "public key file trusted to sign heartbeats only: the origin broker's online key "
-       "(repeatable). Enables freshness tracking: see --stale-after")
+       "fixed keys: public key file trusted to sign heartbeats only: the origin broker's online "
+       "key (repeatable). Enables freshness tracking: see --stale-after (with --root-key the "
+       "key set names the heartbeat keys)")
       ("stale-after", po::value<int>()->default_value(60),
        "report this mirror stale (log, ACK, status) once the newest valid heartbeat is older "
        "than this many seconds")
@@ -76,8 +83,8 @@ int SubscriberMain(int argc, char** argv) {
   options.add(ClientTransportOptions());
   ProgramInfo info{
       "mirrorcast-subscriber",
-      "mirrorcast-subscriber --broker HOST:PORT --trust PUBFILE --repo R --tree DIR --state DIR "
-      "--id NAME --curve-key KEYFILE --broker-key PUBFILE [options]",
+      "mirrorcast-subscriber --broker HOST:PORT (--trust PUBFILE | --root-key PUBFILE) --repo R "
+      "--tree DIR --state DIR --id NAME --curve-key KEYFILE --broker-key PUBFILE [options]",
       "Keeps one mirror tree at the broker's latest serial: verifies each signed event, fetches "
       "only what changed (local reuse, librsync deltas, or whole files), checks every SHA-256 "
       "against the signed manifest, applies content before metadata and deletions last, records "
@@ -92,12 +99,8 @@ int SubscriberMain(int argc, char** argv) {
   SubscriberOptions opts;
   opts.broker = *broker;
   opts.transport = ClientTransportFromOptions(*vm, "mirrorcast-subscriber");
-  for (const auto& t : (*vm)["trust"].as<std::vector<std::string>>()) opts.trust.emplace_back(t);
-  if (vm->count("heartbeat-trust")) {
-    for (const auto& t : (*vm)["heartbeat-trust"].as<std::vector<std::string>>()) {
-      opts.heartbeat_trust.emplace_back(t);
-    }
-  }
+  ReadTrustFlags(*vm, &opts.trust, &opts.root_keys);
+  opts.heartbeat_trust = PathList(*vm, "heartbeat-trust");
   opts.stale_after = std::chrono::seconds(std::max(1, (*vm)["stale-after"].as<int>()));
   opts.repo = (*vm)["repo"].as<std::string>();
   opts.tree = (*vm)["tree"].as<std::string>();

@@ -58,6 +58,12 @@ class Subscriber::Session : public BrokerLink {
   // Handles any envelope from the event socket: events, heartbeats.
   void OnBroadcast(const std::string& envelope, bool* need_sync);
   void CheckFreshness();
+  // Hands the broker's key set to the follower (a refusal is its to report).
+  void OfferKeySet(const v1::HelloReply& hello) {
+    if (Status s = follower_->OfferKeySet(hello.key_set()); !s.ok()) {
+      MC_LOG(debug) << "key set not taken: " << s.ToString();
+    }
+  }
   // A broadcast named `serial`, newer than the tree.
   void NoteNewer(uint64_t serial, bool* need_sync) {
     *need_sync = true;
@@ -83,8 +89,10 @@ class Subscriber::Session : public BrokerLink {
   uint64_t highest_seen_ = 0;  // newest serial any broadcast named
   bool poked_ = false;         // a broadcast named a serial not seen before
 
+  // The newest key-set version a broadcast named (unverified: a hint to
+  // fetch the broker's key set, once per version).
+  uint64_t highest_keyset_seen_ = 0;
   // Freshness: only with heartbeat keys configured.
-  TrustStore heartbeat_trust_;
   int64_t last_heartbeat_issued_ = 0;
   int64_t started_unix_ = 0;
   bool stale_ = false;
@@ -94,14 +102,8 @@ class Subscriber::Session : public BrokerLink {
 };
 
 Status Subscriber::Session::Init(bool once) {
-  TrustStore trust;
-  for (const auto& file : options_.trust) {
-    MC_RETURN_IF_ERROR(trust.AddFile(file).WithContext("trust key " + file.string()));
-  }
-  for (const auto& file : options_.heartbeat_trust) {
-    MC_RETURN_IF_ERROR(
-        heartbeat_trust_.AddFile(file).WithContext("heartbeat key " + file.string()));
-  }
+  MC_ASSIGN_OR_RETURN(KeyTrust trust,
+                      LoadKeyTrust(options_.trust, options_.heartbeat_trust, options_.root_keys));
   started_unix_ = clock().NowUnix();
   FollowerOptions follow;
   follow.repo = options_.repo;
@@ -136,6 +138,7 @@ Status Subscriber::Session::Connect(bool once) {
     auto hello = control_->Hello("subscriber " + options_.id, kControlTimeout);
     if (hello.ok()) {
       Attach(*hello);
+      OfferKeySet(*hello);
       MC_LOG(info) << "connected to broker " << hello->broker_id() << " at "
                    << options_.broker.ToString();
       FlushAcks();  // whatever a previous run could not deliver
@@ -196,6 +199,7 @@ Result<uint64_t> Subscriber::Session::Head() {
                  << hello.content_port() << "; reconnecting";
     Attach(hello);
   }
+  OfferKeySet(hello);
   for (const auto& r : hello.repos()) {
     if (r.repo() == options_.repo) return r.serial();
   }
@@ -229,12 +233,32 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
     follower_->Reject(0, Status::Rejected("malformed envelope"));
     return;
   }
-  if (!follower_->Trusts(outer.key_id()) && heartbeat_trust_.Find(outer.key_id())) {
+  const KeyTrust& trust = follower_->trust();
+  if (trust.rooted()) {
+    // A broadcast signed under a newer key set than this mirror's (by a key
+    // it may not know yet): fetch the broker's key set before judging it.
+    // The version is read unverified, so it only asks for a fetch, once per
+    // version named.
+    v1::SignedPayload peek;
+    uint64_t named = 0;
+    if (peek.ParseFromString(outer.payload())) {
+      named = peek.has_repo_changed() ? peek.repo_changed().keyset_version()
+                                      : peek.heartbeat().keyset_version();
+    }
+    if (named > trust.version() && named > highest_keyset_seen_) {
+      highest_keyset_seen_ = named;
+      MC_LOG(info) << "a broadcast names key set version " << named << ", this mirror has "
+                   << trust.version() << ": fetching the broker's";
+      *need_sync = true;
+      poked_ = true;
+      return;
+    }
+  }
+  if (!trust.IsEventKey(outer.key_id()) && trust.IsHeartbeatKey(outer.key_id())) {
     // A heartbeat key may sign heartbeats and nothing else.
-    auto opened = OpenEnvelope(envelope, heartbeat_trust_);
-    if (!opened.ok() || !opened->payload.has_heartbeat()) {
-      follower_->Reject(0, opened.ok() ? Status::Rejected("heartbeat key signed something else")
-                                       : opened.status());
+    auto opened = trust.OpenHeartbeat(envelope, clock().NowUnix());
+    if (!opened.ok()) {
+      follower_->Reject(0, opened.status());
       return;
     }
     const v1::Heartbeat& hb = opened->payload.heartbeat();
@@ -285,7 +309,7 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
 }
 
 void Subscriber::Session::CheckFreshness() {
-  if (heartbeat_trust_.empty()) return;
+  if (!follower_->trust().HasHeartbeatKeys()) return;
   const int64_t now = clock().NowUnix();
   const int64_t since = last_heartbeat_issued_ ? last_heartbeat_issued_ : started_unix_;
   const bool stale = now - since > options_.stale_after.count();

@@ -42,9 +42,14 @@ struct SubscriberOptions {
   // CURVE keys for every socket to the broker; nullopt: plain TCP
   // (subscriber/main.cc allows that only with --insecure-plaintext).
   ClientTransport transport;
-  std::vector<std::filesystem::path> trust;  // origin public keys
-  // Keys trusted to sign heartbeats only (the origin broker's online key).
+  // Fixed keys: origin public keys (events of any repo)...
+  std::vector<std::filesystem::path> trust;
+  // ...and keys trusted to sign heartbeats only (the origin broker's online key).
   std::vector<std::filesystem::path> heartbeat_trust;
+  // Instead of fixed keys: the root public key(s) that sign key sets
+  // (core/wire/key_trust.h). The current key set comes from the broker and
+  // is kept in the state; until one arrives nothing is accepted.
+  std::vector<std::filesystem::path> root_keys;
   // With heartbeat keys: report stale once the newest valid heartbeat was
   // issued longer ago than this (freeze defence).
   std::chrono::seconds stale_after{60};

@@ -5,7 +5,11 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <string>
+#include <string_view>
+
+#include "core/base/status.h"
 
 #include "proto/mirrorcast.pb.h"
 
@@ -16,6 +20,15 @@ int KeygenMain(int argc, char** argv);
 
 // The commands that talk to a broker also take --curve-key FILE --broker-key
 // FILE, or --insecure-plaintext (core/cli/transport.h).
+// mirrorcast keys make|sign|show|publish ... (key sets; see tools/keys.cc)
+int KeysMain(int argc, char** argv);
+
+// The key set a `keys make` description (statements one a line, see
+// `mirrorcast keys make --help`) says; public key paths are relative to
+// `base`, expiries to `now_unix`. Checked as KeySet::Decode checks.
+Result<v1::KeySet> ParseKeySetDescription(std::string_view text, const std::filesystem::path& base,
+                                          int64_t now_unix);
+
 // mirrorcast status --broker HOST:PORT [--json] [--timeout S]
 int StatusMain(int argc, char** argv);
 

@@ -20,6 +20,8 @@ struct Command {
 constexpr Command kCommands[] = {
     {"keygen", "mirrorcast keygen", KeygenMain,
      "create an Ed25519 signing key pair, or with --curve a CURVE transport key pair"},
+    {"keys", "mirrorcast keys", KeysMain,
+     "make, sign, show and publish key sets (rotation and revocation with --root-key)"},
     {"status", "mirrorcast status", StatusMain,
      "show a broker's repos and the state every mirror last reported"},
     {"recall", "mirrorcast recall", RecallMain,

@@ -234,6 +234,7 @@ Result<RecallOutcome> RecallImpl(const RecallOptions& options, zmq::context_t& c
   draft.expires_unix = now + options.expiry_days * kSecondsPerDay;
   draft.recall_of = options.to;
   draft.recall_reason = options.reason;
+  draft.keyset_version = hello->keyset_version();
   const uint64_t change_count = draft.change_count;
   MC_ASSIGN_OR_RETURN(const SealedEvent sealed, SealRepoChanged(std::move(draft), *key));
   MC_LOG(info) << "publishing recall repo=" << options.repo << " serial=" << sealed.serial

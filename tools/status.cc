@@ -45,14 +45,7 @@ const char* StateName(v1::AckState state) {
   }
 }
 
-std::string IsoTime(int64_t unix_seconds) {
-  const std::time_t t = static_cast<std::time_t>(unix_seconds);
-  std::tm tm{};
-  if (gmtime_r(&t, &tm) == nullptr) return "?";
-  char buffer[32];
-  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buffer;
-}
+std::string IsoTime(int64_t unix_seconds) { return FormatUtc(unix_seconds); }
 
 std::string Age(int64_t seconds) {
   if (seconds < 0) return "in " + std::to_string(-seconds) + "s";

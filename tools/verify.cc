@@ -37,6 +37,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "core/base/clock.h"
 #include "core/cli/options.h"
 #include "core/cli/transport.h"
 #include "core/crypto/sha256.h"
@@ -132,14 +133,7 @@ std::string Printable(std::string_view text) {
   return out;
 }
 
-std::string FormatUnix(int64_t unix_seconds) {
-  const std::time_t t = static_cast<std::time_t>(unix_seconds);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buffer[32];
-  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buffer;
-}
+std::string FormatUnix(int64_t unix_seconds) { return FormatUtc(unix_seconds); }
 
 std::string Octal(uint32_t mode) {
   char buffer[16];

@@ -15,6 +15,15 @@ class RealClock final : public Clock {
 
 }  // namespace
 
+std::string FormatUtc(int64_t unix_seconds) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  if (gmtime_r(&t, &tm) == nullptr) return "?";
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
 const Clock& Clock::Real() {
   static const RealClock* clock = new RealClock();
   return *clock;

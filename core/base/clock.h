@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <string>
 
 namespace mirrorcast {
 
@@ -16,5 +17,8 @@ class Clock {
   // The process-wide real clock. Thread-safe; never destroyed.
   static const Clock& Real();
 };
+
+// `unix_seconds` as UTC, "2026-12-02T05:03:05Z" ("?" when out of range).
+std::string FormatUtc(int64_t unix_seconds);
 
 }  // namespace mirrorcast

@@ -48,6 +48,23 @@ std::optional<po::variables_map> ParseCommandLine(int argc, const char* const* a
   return vm;
 }
 
+std::vector<std::filesystem::path> PathList(const po::variables_map& vm, const std::string& name) {
+  std::vector<std::filesystem::path> out;
+  if (vm.count(name)) {
+    for (const auto& v : vm[name].as<std::vector<std::string>>()) out.emplace_back(v);
+  }
+  return out;
+}
+
+void ReadTrustFlags(const po::variables_map& vm, std::vector<std::filesystem::path>* trust,
+                    std::vector<std::filesystem::path>* root_keys) {
+  *trust = PathList(vm, "trust");
+  *root_keys = PathList(vm, "root-key");
+  if (trust->empty() == root_keys->empty()) {
+    throw std::runtime_error("give --trust PUBFILE (fixed keys) or --root-key PUBFILE (key sets)");
+  }
+}
+
 int RunMain(const char* program, int (*body)(int, char**), int argc, char** argv) {
   try {
     return body(argc, argv);

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace mirrorcast {
 
@@ -23,6 +25,17 @@ struct ProgramInfo {
 std::optional<boost::program_options::variables_map> ParseCommandLine(
     int argc, const char* const* argv, const ProgramInfo& info,
     const boost::program_options::options_description& options);
+
+// The values of a repeatable path option (--trust A --trust B), none when
+// it was not given.
+std::vector<std::filesystem::path> PathList(const boost::program_options::variables_map& vm,
+                                            const std::string& name);
+
+// The daemons' trust flags: fixed keys (--trust) or a root key (--root-key),
+// exactly one of them; throws otherwise.
+void ReadTrustFlags(const boost::program_options::variables_map& vm,
+                    std::vector<std::filesystem::path>* trust,
+                    std::vector<std::filesystem::path>* root_keys);
 
 // Runs `body` and turns an escaped exception into "NAME: error: ..." on stderr
 // and exit code 2 (usage or start-up error).

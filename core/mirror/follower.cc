@@ -91,8 +91,7 @@ Result<fs::path> ChooseStaging(const fs::path& state, const fs::path& tree,
   return staging;
 }
 
-Result<std::unique_ptr<Follower>> Follower::Open(FollowerOptions options, TrustStore trust) {
-  if (trust.empty()) return Status::InvalidArgument("no trusted origin key (--trust)");
+Result<std::unique_ptr<Follower>> Follower::Open(FollowerOptions options, KeyTrust trust) {
   std::unique_ptr<Follower> follower(new Follower(std::move(options), std::move(trust)));
   MC_RETURN_IF_ERROR(follower->Init());
   return follower;
@@ -105,6 +104,14 @@ Status Follower::Init() {
   if (ec) return Status::IoError("create tree " + options_.tree.string() + ": " + ec.message());
   MC_ASSIGN_OR_RETURN(state_, MirrorState::Open(options_.state, options_.repo));
   MC_RETURN_IF_ERROR(BindStateToTree(options_.state, options_.tree));
+  if (trust_.rooted()) {
+    // The newest key set this mirror accepted: an older one offered after
+    // a restart is refused against it.
+    MC_ASSIGN_OR_RETURN(auto stored, state_->StoredKeySet());
+    if (stored) MC_RETURN_IF_ERROR(trust_.AdoptStored(*stored));
+    state_->set_keyset_version(trust_.version());
+    MC_LOG(info) << "trust: " << trust_.Describe();
+  }
 
   ApplierOptions apply;
   apply.tree = options_.tree;
@@ -188,8 +195,7 @@ Result<v1::RepoChanged> Follower::Verify(const std::string& envelope) const {
 }
 
 Result<v1::RepoChanged> Follower::Verify(const std::string& envelope, int64_t now_unix) const {
-  MC_ASSIGN_OR_RETURN(OpenedEnvelope opened, OpenEnvelope(envelope, trust_));
-  if (!opened.payload.has_repo_changed()) return Status::Rejected("not a RepoChanged event");
+  MC_ASSIGN_OR_RETURN(OpenedEnvelope opened, trust_.OpenEvent(envelope, now_unix));
   v1::RepoChanged event = std::move(*opened.payload.mutable_repo_changed());
   if (event.repo() != options_.repo) {
     return Status::Rejected("event for repo '" + EscapeForLog(event.repo(), 64) + "', expected '" +
@@ -197,6 +203,40 @@ Result<v1::RepoChanged> Follower::Verify(const std::string& envelope, int64_t no
   }
   MC_RETURN_IF_ERROR(CheckRepoChanged(event, now_unix));
   return event;
+}
+
+Status Follower::OfferKeySet(const std::string& signed_bytes) {
+  if (!trust_.rooted() || signed_bytes.empty()) return Status::Ok();
+  auto set = trust_.Check(signed_bytes, clock().NowUnix());
+  if (!set.ok()) {
+    if (set.status().code() == Status::Code::kAlreadyExists) return Status::Ok();
+    return Refuse(0, set.status().WithContext("key set from the broker"));
+  }
+  // Fast-forward recovery: a serial accepted under a key set older than the
+  // reset's since_version, above its floor, is void (it may have been
+  // inflated by a key this set revokes). The tree stays; the next serial
+  // above the floor brings it back to the honest history.
+  std::optional<uint64_t> reset;
+  if (auto r = set->ResetFor(options_.repo); r && state_->initialized() &&
+                                             state_->serial() > r->floor() &&
+                                             state_->serial_keyset_version() < r->since_version()) {
+    reset = r->floor();
+  }
+  const uint64_t before = state_->serial();
+  const uint64_t under = state_->serial_keyset_version();
+  MC_RETURN_IF_ERROR(state_->StoreKeySet(set->version(), set->bytes(), reset));
+  MC_LOG(info) << "accepted key set version " << set->version() << " (was " << trust_.version()
+               << ")";
+  if (reset) {
+    MC_LOG(warning) << "key set version " << set->version() << " resets repo " << options_.repo
+                    << ": serial " << before << " was accepted under key set version " << under
+                    << " < " << set->ResetFor(options_.repo)->since_version()
+                    << "; recorded serial is now " << *reset
+                    << " (tree kept; the next serial above it repairs it)";
+  }
+  trust_.Adopt(std::move(*set));
+  if (reset && on_applied) on_applied(state_->serial());
+  return Status::Ok();
 }
 
 Status Follower::CheckForward(uint64_t serial, const std::string& digest) const {

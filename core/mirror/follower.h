@@ -33,6 +33,7 @@
 #include "core/mirror/mirror_state.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
+#include "core/wire/key_trust.h"
 #include "proto/mirrorcast.pb.h"
 
 namespace mirrorcast {
@@ -82,8 +83,9 @@ class Follower {
   // Opens the state, finishes an interrupted apply when it can (if not, its
   // journal and staged files stay and every catch-up retries), and adopts an
   // unknown tree by scanning it so its content can be reused.
-  // `trust`: the keys that may sign events for this repo.
-  static Result<std::unique_ptr<Follower>> Open(FollowerOptions options, TrustStore trust);
+  // `trust`: the keys that may sign events for this repo (fixed, or a root
+  // key whose key set is kept in the state: the stored one is adopted here).
+  static Result<std::unique_ptr<Follower>> Open(FollowerOptions options, KeyTrust trust);
 
   // Brings the tree to the broker's latest serial. Ok when at the latest.
   // `should_stop` is polled between steps; a stop mid-stage leaves the tree
@@ -107,8 +109,16 @@ class Follower {
   // another digest (conflict). Serials never go backwards on any path.
   Status CheckForward(uint64_t serial, const std::string& digest) const;
 
-  // Whether `key_id` may sign events for this repo.
-  bool Trusts(std::string_view key_id) const { return trust_.Find(key_id) != nullptr; }
+  // The keys this mirror accepts now.
+  const KeyTrust& trust() const { return trust_; }
+
+  // A key set a broker handed over (HelloReply.key_set; empty: none). With a
+  // root key: adopted when CheckKeySetUpdate allows it, durably first
+  // (MirrorState::StoreKeySet), applying its serial reset of this repo if it
+  // voids the recorded serial (fast-forward recovery, docs/protocol.md);
+  // refused (reported once) when older, expired or not signed by the
+  // current root. Ok when adopted or already current, or in fixed-keys mode.
+  Status OfferKeySet(const std::string& signed_bytes);
 
   // Queues (durably) an ACK for the tree's current serial; then calls
   // on_ack_queued so the owner can deliver it.
@@ -134,7 +144,7 @@ class Follower {
   std::function<void(uint64_t)> on_applied;
 
  private:
-  Follower(FollowerOptions options, TrustStore trust)
+  Follower(FollowerOptions options, KeyTrust trust)
       : options_(std::move(options)), trust_(std::move(trust)) {}
   Status Init();
   const Clock& clock() const { return options_.clock ? *options_.clock : Clock::Real(); }
@@ -163,7 +173,7 @@ class Follower {
                   uint64_t bytes_fetched);
 
   FollowerOptions options_;
-  TrustStore trust_;
+  KeyTrust trust_;
   std::unique_ptr<MirrorState> state_;
   std::unique_ptr<Applier> applier_;
   std::set<std::string> reported_;  // refusal reasons reported this run

@@ -15,7 +15,9 @@ namespace {
 
 // 2: chunked manifests (format v2). Older states are dropped and rebuilt.
 // 3: large change lists stored in journal_changes (a v2 state is upgraded).
-constexpr int64_t kSchemaVersion = 3;
+// 4: the current key set (table keyset) and the key-set version each serial
+//    was accepted under (head.keyset_version); v2 and v3 states are upgraded.
+constexpr int64_t kSchemaVersion = 4;
 
 // Stored changes and fetched chunks are written in transactions of this many
 // rows or bytes, and read back in pages of kStoredPage rows.
@@ -29,7 +31,7 @@ Status CreateSchema(Database& db) {
   MC_ASSIGN_OR_RETURN(bool row, version->Step());
   const int64_t have = row ? version->ColumnInt(0) : 0;
   version->Reset();
-  if (have != kSchemaVersion && have != 2) {
+  if (have != kSchemaVersion && have != 3 && have != 2) {
     // Version 1 recorded whole-manifest digests that mean nothing now. The
     // tree itself is kept: the follower rescans and adopts it.
     Result<Statement> any =
@@ -51,7 +53,7 @@ Status CreateSchema(Database& db) {
   MC_RETURN_IF_ERROR(db.Exec(R"sql(
     CREATE TABLE IF NOT EXISTS head(
       repo TEXT PRIMARY KEY, serial INTEGER NOT NULL, manifest_sha256 BLOB NOT NULL,
-      manifest_index BLOB NOT NULL);
+      manifest_index BLOB NOT NULL, keyset_version INTEGER NOT NULL DEFAULT 0);
     CREATE TABLE IF NOT EXISTS entries(
       repo TEXT NOT NULL, path TEXT NOT NULL, entry BLOB NOT NULL, sha256 BLOB,
       PRIMARY KEY(repo, path));
@@ -71,6 +73,8 @@ Status CreateSchema(Database& db) {
       PRIMARY KEY(repo, path));
     CREATE TABLE IF NOT EXISTS pending_acks(
       id INTEGER PRIMARY KEY AUTOINCREMENT, ack BLOB NOT NULL);
+    CREATE TABLE IF NOT EXISTS keyset(
+      id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, bytes BLOB NOT NULL);
   )sql"));
   // Refusals (rollback, conflict, expiry...) the follower reported: what an
   // operator reads to learn that a broker offered something it must not.
@@ -87,6 +91,12 @@ Status CreateSchema(Database& db) {
       ALTER TABLE journal ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
       ALTER TABLE journal ADD COLUMN target_index BLOB;
     )sql"));
+  }
+  if (have == 2 || have == 3) {
+    // Version 4 only adds: serials recorded before it were accepted under
+    // fixed keys or no key set (version 0).
+    MC_RETURN_IF_ERROR(
+        db.Exec("ALTER TABLE head ADD COLUMN keyset_version INTEGER NOT NULL DEFAULT 0"));
   }
   return db.Exec("PRAGMA user_version = " + std::to_string(kSchemaVersion));
 }
@@ -131,11 +141,13 @@ Result<std::vector<std::string>> MirrorState::RecordedRepos(const fs::path& stat
 Status MirrorState::Load() {
   MC_ASSIGN_OR_RETURN(
       Statement st,
-      db_->Prepare("SELECT serial, manifest_sha256, manifest_index FROM head WHERE repo = ?"));
+      db_->Prepare("SELECT serial, manifest_sha256, manifest_index, keyset_version FROM head "
+                   "WHERE repo = ?"));
   st.Bind(1, repo_);
   MC_ASSIGN_OR_RETURN(bool row, st.Step());
   if (!row) return Status::Ok();
   serial_ = static_cast<uint64_t>(st.ColumnInt(0));
+  serial_keyset_version_ = static_cast<uint64_t>(st.ColumnInt(3));
   digest_ = st.ColumnBlob(1);
   const std::string index_bytes = st.ColumnBlob(2);
   auto index = ManifestIndex::Decode(index_bytes);
@@ -244,10 +256,48 @@ Status MirrorState::StoreManifest(uint64_t serial, const std::string& digest,
   }
   MC_ASSIGN_OR_RETURN(Statement head,
                       db_->Prepare("INSERT OR REPLACE INTO head(repo, serial, manifest_sha256, "
-                                   "manifest_index) VALUES(?, ?, ?, ?)"));
+                                   "manifest_index, keyset_version) VALUES(?, ?, ?, ?, ?)"));
   head.Bind(1, repo_).Bind(2, static_cast<int64_t>(serial)).BindBlob(3, digest);
   head.BindBlob(4, index.Encode());
+  head.Bind(5, static_cast<int64_t>(keyset_version_));
   return head.Run();
+}
+
+Result<std::optional<std::string>> MirrorState::StoredKeySet() {
+  MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT bytes FROM keyset WHERE id = 1"));
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return std::optional<std::string>();
+  return std::optional<std::string>(st.ColumnBlob(0));
+}
+
+Status MirrorState::StoreKeySet(uint64_t version, const std::string& bytes,
+                                std::optional<uint64_t> reset_serial_to) {
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  {
+    MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare(R"sql(
+      INSERT INTO keyset(id, version, bytes) VALUES(1, ?, ?)
+      ON CONFLICT(id) DO UPDATE SET version = excluded.version, bytes = excluded.bytes)sql"));
+    st.Bind(1, static_cast<int64_t>(version)).BindBlob(2, bytes);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  if (reset_serial_to) {
+    MC_CHECK(initialized_ && *reset_serial_to < serial_, "a serial reset only lowers the serial");
+    MC_ASSIGN_OR_RETURN(Statement st,
+                        db_->Prepare("UPDATE head SET serial = ?, keyset_version = ? WHERE "
+                                     "repo = ?"));
+    st.Bind(1, static_cast<int64_t>(*reset_serial_to))
+        .Bind(2, static_cast<int64_t>(version))
+        .Bind(3, repo_);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  MC_RETURN_IF_ERROR(tx.Commit());
+  keyset_version_ = version;
+  if (reset_serial_to) {
+    serial_ = *reset_serial_to;
+    serial_keyset_version_ = version;
+  }
+  return Status::Ok();
 }
 
 Status MirrorState::Adopt(const Manifest& scanned) {
@@ -284,6 +334,7 @@ Status MirrorState::Adopt(const Manifest& scanned) {
   }
   MC_RETURN_IF_ERROR(tx.Commit());
   serial_ = 0;
+  serial_keyset_version_ = keyset_version_;
   digest_ = digest;
   index_ = std::move(index);
   initialized_ = true;
@@ -548,6 +599,7 @@ Status MirrorState::CommitApply(uint64_t serial, const std::string& digest,
   if (ack != nullptr) MC_RETURN_IF_ERROR(QueueAck(*ack));
   MC_RETURN_IF_ERROR(tx.Commit());
   serial_ = serial;
+  serial_keyset_version_ = keyset_version_;
   digest_ = digest;
   index_ = std::move(next);
   initialized_ = true;
@@ -580,6 +632,7 @@ Status MirrorState::CommitApply(uint64_t serial, const std::string& digest, Chan
   if (ack != nullptr) MC_RETURN_IF_ERROR(QueueAck(*ack));
   MC_RETURN_IF_ERROR(tx.Commit());
   serial_ = serial;
+  serial_keyset_version_ = keyset_version_;
   digest_ = digest;
   index_ = applied.index;
   initialized_ = true;

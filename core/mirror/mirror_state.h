@@ -149,6 +149,22 @@ class MirrorState : public LocalTree {
   Status RecordRefusal(uint64_t serial, const std::string& reason, int64_t now_unix);
   Result<std::vector<Refusal>> Refusals(size_t limit = 10);
 
+  // The key set a rooted mirror holds (table keyset: one row, whatever the
+  // repo), as SignedKeySet bytes; nullopt before the first.
+  Result<std::optional<std::string>> StoredKeySet();
+  // Records `bytes` (version `version`) as the current key set, and with
+  // `reset_serial_to` (a SerialReset, below the recorded serial) lowers the
+  // recorded serial to it, keeping the tree and its manifest, in one
+  // transaction. Sets keyset_version() to `version`.
+  Status StoreKeySet(uint64_t version, const std::string& bytes,
+                     std::optional<uint64_t> reset_serial_to = std::nullopt);
+  // The key-set version this mirror holds (0: fixed keys or none yet):
+  // recorded with every serial committed from now on.
+  void set_keyset_version(uint64_t version) { keyset_version_ = version; }
+  uint64_t keyset_version() const { return keyset_version_; }
+  // The key-set version the recorded serial was accepted under.
+  uint64_t serial_keyset_version() const { return serial_keyset_version_; }
+
   // ACKs that the broker has not confirmed yet, oldest first.
   Status QueueAck(const v1::Ack& ack);
   Result<std::vector<std::pair<int64_t, v1::Ack>>> PendingAcks();
@@ -223,6 +239,8 @@ class MirrorState : public LocalTree {
   std::map<std::string, std::string, std::less<>> pending_chunks_;
   size_t pending_chunk_bytes_ = 0;
   uint64_t serial_ = 0;
+  uint64_t keyset_version_ = 0;         // held now
+  uint64_t serial_keyset_version_ = 0;  // of the recorded serial
   std::string digest_;
   ManifestIndex index_;
   bool initialized_ = false;

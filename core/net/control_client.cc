@@ -112,4 +112,14 @@ Result<v1::StatusReply> ControlClient::GetStatus(Millis timeout) {
   return std::move(*reply.mutable_status());
 }
 
+Result<uint64_t> ControlClient::PublishKeySet(const std::string& signed_key_set, Millis timeout) {
+  v1::ControlRequest request;
+  request.mutable_publish_key_set()->set_key_set(signed_key_set);
+  MC_ASSIGN_OR_RETURN(v1::ControlReply reply, Call(std::move(request), timeout));
+  if (!reply.has_publish_key_set()) {
+    return Status::Rejected("broker answered PublishKeySet with something else");
+  }
+  return reply.publish_key_set().version();
+}
+
 }  // namespace mirrorcast

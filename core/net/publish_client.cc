@@ -66,6 +66,15 @@ Result<ManifestIndex> FetchManifestIndex(ContentClient& content, const std::stri
 }
 
 Result<SealedEvent> SealRepoChanged(RepoChangedDraft draft, const SigningKey& key) {
+  return SealRepoChanged(std::move(draft), std::vector<const SigningKey*>{&key});
+}
+
+Result<SealedEvent> SealRepoChanged(RepoChangedDraft draft,
+                                    const std::vector<const SigningKey*>& keys) {
+  if (keys.empty() || keys.size() > 1 + static_cast<size_t>(kMaxCosignatures)) {
+    return Status::InvalidArgument("an event is signed by 1-" +
+                                   std::to_string(1 + kMaxCosignatures) + " keys");
+  }
   v1::SignedPayload payload;
   v1::RepoChanged& event = *payload.mutable_repo_changed();
   SealedEvent sealed;
@@ -78,6 +87,7 @@ Result<SealedEvent> SealRepoChanged(RepoChangedDraft draft, const SigningKey& ke
   event.set_manifest_sha256(draft.root);
   event.set_manifest_entries(draft.entries);
   event.set_change_count(draft.change_count);
+  event.set_keyset_version(draft.keyset_version);
   if (draft.recall_of != 0) {
     event.set_recall_of(draft.recall_of);
     event.set_recall_reason(draft.recall_reason);
@@ -93,7 +103,7 @@ Result<SealedEvent> SealRepoChanged(RepoChangedDraft draft, const SigningKey& ke
   // What every mirror will check; failing here beats a broker refusal.
   MC_RETURN_IF_ERROR(CheckRepoChanged(event, draft.now_unix)
                          .WithContext("the event built for repo " + draft.repo));
-  sealed.envelope = SealEnvelope(std::move(payload), key);
+  sealed.envelope = SealEnvelope(std::move(payload), keys);
   if (sealed.envelope.size() > kMaxEnvelopeBytes) {
     return Status::Internal("the signed event is " + std::to_string(sealed.envelope.size()) +
                             " bytes, over the " + std::to_string(kMaxEnvelopeBytes) +

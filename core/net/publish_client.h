@@ -79,6 +79,8 @@ struct RepoChangedDraft {
   // A recall: the serial whose content this restores, and why.
   uint64_t recall_of = 0;
   std::string recall_reason;
+  // The broker's key-set version (HelloReply.keyset_version; 0: fixed keys).
+  uint64_t keyset_version = 0;
 };
 
 struct SealedEvent {
@@ -91,6 +93,10 @@ struct SealedEvent {
 // as every verifier will (CheckRepoChanged) and seals it with `key`.
 // Internal when the result would exceed kMaxEnvelopeBytes.
 Result<SealedEvent> SealRepoChanged(RepoChangedDraft draft, const SigningKey& key);
+// The same signed by every key of `keys` (the first, then cosignatures: a
+// key-set publisher rule with a threshold needs that many).
+Result<SealedEvent> SealRepoChanged(RepoChangedDraft draft,
+                                    const std::vector<const SigningKey*>& keys);
 
 // Hands `event` to the broker and waits for its durable confirmation: the
 // broker checks every new file before it answers, so the wait is `timeout`

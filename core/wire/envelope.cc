@@ -1,5 +1,7 @@
 #include "core/wire/envelope.h"
 
+#include <algorithm>
+
 #include "core/crypto/sha256.h"
 #include "core/fs/path.h"
 #include "core/manifest/manifest.h"
@@ -82,17 +84,33 @@ Status AsRejected(const Status& status, std::string_view context) {
 }  // namespace
 
 std::string SealEnvelope(v1::SignedPayload payload, const SigningKey& key) {
+  return SealEnvelope(std::move(payload), std::vector<const SigningKey*>{&key});
+}
+
+std::string SealEnvelope(v1::SignedPayload payload, const std::vector<const SigningKey*>& keys) {
+  MC_CHECK(!keys.empty() && keys.size() <= 1 + kMaxCosignatures, "SealEnvelope: 1-16 keys");
   payload.set_protocol_version(kProtocolVersion);
   v1::Envelope envelope;
   envelope.set_protocol_version(kProtocolVersion);
   std::string* bytes = envelope.mutable_payload();
   payload.SerializeToString(bytes);
-  envelope.set_signature(key.Sign(SignedBytes(*bytes)));
-  envelope.set_key_id(key.public_key().key_id());
+  const std::string signed_bytes = SignedBytes(*bytes);
+  envelope.set_signature(keys[0]->Sign(signed_bytes));
+  envelope.set_key_id(keys[0]->public_key().key_id());
+  for (size_t i = 1; i < keys.size(); ++i) {
+    v1::Signature* co = envelope.add_cosignatures();
+    co->set_key_id(keys[i]->public_key().key_id());
+    co->set_signature(keys[i]->Sign(signed_bytes));
+  }
   return envelope.SerializeAsString();
 }
 
 Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const TrustStore& trust) {
+  return OpenEnvelopeSignedBy(envelope_bytes, trust, 1);
+}
+
+Result<OpenedEnvelope> OpenEnvelopeSignedBy(std::string_view envelope_bytes,
+                                            const TrustStore& trust, size_t threshold) {
   if (envelope_bytes.size() > kMaxEnvelopeBytes) {
     return Status::ResourceExhausted("envelope of " + std::to_string(envelope_bytes.size()) +
                                      " bytes exceeds the limit of " +
@@ -107,17 +125,43 @@ Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const Trust
                             std::to_string(envelope.protocol_version()) + " (expected " +
                             std::to_string(kProtocolVersion) + ")");
   }
+  if (envelope.cosignatures_size() > kMaxCosignatures) {
+    return Status::Rejected("envelope carries " + std::to_string(envelope.cosignatures_size()) +
+                            " cosignatures, more than " + std::to_string(kMaxCosignatures));
+  }
   const PublicKey* key = trust.Find(envelope.key_id());
-  if (key == nullptr) {
+  if (key == nullptr && envelope.cosignatures_size() == 0) {
     return Status::Rejected("unknown signing key " + Printable(envelope.key_id()));
   }
   // Verified on the exact bytes received; nothing is parsed before this.
-  if (!key->Verify(SignedBytes(envelope.payload()), envelope.signature())) {
+  // Each trusted key counts once, however many signatures name it.
+  const std::string signed_bytes = SignedBytes(envelope.payload());
+  std::vector<std::string> signers;
+  auto count = [&](const std::string& key_id, const std::string& signature) {
+    const PublicKey* signer = trust.Find(key_id);
+    if (signer == nullptr) return;
+    for (const auto& seen : signers) {
+      if (seen == signer->key_id()) return;
+    }
+    if (signer->Verify(signed_bytes, signature)) signers.push_back(signer->key_id());
+  };
+  count(envelope.key_id(), envelope.signature());
+  for (const auto& co : envelope.cosignatures()) count(co.key_id(), co.signature());
+  if (signers.empty() && key != nullptr) {
     return Status::Rejected("bad signature (key " + key->key_id() + ")");
   }
+  if (signers.empty()) {
+    return Status::Rejected("unknown signing key " + Printable(envelope.key_id()) +
+                            " (and no trusted cosignature)");
+  }
+  if (signers.size() < std::max<size_t>(threshold, 1)) {
+    return Status::Rejected("signed by " + std::to_string(signers.size()) +
+                            " distinct trusted key(s), " + std::to_string(threshold) + " required");
+  }
+  const std::string& first = signers.front();
   OpenedEnvelope opened;
   if (!opened.payload.ParseFromString(envelope.payload())) {
-    return Status::InvalidArgument("malformed signed payload (key " + key->key_id() + ")");
+    return Status::InvalidArgument("malformed signed payload (key " + first + ")");
   }
   if (opened.payload.protocol_version() != kProtocolVersion) {
     return Status::Rejected("unsupported payload protocol version " +
@@ -127,7 +171,8 @@ Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const Trust
   if (opened.payload.body_case() == v1::SignedPayload::BODY_NOT_SET) {
     return Status::Rejected("signed payload carries no known body");
   }
-  opened.key_id = key->key_id();
+  opened.key_id = first;
+  opened.signers = std::move(signers);
   return opened;
 }
 

@@ -7,6 +7,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/base/status.h"
 #include "core/crypto/keys.h"
@@ -30,19 +31,31 @@ inline constexpr size_t kMaxControlMessageBytes = 40u << 20;
 inline constexpr size_t kMaxContentRequestBytes = 16u << 20;  // carries delta signatures
 inline constexpr uint32_t kMaxChunk = 1u << 20;
 
+// Signatures beyond the first that an envelope may carry (thresholds).
+inline constexpr int kMaxCosignatures = 15;
+
 // Serializes `payload` (protocol_version is set here), signs it, and returns the
 // serialized Envelope.
 std::string SealEnvelope(v1::SignedPayload payload, const SigningKey& key);
+// The same signed by every key of `keys` (at least one; the first is the
+// envelope's key_id, the others are cosignatures).
+std::string SealEnvelope(v1::SignedPayload payload, const std::vector<const SigningKey*>& keys);
 
 struct OpenedEnvelope {
   v1::SignedPayload payload;
-  std::string key_id;
+  std::string key_id;                // the envelope's first signer
+  std::vector<std::string> signers;  // distinct trusted keys with a valid signature
 };
 
 // Parses and verifies serialized Envelope bytes from an untrusted peer:
 // size limit, protocol version, known key, valid signature, parsable payload.
 // Never asserts on bad input.
 Result<OpenedEnvelope> OpenEnvelope(std::string_view envelope_bytes, const TrustStore& trust);
+// The same, but at least `threshold` distinct keys of `trust` must have
+// signed (the first signature and the cosignatures count; a key that signs
+// twice counts once). Nothing is parsed before the signatures are verified.
+Result<OpenedEnvelope> OpenEnvelopeSignedBy(std::string_view envelope_bytes,
+                                            const TrustStore& trust, size_t threshold);
 
 // Checks what every verifier checks of a RepoChanged beyond its signature:
 // repo name, serial > previous_serial, digest length, not expired at now_unix,

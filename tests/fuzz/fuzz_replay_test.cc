@@ -154,6 +154,7 @@ TEST_F(FuzzReplay, Messages) { ReplayTarget(&FuzzMessages, MessagesSeeds()); }
 TEST_F(FuzzReplay, Keyfile) { ReplayTarget(&FuzzKeyfile, KeyfileSeeds()); }
 TEST_F(FuzzReplay, Chunks) { ReplayTarget(&FuzzChunks, ChunksSeeds()); }
 TEST_F(FuzzReplay, AllowList) { ReplayTarget(&FuzzAllowList, AllowListSeeds()); }
+TEST_F(FuzzReplay, Keyset) { ReplayTarget(&FuzzKeyset, KeysetSeeds()); }
 
 }  // namespace
 }  // namespace mirrorcast::fuzz

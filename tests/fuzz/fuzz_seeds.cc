@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   const std::vector<std::pair<const char*, std::vector<std::string> (*)()>> targets = {
       {"envelope", &EnvelopeSeeds}, {"manifest", &ManifestSeeds},    {"delta", &DeltaSeeds},
       {"path", &PathSeeds},         {"messages", &MessagesSeeds},    {"keyfile", &KeyfileSeeds},
-      {"chunks", &ChunksSeeds},     {"allow_list", &AllowListSeeds},
+      {"chunks", &ChunksSeeds},     {"allow_list", &AllowListSeeds}, {"keyset", &KeysetSeeds},
   };
   for (const auto& [name, seeds] : targets) {
     const std::filesystem::path dir = std::filesystem::path(argv[1]) / name;

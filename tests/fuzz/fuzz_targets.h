@@ -24,6 +24,7 @@ int FuzzMessages(const uint8_t* data, size_t size);
 int FuzzKeyfile(const uint8_t* data, size_t size);
 int FuzzChunks(const uint8_t* data, size_t size);
 int FuzzAllowList(const uint8_t* data, size_t size);
+int FuzzKeyset(const uint8_t* data, size_t size);
 }
 
 namespace mirrorcast::fuzz {
@@ -38,5 +39,6 @@ std::vector<std::string> MessagesSeeds();
 std::vector<std::string> KeyfileSeeds();
 std::vector<std::string> ChunksSeeds();
 std::vector<std::string> AllowListSeeds();
+std::vector<std::string> KeysetSeeds();
 
 }  // namespace mirrorcast::fuzz

@@ -153,11 +153,25 @@ void Cluster::StartBroker(const std::vector<std::string>& extra) {
       argv.push_back("--insecure-plaintext");
     }
   }
+  ApplyTrustMode(argv);
   argv.insert(argv.end(), extra.begin(), extra.end());
   broker_ = std::make_unique<ChildProcess>();
   broker_->Start(argv, dir_.path() / "logs" / "broker.log");
   const std::string address = WaitForFile(port_file, 20s);
   broker_port_ = static_cast<uint16_t>(std::stoi(address.substr(address.rfind(':') + 1)));
+}
+
+void UseRootKeyInstead(std::vector<std::string>& argv, const fs::path& root_pub) {
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == "--trust") {
+      argv[i] = "--root-key";
+      argv[i + 1] = root_pub.string();
+    }
+  }
+}
+
+void Cluster::ApplyTrustMode(std::vector<std::string>& argv) const {
+  if (root_key_) UseRootKeyInstead(argv, *root_key_);
 }
 
 void Cluster::StopBroker() {
@@ -182,6 +196,7 @@ std::vector<std::string> Cluster::SubscriberCommand(const std::string& id, const
                                    state.string(),
                                    "--id",
                                    id};
+  ApplyTrustMode(argv);
   if (with_transport && !HasTransportFlag(extra)) {
     for (const std::string& a : MirrorTransport(id)) argv.push_back(a);
   }

@@ -46,6 +46,10 @@ class Cluster {
   std::string broker_address() const { return "127.0.0.1:" + std::to_string(broker_port_); }
   uint16_t broker_port() const { return broker_port_; }
 
+  // From now on the broker and subscribers start with --root-key `root_pub`
+  // (key sets) instead of --trust with the origin key.
+  void UseRootKey(std::filesystem::path root_pub) { root_key_ = std::move(root_pub); }
+
   // Generates a key pair with `mirrorcast keygen` at keys/<name>.{key,pub}.
   std::filesystem::path MakeKey(const std::string& name);
   // A CURVE key pair with `mirrorcast keygen --curve` at
@@ -127,7 +131,11 @@ class Cluster {
   int KillBroker();
 
  private:
+  // --trust ORIGIN becomes --root-key ROOT when UseRootKey was called.
+  void ApplyTrustMode(std::vector<std::string>& argv) const;
+
   TempDir dir_;
+  std::optional<std::filesystem::path> root_key_;
   std::string repo_;
   bool curve_ = true;
   std::set<std::string> allowed_mirrors_;
@@ -140,6 +148,8 @@ class Cluster {
 // The keys that transport flags (Cluster::MirrorTransport, ...) name, for a
 // client made in the test process; nullopt for {"--insecure-plaintext"}.
 ClientTransport LoadClientTransport(const std::vector<std::string>& flags);
+// Turns "--trust PUBFILE" in a daemon's command line into "--root-key ROOT".
+void UseRootKeyInstead(std::vector<std::string>& argv, const std::filesystem::path& root_pub);
 
 // A small yum-style repo: `packages` files under Packages/, repodata/ with a
 // repomd.xml naming them, and one `big_bytes` file under isos/.

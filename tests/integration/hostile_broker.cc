@@ -1,13 +1,51 @@
 #include "tests/integration/hostile_broker.h"
 
+#include <algorithm>
+#include <ctime>
+
 #include "core/crypto/sha256.h"
 #include "core/manifest/chunks.h"
 #include "core/net/endpoint.h"
 #include "core/net/messages.h"
+#include "tests/support/entries.h"
 
 namespace mirrorcast::testing {
 
 using namespace std::chrono_literals;
+
+v1::SignedPayload ServedEvent(HostileBroker& broker, Manifest* manifest, uint64_t serial,
+                              uint64_t previous, const Edits& edits) {
+  Manifest& m = *manifest;
+  m.set_serial(serial);
+  v1::SignedPayload payload;
+  auto* ev = payload.mutable_repo_changed();
+  Edits sorted = edits;
+  std::sort(sorted.begin(), sorted.end());
+  for (const auto& [path, content] : sorted) {
+    auto* change = ev->add_changes();
+    if (!content) {
+      change->set_kind(v1::CHANGE_DELETED);
+      change->mutable_entry()->set_path(path);
+      change->mutable_entry()->set_kind(v1::ENTRY_FILE);
+      m.Erase(path);
+      continue;
+    }
+    change->set_kind(m.Find(path) ? v1::CHANGE_MODIFIED : v1::CHANGE_ADDED);
+    *change->mutable_entry() = FileEntryOf(path, *content);
+    m.Put(FileEntryOf(path, *content));
+    broker.ServeFile(*content);
+  }
+  ev->set_repo("demo");
+  ev->set_serial(serial);
+  ev->set_previous_serial(previous);
+  ev->set_published_unix(time(nullptr));
+  ev->set_expires_unix(time(nullptr) + 3600);
+  ev->set_manifest_sha256(m.Digest());
+  ev->set_manifest_entries(m.size());
+  ev->set_change_count(static_cast<uint64_t>(ev->changes_size()));
+  broker.ServeManifest(m);
+  return payload;
+}
 
 HostileBroker::HostileBroker(std::string repo) : repo_(std::move(repo)) {}
 
@@ -31,6 +69,11 @@ void HostileBroker::AddEvent(uint64_t serial, std::string envelope) {
   history_[serial] = std::move(envelope);
 }
 
+void HostileBroker::RemoveEvent(uint64_t serial) {
+  std::lock_guard lock(mu_);
+  history_.erase(serial);
+}
+
 v1::EventsReply HostileBroker::HonestEvents(uint64_t since, uint32_t max) const {
   std::lock_guard lock(mu_);
   v1::EventsReply reply;
@@ -46,6 +89,12 @@ v1::EventsReply HostileBroker::HonestEvents(uint64_t since, uint32_t max) const 
 void HostileBroker::SetEvents(EventsAnswer answer) {
   std::lock_guard lock(mu_);
   events_answer_ = std::move(answer);
+}
+
+void HostileBroker::SetKeySet(std::string signed_key_set, uint64_t version) {
+  std::lock_guard lock(mu_);
+  key_set_ = std::move(signed_key_set);
+  key_set_version_ = version;
 }
 
 void HostileBroker::SetHelloSerial(uint64_t serial) {
@@ -130,6 +179,10 @@ void HostileBroker::Control() {
     {
       std::lock_guard lock(mu_);
       head = hello_serial_ != 0 ? hello_serial_ : (history_.empty() ? 0 : history_.rbegin()->first);
+      if (!key_set_.empty()) {
+        reply.mutable_hello()->set_key_set(key_set_);
+        reply.mutable_hello()->set_keyset_version(key_set_version_);
+      }
     }
     reply.mutable_hello()->set_events_port(events_port_);
     reply.mutable_hello()->set_content_port(content_port_);

@@ -18,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,12 +46,17 @@ class HostileBroker {
   // The honest history: `envelope` is serial `serial`'s signed event. The
   // head (Hello, latest_serial) is the highest serial added.
   void AddEvent(uint64_t serial, std::string envelope);
+  // Takes serial `serial` out of the history again.
+  void RemoveEvent(uint64_t serial);
   // What an honest broker answers to Events(since, max) from the history.
   v1::EventsReply HonestEvents(uint64_t since, uint32_t max) const;
   // Replaces the answer to Events requests (nullptr: honest again).
   void SetEvents(EventsAnswer answer);
   // The head Hello announces (0: the history's head).
   void SetHelloSerial(uint64_t serial);
+  // The key set Hello hands out (a serialized SignedKeySet of `version`;
+  // empty: none, as a fixed-keys broker).
+  void SetKeySet(std::string signed_key_set, uint64_t version);
 
   // Serves `m`'s index and chunks by SHA-256, and files by content.
   void ServeManifest(const Manifest& m);
@@ -78,6 +84,8 @@ class HostileBroker {
   std::map<uint64_t, std::string> history_;
   EventsAnswer events_answer_;
   uint64_t hello_serial_ = 0;
+  std::string key_set_;
+  uint64_t key_set_version_ = 0;
   std::map<std::string, std::string> objects_;  // sha256 -> bytes (manifests and files)
   std::chrono::milliseconds content_delay_{0};
   std::function<std::vector<std::string>()> broadcasts_;
@@ -100,6 +108,16 @@ class HostileBroker {
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
+
+// path -> content (empty optional: deleted) for one serial.
+using Edits = std::vector<std::pair<std::string, std::optional<std::string>>>;
+
+// The RepoChanged of repo "demo" that takes `*manifest` (at `previous`) to
+// `serial` with `edits` (`*manifest` is updated), valid for an hour, with
+// its files and manifest served by `broker`. The caller may set more fields
+// before it signs the payload.
+v1::SignedPayload ServedEvent(HostileBroker& broker, Manifest* manifest, uint64_t serial,
+                              uint64_t previous, const Edits& edits);
 
 // The command line of a mirrorcast-subscriber following `broker` for repo
 // "demo", with its tree and state under `dir` (tree/, state/, origin.pub),

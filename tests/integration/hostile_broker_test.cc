@@ -58,9 +58,6 @@ size_t Count(const std::string& text, const std::string& needle) {
   return n;
 }
 
-// path -> content (empty optional: deleted) for one serial.
-using Edits = std::vector<std::pair<std::string, std::optional<std::string>>>;
-
 class RollbackTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -88,34 +85,7 @@ class RollbackTest : public ::testing::Test {
                       std::map<uint64_t, Manifest>* manifests = nullptr, bool add = true) {
     std::map<uint64_t, Manifest>& versions = manifests ? *manifests : manifests_;
     Manifest m = serial > 1 ? versions.at(serial - 1) : Manifest("demo", 0);
-    m.set_serial(serial);
-    v1::SignedPayload payload;
-    auto* ev = payload.mutable_repo_changed();
-    std::vector<std::pair<std::string, std::optional<std::string>>> sorted = edits;
-    std::sort(sorted.begin(), sorted.end());
-    for (const auto& [path, content] : sorted) {
-      auto* change = ev->add_changes();
-      if (!content) {
-        change->set_kind(v1::CHANGE_DELETED);
-        change->mutable_entry()->set_path(path);
-        change->mutable_entry()->set_kind(v1::ENTRY_FILE);
-        m.Erase(path);
-        continue;
-      }
-      change->set_kind(m.Find(path) ? v1::CHANGE_MODIFIED : v1::CHANGE_ADDED);
-      *change->mutable_entry() = FileEntryOf(path, *content);
-      m.Put(FileEntryOf(path, *content));
-      broker_.ServeFile(*content);
-    }
-    ev->set_repo("demo");
-    ev->set_serial(serial);
-    ev->set_previous_serial(serial - 1);
-    ev->set_published_unix(time(nullptr));
-    ev->set_expires_unix(time(nullptr) + 3600);
-    ev->set_manifest_sha256(m.Digest());
-    ev->set_manifest_entries(m.size());
-    ev->set_change_count(static_cast<uint64_t>(ev->changes_size()));
-    broker_.ServeManifest(m);
+    const v1::SignedPayload payload = ServedEvent(broker_, &m, serial, serial - 1, edits);
     std::string envelope = SealEnvelope(payload, origin_);
     versions[serial] = m;
     if (add) {

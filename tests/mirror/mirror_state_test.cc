@@ -67,5 +67,75 @@ TEST(MirrorStateTest, KeepsTheNewestRefusalsBounded) {
   EXPECT_EQ(refusals->front().reason, "reason 149");
 }
 
+TEST(MirrorStateTest, KeySetAndItsVersionSurviveAReopen) {
+  TempDir dir("mirrorcast-state");
+  auto state = MirrorState::Open(dir.path(), "demo");
+  ASSERT_TRUE(state.ok());
+  auto none = (*state)->StoredKeySet();
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  ASSERT_TRUE((*state)->Adopt(Manifest("demo", 0)).ok());
+  ASSERT_TRUE((*state)->StoreKeySet(1, "set one").ok());
+  const std::string one = DigestWith({{"a", "1"}});
+  ASSERT_TRUE((*state)->CommitApply(5, one, Adding("a", "1")).ok());
+  EXPECT_EQ((*state)->serial_keyset_version(), 1u);
+  ASSERT_TRUE((*state)->StoreKeySet(2, "set two").ok());
+  EXPECT_EQ((*state)->serial_keyset_version(), 1u) << "serial 5 was accepted under version 1";
+  state->reset();
+  state = MirrorState::Open(dir.path(), "demo");
+  ASSERT_TRUE(state.ok());
+  auto stored = (*state)->StoredKeySet();
+  ASSERT_TRUE(stored.ok());
+  ASSERT_TRUE(stored->has_value());
+  EXPECT_EQ(**stored, "set two");
+  EXPECT_EQ((*state)->serial(), 5u);
+  EXPECT_EQ((*state)->serial_keyset_version(), 1u);
+}
+
+TEST(MirrorStateTest, SerialResetLowersTheRecordedSerialDurablyAndKeepsTheTree) {
+  TempDir dir("mirrorcast-state");
+  auto state = MirrorState::Open(dir.path(), "demo");
+  ASSERT_TRUE(state.ok());
+  ASSERT_TRUE((*state)->Adopt(Manifest("demo", 0)).ok());
+  const std::string inflated = DigestWith({{"evil", "x"}});
+  ASSERT_TRUE((*state)->CommitApply(1'000'000'000, inflated, Adding("evil", "x")).ok());
+  ASSERT_TRUE((*state)->StoreKeySet(2, "set two", uint64_t{3}).ok());
+  EXPECT_EQ((*state)->serial(), 3u);
+  EXPECT_EQ((*state)->digest(), inflated) << "the tree's manifest is kept";
+  state->reset();
+  state = MirrorState::Open(dir.path(), "demo");
+  ASSERT_TRUE(state.ok());
+  EXPECT_EQ((*state)->serial(), 3u);
+  EXPECT_EQ((*state)->serial_keyset_version(), 2u);
+  // Serials still only move forward from there.
+  EXPECT_FALSE((*state)->CommitApply(3, inflated, {}).ok());
+  EXPECT_TRUE(
+      (*state)->CommitApply(4, DigestWith({{"evil", "x"}, {"b", "2"}}), Adding("b", "2")).ok());
+}
+
+TEST(MirrorStateTest, SchemaThreeStateIsUpgradedInPlace) {
+  TempDir dir("mirrorcast-state");
+  {
+    auto state = MirrorState::Open(dir.path(), "demo");
+    ASSERT_TRUE(state.ok());
+    ASSERT_TRUE((*state)->Adopt(Manifest("demo", 0)).ok());
+    ASSERT_TRUE((*state)->CommitApply(7, DigestWith({{"a", "1"}}), Adding("a", "1")).ok());
+  }
+  {
+    // What a schema-3 state looks like: no key-set table or column.
+    auto db = Database::Open(dir.path() / "subscriber.db");
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)
+                    ->Exec("ALTER TABLE head DROP COLUMN keyset_version; DROP TABLE keyset; "
+                           "PRAGMA user_version = 3")
+                    .ok());
+  }
+  auto state = MirrorState::Open(dir.path(), "demo");
+  ASSERT_TRUE(state.ok()) << state.status().ToString();
+  EXPECT_EQ((*state)->serial(), 7u) << "upgraded, not rebuilt";
+  EXPECT_EQ((*state)->serial_keyset_version(), 0u);
+  EXPECT_TRUE((*state)->StoreKeySet(1, "set one").ok());
+}
+
 }  // namespace
 }  // namespace mirrorcast::testing

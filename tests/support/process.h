@@ -22,6 +22,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -99,5 +100,9 @@ RunResult Run(const std::vector<std::string>& argv,
 // Throws after `timeout`. Used to read a broker's --port-file.
 std::string WaitForFile(const std::filesystem::path& path,
                         std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
+// Asks `done` every 50 ms until it says true or `timeout` has passed;
+// returns its last answer (so a test fails with what it waited for).
+bool WaitUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout);
 
 }  // namespace mirrorcast::testing
