@@ -363,27 +363,28 @@ TEST(StatusCheck, OkWarningAndCriticalFollowTheThresholds) {
   v = CheckStatus(status, kNow, t);
   EXPECT_EQ(v.code, 2) << v.line;
   EXPECT_NE(v.line.find("mirror-a/main 1 behind"), std::string::npos) << v.line;
-  // A broker running with --insecure-plaintext says so in the reply; the table
-  // warns right under its first line and the JSON carries the flag.
-  TEST(StatusFormat, APlaintextBrokerIsAWarningInTheTableAndAFlagInTheJson) {
-    v1::StatusReply status = SampleStatus();
-    const std::string curve_table = FormatStatusTable(status, kNow);
-    EXPECT_EQ(curve_table.find("INSECURE"), std::string::npos) << curve_table;
-    EXPECT_EQ(nlohmann::json::parse(FormatStatusJson(status)).at("insecure_plaintext"), false);
+}
 
-    status.set_insecure_plaintext(true);
-    const std::vector<std::string> lines = Lines(FormatStatusTable(status, kNow));
-    ASSERT_GE(lines.size(), 2u);
-    EXPECT_EQ(lines[1].rfind("WARNING: INSECURE: this broker runs with --insecure-plaintext", 0),
-              0u)
-        << lines[1];
-    EXPECT_EQ(nlohmann::json::parse(FormatStatusJson(status)).at("insecure_plaintext"), true);
-    const std::vector<std::string> compact = Lines(FormatStatusCompact(status, kNow));
-    ASSERT_GE(compact.size(), 2u);
-    EXPECT_EQ(compact[1].rfind("WARNING: INSECURE: this broker runs with --insecure-plaintext", 0),
-              0u)
-        << compact[1];
-  }
+// A broker running with --insecure-plaintext says so in the reply; the table
+// warns right under its first line and the JSON carries the flag.
+TEST(StatusFormat, APlaintextBrokerIsAWarningInTheTableAndAFlagInTheJson) {
+  v1::StatusReply status = SampleStatus();
+  const std::string curve_table = FormatStatusTable(status, kNow);
+  EXPECT_EQ(curve_table.find("INSECURE"), std::string::npos) << curve_table;
+  EXPECT_EQ(nlohmann::json::parse(FormatStatusJson(status)).at("insecure_plaintext"), false);
+
+  status.set_insecure_plaintext(true);
+  const std::vector<std::string> lines = Lines(FormatStatusTable(status, kNow));
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_EQ(lines[1].rfind("WARNING: INSECURE: this broker runs with --insecure-plaintext", 0), 0u)
+      << lines[1];
+  EXPECT_EQ(nlohmann::json::parse(FormatStatusJson(status)).at("insecure_plaintext"), true);
+  const std::vector<std::string> compact = Lines(FormatStatusCompact(status, kNow));
+  ASSERT_GE(compact.size(), 2u);
+  EXPECT_EQ(compact[1].rfind("WARNING: INSECURE: this broker runs with --insecure-plaintext", 0),
+            0u)
+      << compact[1];
+}
 
 }  // namespace
 }  // namespace mirrorcast::testing
