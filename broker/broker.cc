@@ -188,6 +188,7 @@ Status Broker::Start() {
   content.before_job = options_.content_before_job;
   content.curve = curve_;
   content.allow = allow_.get();
+  content.clock = options_.clock;
   content_ = std::make_unique<ContentServer>(context_, content);
   MC_RETURN_IF_ERROR(content_->Start());
   content_port_ = content_->port();
@@ -385,7 +386,7 @@ const char* ControlRequestName(uint32_t field) {
 void Broker::SendControlRefusal(zmq::message_t& identity, uint64_t request_id,
                                 const std::string& peer, const std::string& limit,
                                 const std::string& message) {
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = BrokerClock(options_).Steady();
   if (control_limits_logged_.size() > 4096) control_limits_logged_.clear();  // bounded
   auto [it, fresh] = control_limits_logged_.emplace(peer + '\0' + limit, now);
   if (fresh || now - it->second >= std::chrono::minutes(1)) {
@@ -472,7 +473,7 @@ void Broker::AdmitControl(std::vector<zmq::message_t>& frames) {
                            std::to_string(cap));
     return;
   }
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = BrokerClock(options_).Steady();
   auto [it, fresh] = control_peers_.try_emplace(peer);
   ControlPeer& p = it->second;
   if (fresh) {
@@ -533,7 +534,7 @@ void Broker::ServeControl(size_t max) {
   }
   // Peers whose bucket refilled and who wait for nothing are forgotten.
   if (control_peers_.size() > 1024) {
-    const auto now = std::chrono::steady_clock::now();
+    const auto now = BrokerClock(options_).Steady();
     const ControlLimits& limits = options_.control_limits;
     for (auto it = control_peers_.begin(); it != control_peers_.end();) {
       const double seconds = std::chrono::duration<double>(now - it->second.refilled).count();

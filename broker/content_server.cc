@@ -195,7 +195,7 @@ void ContentServer::IoLoop() {
   zmq::socket_t replies(context_, zmq::socket_type::pull);
   replies.set(zmq::sockopt::linger, 0);
   replies.bind(ReplyEndpoint(this));
-  auto next_expiry = std::chrono::steady_clock::now();
+  auto next_expiry = Now();
   while (!stop_) {
     zmq::pollitem_t items[] = {{static_cast<void*>(router_), 0, ZMQ_POLLIN, 0},
                                {static_cast<void*>(replies), 0, ZMQ_POLLIN, 0}};
@@ -231,9 +231,9 @@ void ContentServer::IoLoop() {
         Admit(frames);
       }
     }
-    if (std::chrono::steady_clock::now() >= next_expiry) {
+    if (Now() >= next_expiry) {
       ExpireDeltas();
-      next_expiry = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      next_expiry = Now() + std::chrono::seconds(1);
     }
   }
 }
@@ -251,7 +251,7 @@ void ContentServer::SendReply(const std::string& identity, const std::string& pe
                          " bytes; dropping replies");
       std::lock_guard lock(mu_);
       if (congested_.size() > 4096) congested_.clear();  // bounded
-      congested_[peer] = std::chrono::steady_clock::now() + kCongestedFor;
+      congested_[peer] = Now() + kCongestedFor;
       return;
     }
     (void)router_.send(reply, zmq::send_flags::dontwait);
@@ -290,7 +290,7 @@ void ContentServer::Admit(std::vector<zmq::message_t>& frames) {
   {
     std::lock_guard lock(mu_);
     auto c = congested_.find(peer);
-    if (c != congested_.end() && std::chrono::steady_clock::now() >= c->second) {
+    if (c != congested_.end() && Now() >= c->second) {
       congested_.erase(c);
       c = congested_.end();
     }
@@ -467,7 +467,7 @@ v1::ContentReply ContentServer::Handle(const Job& job, ServableVersionReader& ve
 void ContentServer::LogRefusal(const std::string& peer, const std::string& repo,
                                const std::string& sha256, const std::string& path,
                                const std::string& reason) {
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = Now();
   const std::string key = repo + '\0' + sha256 + '\0' + reason;
   bool last = false;  // this peer's last line this minute
   {
@@ -496,7 +496,7 @@ void ContentServer::LogRefusal(const std::string& peer, const std::string& repo,
 
 void ContentServer::LogLimit(const std::string& peer, const std::string& limit,
                              const std::string& detail) {
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = Now();
   {
     std::lock_guard lock(logged_mu_);
     if (limits_logged_.size() > 4096) limits_logged_.clear();  // bounded
@@ -674,7 +674,7 @@ v1::ContentReply ContentServer::StartDelta(const Job& job, ServableVersionReader
       scratch_reserved_ += budget;
       p.scratch_bytes += budget;
       future = promise.get_future().share();
-      delta_cache_.emplace(key, CachedDelta{future, std::chrono::steady_clock::now()});
+      delta_cache_.emplace(key, CachedDelta{future, Now()});
       compute = true;
       file_number = next_delta_file_++;
     } else {
@@ -738,7 +738,7 @@ v1::ContentReply ContentServer::StartDelta(const Job& job, ServableVersionReader
     Peer& p = peers_[job.peer];
     ++p.transfers;
     p.scratch_bytes += delta->size;
-    transfers_[token] = Transfer{job.peer, delta, std::chrono::steady_clock::now()};
+    transfers_[token] = Transfer{job.peer, delta, Now()};
   }
   v1::ContentReply reply;
   reply.set_ok(true);
@@ -771,7 +771,7 @@ v1::ContentReply ContentServer::ServeDeltaRange(const Job& job) {
       reply.set_ok(true);
       return reply;
     }
-    it->second.used = std::chrono::steady_clock::now();  // in use: keep it
+    it->second.used = Now();  // in use: keep it
     delta = it->second.delta;
   }
   UniqueFd fd(::open(delta->file.c_str(), O_RDONLY | O_CLOEXEC));
@@ -780,7 +780,7 @@ v1::ContentReply ContentServer::ServeDeltaRange(const Job& job) {
 }
 
 void ContentServer::ExpireDeltas() {
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = Now();
   const auto ttl = options_.limits.delta_ttl;
   std::vector<DeltaPtr> dropped;  // deleted outside the lock
   std::vector<std::shared_future<DeltaPtr>> uncached;

@@ -65,6 +65,7 @@
 #include "broker/broker_state.h"
 #include "broker/object_store.h"
 #include "broker/served_file.h"
+#include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/net/allow_list.h"
 #include "core/net/curve.h"
@@ -103,6 +104,9 @@ struct ContentServerOptions {
   // key was removed from the allow-list since its handshake is refused.
   std::optional<CurveKeyPair> curve;
   const CurrentAllowList* allow = nullptr;  // not owned; outlives the server
+  // For limits, congestion, delta TTLs and transfer expiry. Not owned; must
+  // outlive the server. nullptr: the real clock.
+  const Clock* clock = nullptr;
   // Tests only: runs on a worker before each job it takes (peer, request).
   std::function<void(const std::string&, const v1::ContentRequest&)> before_job;
 };
@@ -119,6 +123,9 @@ class ContentServer {
   bool failed() const { return failed_; }
 
  private:
+  std::chrono::steady_clock::time_point Now() const {
+    return (options_.clock != nullptr ? *options_.clock : Clock::Real()).Steady();
+  }
   struct Job {
     std::string identity;  // ROUTER routing id, for the reply
     std::string peer;      // PeerOf(): what limits count under

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <ctime>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -28,6 +29,7 @@
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
 #include "tests/support/entries.h"
+#include "tests/support/fake_clock.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/tree.h"
 
@@ -260,6 +262,8 @@ class LimitsTest : public ::testing::Test {
   zmq::context_t context_;
   std::optional<SigningKey> key_;
   BrokerOptions options_;
+  // A test may point options_.clock here: it outlives the broker.
+  FakeClock fake_clock_{static_cast<int64_t>(std::time(nullptr))};
   std::unique_ptr<Broker> broker_;
   WorkerGate gate_;
   std::string target_;
@@ -424,14 +428,23 @@ TEST_F(LimitsTest, ADeltaLargerThanThePeersScratchBytesIsRefusedAndTheFileStillS
   EXPECT_TRUE(range.ok()) << range.error();
 }
 
+// On the broker's clock (a fake one here: the 60 s TTL passes without
+// waiting for it).
 TEST_F(LimitsTest, AnUnreadDeltaIsRemovedAfterItsTtl) {
-  options_.content_limits.delta_ttl = std::chrono::seconds(1);
+  FakeClock& clock = fake_clock_;
+  options_.clock = &clock;
+  ASSERT_EQ(options_.content_limits.delta_ttl, std::chrono::seconds(60));
   ASSERT_NO_FATAL_FAILURE(StartAndPublish());
   zmq::socket_t dealer = Dealer(Content());
   v1::ContentReply started = Call(dealer, DeltaRequest(1, signature_, Sha256Of(target_)));
   ASSERT_TRUE(started.ok()) << started.error();
   EXPECT_EQ(ScratchFiles(), 1u);
-  // Never read nor released: gone within a few expiry rounds.
+  // Half its TTL later it is still there...
+  clock.Advance(std::chrono::seconds(30));
+  std::this_thread::sleep_for(milliseconds(300));  // expiry rounds run on the server's thread
+  EXPECT_EQ(ScratchFiles(), 1u);
+  // ...and never read nor released, it is gone once the TTL has passed.
+  clock.Advance(std::chrono::seconds(31));
   EXPECT_TRUE(WaitFor([&] { return ScratchFiles() == 0; }));
   EXPECT_EQ(Call(dealer, DeltaRange(2, started.transfer_token(), false)).error(),
             "unknown or expired delta transfer");
