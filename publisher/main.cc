@@ -90,11 +90,7 @@ int PublishMain(int argc, char** argv) {
   publish.repo = (*vm)["repo"].as<std::string>();
   publish.tree = (*vm)["tree"].as<std::string>();
   if (vm->count("paths-from")) publish.paths_from = (*vm)["paths-from"].as<std::string>();
-  const double timeout = (*vm)["timeout"].as<double>();
-  if (!std::isfinite(timeout) || timeout <= 0 || timeout > 86400) {
-    throw std::runtime_error("bad --timeout: must be between 0 and 86400 seconds");
-  }
-  publish.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000)));
+  publish.timeout = TimeoutOption(*vm);
   publish.state_dir = (*vm)["state"].as<std::string>();
   publish.expiry_days = (*vm)["expiry-days"].as<int>();
   publish.max_inline_change_bytes = (*vm)["max-inline-change-bytes"].as<uint64_t>();

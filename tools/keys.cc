@@ -271,11 +271,7 @@ int PublishMain(int argc, char** argv) {
   const ClientTransport transport = ClientTransportFromOptions(*vm, info.name);
   Result<HostPort> broker = ParseHostPort((*vm)["broker"].as<std::string>());
   if (!broker.ok()) Fail("bad --broker: " + broker.status().message());
-  const double seconds = (*vm)["timeout"].as<double>();
-  if (!std::isfinite(seconds) || seconds <= 0 || seconds > 86400) {
-    Fail("bad --timeout: must be between 0 and 86400 seconds");
-  }
-  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000)));
+  const auto timeout = TimeoutOption(*vm);
   const std::string file = (*vm)["set"].as<std::string>();
   const std::string bytes = OrFail(ReadSetFile(file), file);
   const KeySet set = OrFail(KeySet::Decode(bytes), file);

@@ -311,11 +311,7 @@ int RecallMain(int argc, char** argv) {
   if (recall.expiry_days < 1 || recall.expiry_days > 3650) {
     throw std::runtime_error("bad --expiry-days: must be 1..3650");
   }
-  const double timeout = (*vm)["timeout"].as<double>();
-  if (!std::isfinite(timeout) || timeout <= 0 || timeout > 86400) {
-    throw std::runtime_error("bad --timeout: must be between 0 and 86400 seconds");
-  }
-  recall.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000)));
+  recall.timeout = TimeoutOption(*vm);
 
   zmq::context_t context;
   Result<RecallOutcome> outcome = Status::Internal("not run");

@@ -16,6 +16,7 @@
 #include <zmq.hpp>
 
 #include "core/base/clock.h"
+#include "core/base/format.h"
 #include "core/cli/options.h"
 #include "core/cli/transport.h"
 #include "core/crypto/sha256.h"
@@ -47,26 +48,21 @@ const char* StateName(v1::AckState state) {
 
 std::string IsoTime(int64_t unix_seconds) { return FormatUtc(unix_seconds); }
 
+// "42s", "5m", "3h", "2d" (whole units, rounded down).
+std::string ShortAge(int64_t seconds) {
+  if (seconds < 60) return std::to_string(seconds) + "s";
+  if (seconds < 3600) return std::to_string(seconds / 60) + "m";
+  if (seconds < 86400) return std::to_string(seconds / 3600) + "h";
+  return std::to_string(seconds / 86400) + "d";
+}
+
 std::string Age(int64_t seconds) {
   if (seconds < 0) return "in " + std::to_string(-seconds) + "s";
-  if (seconds < 60) return std::to_string(seconds) + "s ago";
-  if (seconds < 3600) return std::to_string(seconds / 60) + "m ago";
-  if (seconds < 86400) return std::to_string(seconds / 3600) + "h ago";
-  return std::to_string(seconds / 86400) + "d ago";
+  return ShortAge(seconds) + " ago";
 }
 
 std::string HumanBytes(uint64_t bytes) {
-  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  if (bytes < 1024) return std::to_string(bytes) + " B";
-  double value = static_cast<double>(bytes);
-  size_t unit = 0;
-  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
-    value /= 1024;
-    ++unit;
-  }
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.1f %s", value, kUnits[unit]);
-  return buffer;
+  return mirrorcast::HumanBytes(static_cast<double>(bytes));
 }
 
 // Peer-supplied text on one line: control characters become spaces.
@@ -244,13 +240,7 @@ uint64_t HeadOf(const v1::StatusReply& status, const std::string& repo) {
   return 0;
 }
 
-std::string ShortAge(int64_t seconds) {
-  if (seconds < 0) return "future";
-  if (seconds < 60) return std::to_string(seconds) + "s";
-  if (seconds < 3600) return std::to_string(seconds / 60) + "m";
-  if (seconds < 86400) return std::to_string(seconds / 3600) + "h";
-  return std::to_string(seconds / 86400) + "d";
-}
+std::string CompactAge(int64_t seconds) { return seconds < 0 ? "future" : ShortAge(seconds); }
 
 }  // namespace
 
@@ -303,7 +293,7 @@ std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix,
     }
     rows.push_back({Cut(m.mirror_id(), 24), Cut(m.repo(), 16), std::to_string(m.serial()), behind,
                     StateName(m.state()),
-                    m.last_ack_unix() != 0 ? ShortAge(now_unix - m.last_ack_unix()) : "never",
+                    m.last_ack_unix() != 0 ? CompactAge(now_unix - m.last_ack_unix()) : "never",
                     HumanBytes(m.bytes_fetched()), note});
   }
   emit(RenderTable(rows));
@@ -327,13 +317,13 @@ StatusVerdict CheckStatus(const v1::StatusReply& status, int64_t now_unix,
     } else if (behind >= t.crit_behind) {
       critical.push_back(who + " " + std::to_string(behind) + " behind");
     } else if (behind > 0 && silent >= t.crit_silent) {
-      critical.push_back(who + " behind and silent for " + ShortAge(silent));
+      critical.push_back(who + " behind and silent for " + CompactAge(silent));
     } else if (m.state() == v1::ACK_STALE) {
       warning.push_back(who + " stale: " + Cut(m.error(), 60));
     } else if (behind >= t.warn_behind) {
       warning.push_back(who + " " + std::to_string(behind) + " behind");
     } else if (behind > 0 && silent >= t.warn_silent) {
-      warning.push_back(who + " behind and silent for " + ShortAge(silent));
+      warning.push_back(who + " behind and silent for " + CompactAge(silent));
     }
   }
   StatusVerdict v;
@@ -445,17 +435,13 @@ int StatusMain(int argc, char** argv) {
   Result<HostPort> broker = ParseHostPort((*vm)["broker"].as<std::string>());
   if (!broker.ok()) throw std::runtime_error("bad --broker: " + broker.status().message());
   if (broker->port == 0) throw std::runtime_error("bad --broker: the port must not be 0");
-  const double timeout = (*vm)["timeout"].as<double>();
-  if (!std::isfinite(timeout) || timeout <= 0 || timeout > 86400) {
-    throw std::runtime_error("bad --timeout: must be between 0 and 86400 seconds");
-  }
+  const std::chrono::milliseconds timeout = TimeoutOption(*vm);
 
   zmq::context_t context;
   Result<v1::StatusReply> status = Status::Internal("not asked");
   {
     ControlClient control(context, *broker, transport);
-    status = control.GetStatus(
-        std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000))));
+    status = control.GetStatus(timeout);
   }
   if (!status.ok()) {
     const Status& s = status.status();
@@ -467,8 +453,8 @@ int StatusMain(int argc, char** argv) {
       return 3;
     }
     if (unreachable) {
-      std::cerr << info.name << ": error: " << OneLine(s.message()) << " (waited " << timeout
-                << " s)\n";
+      std::cerr << info.name << ": error: " << OneLine(s.message()) << " (waited "
+                << std::chrono::duration<double>(timeout).count() << " s)\n";
     } else {
       std::cerr << info.name << ": error: broker " << broker->ToString()
                 << " refused: " << OneLine(s.message()) << "\n";

@@ -613,11 +613,8 @@ int VerifyMain(int argc, char** argv) {
   const bool repair = (*vm)["repair"].as<bool>();
   const bool delete_extra = (*vm)["delete-extra"].as<bool>();
   const bool json = (*vm)["json"].as<bool>();
-  const double timeout = (*vm)["timeout"].as<double>();
+  const std::chrono::milliseconds timeout = TimeoutOption(*vm);
   if (!std::isfinite(rate) || rate < 0) throw std::runtime_error("bad --rate: must be >= 0");
-  if (!std::isfinite(timeout) || timeout <= 0 || timeout > 86400) {
-    throw std::runtime_error("bad --timeout: must be between 0 and 86400 seconds");
-  }
   if (delete_extra && !repair) throw std::runtime_error("--delete-extra needs --repair");
   std::optional<HostPort> broker;
   if (vm->count("broker")) {
@@ -721,7 +718,7 @@ int VerifyMain(int argc, char** argv) {
     ro.repo = repo;
     ro.broker = *broker;
     ro.transport = transport;
-    ro.timeout = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(timeout * 1000)));
+    ro.timeout = timeout;
     ro.delete_extra = delete_extra;
     TreeRepairer repairer(ro, manifest);
     Status s = repairer.Repair(findings);

@@ -1,5 +1,6 @@
 #include "core/cli/options.h"
 
+#include <cmath>
 #include <exception>
 #include <fstream>
 #include <iostream>
@@ -76,6 +77,14 @@ int RunMain(const char* program, int (*body)(int, char**), int argc, char** argv
     std::cerr << program << ": error: " << e.what() << "\n";
     return 2;
   }
+}
+
+std::chrono::milliseconds TimeoutOption(const po::variables_map& vm, const std::string& name) {
+  const double seconds = vm[name].as<double>();
+  if (!std::isfinite(seconds) || seconds <= 0 || seconds > 86400) {
+    throw std::runtime_error("bad --" + name + ": must be between 0 and 86400 seconds");
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000)));
 }
 
 }  // namespace mirrorcast

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <chrono>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -30,6 +31,11 @@ std::optional<boost::program_options::variables_map> ParseCommandLine(
 // it was not given.
 std::vector<std::filesystem::path> PathList(const boost::program_options::variables_map& vm,
                                             const std::string& name);
+
+// A --timeout-style option in seconds (a double, 0 < s <= 86400) as
+// milliseconds, rounded up; throws with "bad --NAME: ..." otherwise.
+std::chrono::milliseconds TimeoutOption(const boost::program_options::variables_map& vm,
+                                        const std::string& name = "timeout");
 
 // The daemons' trust flags: fixed keys (--trust) or a root key (--root-key),
 // exactly one of them; throws otherwise.
