@@ -73,7 +73,23 @@ class Subscriber::Session : public BrokerLink {
     }
   }
   bool ShouldStop() const { return stop_.load(); }
-  bool broker_lost_ = false;  // the last poll of the head failed (and was logged)
+  static bool Unreachable(const Status& s) {
+    return s.code() == Status::Code::kUnavailable || s.code() == Status::Code::kTimeout;
+  }
+  // One line when the broker stops answering (a poll or a catch-up could not
+  // reach it), one when any call reaches it again.
+  void NoteBroker(const Status& s) {
+    if (Unreachable(s) && !broker_lost_) {
+      MC_LOG(warning) << "lost the broker " << options_.broker.ToString() << ": " << s.ToString()
+                      << " (the tree stays at serial " << follower_->serial() << "; still trying)";
+      broker_lost_ = true;
+    } else if (s.ok() && broker_lost_) {
+      MC_LOG(info) << "broker " << options_.broker.ToString()
+                   << " answers again (this mirror is at serial " << follower_->serial() << ")";
+      broker_lost_ = false;
+    }
+  }
+  bool broker_lost_ = false;  // the broker was found unreachable (and that was logged)
   const Clock& clock() const { return options_.clock ? *options_.clock : Clock::Real(); }
 
   const SubscriberOptions& options_;
@@ -338,6 +354,7 @@ void Subscriber::Session::Serve() {
   while (!ShouldStop()) {
     if (need_sync && clock().Steady() >= next_sync) {
       Status s = CatchUp();
+      NoteBroker(s);
       if (s.ok()) {
         need_sync = false;
         if (!last_failure_.empty()) {
@@ -351,13 +368,16 @@ void Subscriber::Session::Serve() {
         // The same failure again (a broker that keeps offering what this
         // mirror refuses) is logged once; the retries back off regardless.
         const std::string failure = s.ToString();
-        if (failure != last_failure_) {
+        if (Unreachable(s)) {
+          // Said once by NoteBroker; the retries back off quietly.
+          MC_LOG(debug) << "catch-up failed: " << EscapeForLog(failure, 1024);
+        } else if (failure != last_failure_) {
           MC_LOG(warning) << "catch-up failed: " << EscapeForLog(failure, 1024) << "; retrying in "
                           << backoff.count() << " ms";
         } else {
           MC_LOG(debug) << "catch-up failed again; retrying in " << backoff.count() << " ms";
         }
-        last_failure_ = failure;
+        if (!Unreachable(s)) last_failure_ = failure;
         next_sync = clock().Steady() + backoff;
         backoff = std::min(backoff * 2, std::chrono::duration_cast<Millis>(options_.retry_max));
       }
@@ -392,17 +412,7 @@ void Subscriber::Session::Serve() {
                                                                  std::chrono::seconds(5))
                                 : options_.poll_interval);
       auto head = Head();
-      // One line when the broker stops answering, one when it is back.
-      if (!head.ok() && !broker_lost_) {
-        MC_LOG(warning) << "lost the broker " << options_.broker.ToString() << ": "
-                        << head.status().ToString() << " (the tree stays at serial "
-                        << follower_->serial() << "; still polling)";
-        broker_lost_ = true;
-      } else if (head.ok() && broker_lost_) {
-        MC_LOG(info) << "broker " << options_.broker.ToString() << " answers again (head serial "
-                     << *head << ", this mirror " << follower_->serial() << ")";
-        broker_lost_ = false;
-      }
+      NoteBroker(head.status());
       if (head.ok() && *head > follower_->serial()) need_sync = true;
       if (head.ok() && *head < follower_->serial()) {
         follower_->Reject(
