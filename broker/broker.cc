@@ -6,6 +6,7 @@
 #include <set>
 #include <system_error>
 
+#include "broker/status_page.h"
 #include "core/base/clock.h"
 #include "core/base/log.h"
 #include "core/base/thread_guard.h"
@@ -193,6 +194,22 @@ Status Broker::Start() {
   MC_RETURN_IF_ERROR(content_->Start());
   content_port_ = content_->port();
 
+  if (options_.http) {
+    // The first snapshot before the page serves (the control thread is not
+    // running yet, so the state is this thread's here).
+    RefreshSnapshot(true);
+    http_ = std::make_unique<StatusHttpServer>(*options_.http, [this] {
+      std::lock_guard<std::mutex> lock(snapshot_mu_);
+      return snapshot_;
+    });
+    MC_RETURN_IF_ERROR(http_->Start());
+    if (options_.http_port_file) {
+      MC_RETURN_IF_ERROR(WriteFileAtomic(*options_.http_port_file,
+                                         options_.http->WithPort(http_->port()).ToString() + "\n")
+                             .WithContext("http port file"));
+    }
+  }
+
   stop_ = false;
   control_failed_ = false;
   control_thread_ = std::thread([this] { ControlThread(); });
@@ -227,10 +244,13 @@ Status Broker::Start() {
 }
 
 void Broker::Stop() {
+  if (http_) http_->Stop();
   if (control_thread_.joinable()) {
     stop_ = true;
     control_thread_.join();
   }
+  // Polls noted since the last flush (the control thread has ended).
+  if (state_ && !seen_pending_.empty()) FlushSeen();
   if (content_) content_->Stop();
   control_.close();
   events_.close();
@@ -330,6 +350,12 @@ Status Broker::ControlLoop() {
     // A bounded round, then back to the sockets: a request that arrives
     // meanwhile joins the rotation behind at most one request per peer.
     ServeControl(64);
+    if (http_) {
+      RefreshSnapshot(false);
+    } else if (!seen_pending_.empty() &&
+               std::chrono::steady_clock::now() - seen_flushed_ >= std::chrono::seconds(5)) {
+      FlushSeen();
+    }
     if (items[1].revents & ZMQ_POLLIN) {
       // Subscription changes; logged for operators.
       for (int i = 0; i < 1000; ++i) {
@@ -577,7 +603,7 @@ v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request,
                                   const std::optional<PeerIdentity>& caller) {
   switch (request.body_case()) {
     case v1::ControlRequest::kHello:
-      return HandleHello(request.hello());
+      return HandleHello(request.hello(), caller);
     case v1::ControlRequest::kPublish:
       return HandlePublish(request.publish());
     case v1::ControlRequest::kEvents:
@@ -597,8 +623,10 @@ v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request,
   }
 }
 
-v1::ControlReply Broker::HandleHello(const v1::HelloRequest& request) {
+v1::ControlReply Broker::HandleHello(const v1::HelloRequest& request,
+                                     const std::optional<PeerIdentity>& caller) {
   MC_LOG(debug) << "hello from " << EscapeForLog(request.client());
+  NoteSeen(request, caller);
   v1::ControlReply reply = Ok();
   auto* hello = reply.mutable_hello();
   hello->set_events_port(events_port_);
@@ -911,6 +939,12 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
                     << "): " << EscapeForLog(event.recall_reason(), 256);
   }
   FanOut(repo, request.envelope());
+  if (Status s =
+          state_->RecordPublished(repo, event.serial(), BrokerClock(options_).NowUnixMillis());
+      !s.ok()) {
+    MC_LOG(warning) << "cannot record the publish time for the propagation view: " << s.ToString();
+  }
+  snapshot_stale_ = true;
   if (Status s = state_->Prune(repo, options_.keep_events, options_.keep_manifests); !s.ok()) {
     MC_LOG(warning) << "prune " << repo << ": " << s.ToString();
   }
@@ -1224,6 +1258,11 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request,
                 " is above the broker's latest serial " + std::to_string(head.serial) + " of " +
                 ack.repo());
   }
+  // Before the row moves: the serials this ACK passes were reached now.
+  if (Status s = state_->RecordReached(ack, BrokerClock(options_).NowUnixMillis()); !s.ok()) {
+    MC_LOG(warning) << "cannot record propagation: " << s.ToString();
+  }
+  snapshot_stale_ = true;
   if (Status s = state_->RecordAck(ack, BrokerClock(options_).NowUnix()); !s.ok()) {
     MC_LOG(error) << "cannot record ACK: " << s.ToString();
     return Fail("broker could not record the ACK");
@@ -1239,25 +1278,152 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request,
 }
 
 v1::ControlReply Broker::HandleStatus() {
+  auto status = BuildStatus();
+  if (!status.ok()) return Fail("status: " + status.status().message());
   v1::ControlReply reply = Ok();
-  auto* status = reply.mutable_status();
-  status->set_broker_id(options_.broker_id);
-  status->set_now_unix(BrokerClock(options_).NowUnix());
-  status->set_insecure_plaintext(!curve_);
+  *reply.mutable_status() = std::move(*status);
+  return reply;
+}
+
+Result<v1::StatusReply> Broker::BuildStatus() {
+  FlushSeen();
+  const int64_t now = BrokerClock(options_).NowUnix();
+  v1::StatusReply status;
+  status.set_broker_id(options_.broker_id);
+  status.set_now_unix(now);
+  status.set_insecure_plaintext(!curve_);
+  status.set_silent_after_seconds(options_.silent_after_seconds);
+  // When the first serial after (repo, serial) was published, asked once per pair.
+  std::map<std::pair<std::string, uint64_t>, std::optional<int64_t>> published_after;
+  auto published = [&](const std::string& repo, uint64_t serial) -> Result<std::optional<int64_t>> {
+    auto key = std::make_pair(repo, serial);
+    auto it = published_after.find(key);
+    if (it != published_after.end()) return it->second;
+    MC_ASSIGN_OR_RETURN(std::optional<int64_t> t, state_->PublishedAfter(repo, serial));
+    published_after.emplace(key, t);
+    return t;
+  };
   for (const auto& [repo, head] : state_->repos()) {
-    auto* r = status->add_repos();
+    auto* r = status.add_repos();
     r->set_repo(repo);
     r->set_serial(head.serial);
     r->set_manifest_sha256(head.manifest_sha256);
-    *status->add_recall_windows() = RecallWindowOf(repo, head);
+    *status.add_recall_windows() = RecallWindowOf(repo, head);
+    auto* rs = status.add_repo_status();
+    rs->set_repo(repo);
+    rs->set_serial(head.serial);
+    rs->set_manifest_entries(head.manifest_entries);
+    MC_ASSIGN_OR_RETURN(std::optional<int64_t> at, published(repo, head.serial - 1));
+    rs->set_published_unix(at.value_or(0));
   }
-  auto recalls = state_->Recalls(20);
-  if (!recalls.ok()) return Fail("recalls: " + recalls.status().message());
-  for (auto& r : *recalls) *status->add_recalls() = std::move(r);
-  auto mirrors = state_->Mirrors();
-  if (!mirrors.ok()) return Fail("mirror table: " + mirrors.status().message());
-  for (auto& m : *mirrors) *status->add_mirrors() = std::move(m);
-  return reply;
+  MC_ASSIGN_OR_RETURN(auto recalls, state_->Recalls(20));
+  for (auto& r : recalls) *status.add_recalls() = std::move(r);
+  MC_ASSIGN_OR_RETURN(auto mirrors, state_->Mirrors());
+  std::map<std::string, uint32_t> mirrors_of;
+  for (auto& m : mirrors) {
+    const uint64_t head = state_->Head(m.repo()).serial;
+    ++mirrors_of[m.repo()];
+    if (m.serial() < head) {
+      m.set_lag_serials(head - m.serial());
+      MC_ASSIGN_OR_RETURN(std::optional<int64_t> since, published(m.repo(), m.serial()));
+      // Pruned from the log: at least as old as its oldest event.
+      if (!since) {
+        MC_ASSIGN_OR_RETURN(uint64_t oldest, state_->OldestEventSerial(m.repo()));
+        if (oldest > 0) {
+          MC_ASSIGN_OR_RETURN(since, published(m.repo(), oldest - 1));
+        }
+      }
+      m.set_lag_seconds(since ? std::max<int64_t>(0, now - *since) : 0);
+    }
+    m.set_health(MirrorHealth(m, head, now, options_.silent_after_seconds));
+    *status.add_mirrors() = std::move(m);
+  }
+  for (const auto& [repo, head] : state_->repos()) {
+    (void)head;
+    MC_ASSIGN_OR_RETURN(auto serials, state_->Propagation(repo, 6));
+    for (auto& p : serials) {
+      p.set_mirrors(mirrors_of[repo]);
+      *status.add_propagation() = std::move(p);
+    }
+  }
+  return status;
+}
+
+void Broker::RefreshSnapshot(bool changed) {
+  using namespace std::chrono_literals;
+  if (changed) snapshot_stale_ = true;
+  const auto now = std::chrono::steady_clock::now();
+  const auto age = now - snapshot_made_;
+  if (snapshot_ && age < 1s && !(snapshot_stale_ && age >= 100ms)) return;
+  auto status = BuildStatus();
+  snapshot_made_ = now;
+  if (!status.ok()) {
+    LogOnce("snapshot\n" + status.status().message(),
+            "status page: cannot read the state: " + status.status().ToString() +
+                " (logged once per error; the page shows the last good snapshot)");
+    return;
+  }
+  auto snapshot = std::make_shared<const v1::StatusReply>(std::move(*status));
+  {
+    std::lock_guard<std::mutex> lock(snapshot_mu_);
+    snapshot_ = std::move(snapshot);
+  }
+  snapshot_stale_ = false;
+}
+
+void Broker::NoteSeen(const v1::HelloRequest& request, const std::optional<PeerIdentity>& caller) {
+  if (request.repo().empty()) return;  // not a mirror's poll (a publisher, a status query)
+  std::string id;
+  if (caller) {
+    // With CURVE a mirror is the name its key is listed under.
+    if (caller->role != PeerRole::kMirror && caller->role != PeerRole::kRelay) return;
+    id = caller->name;
+  } else {
+    if (!PrintableId(request.mirror_id())) return;
+    id = request.mirror_id();
+  }
+  if (!ValidateRepoName(request.repo()).ok() || state_->repos().count(request.repo()) == 0) return;
+  const uint64_t head = state_->Head(request.repo()).serial;
+  seen_pending_[{id, request.repo()}] = MirrorSeen{
+      id, request.repo(), std::min(request.serial(), head), BrokerClock(options_).NowUnix()};
+  if (seen_pending_.size() >= 100000) FlushSeen();  // bounded, whatever peers send
+
+  // Two processes reporting as one mirror: their instances alternate (a
+  // restart changes the instance once and never goes back).
+  const std::string& instance = request.instance();
+  if (instance.empty() || !PrintableId(instance) || instance.size() > 64) return;
+  if (instances_.size() >= 100000 && instances_.count(id) == 0) instances_.clear();
+  Instances& in = instances_[id];
+  const auto now = std::chrono::steady_clock::now();
+  if (in.current == instance) {
+    in.current_seen = now;
+    return;
+  }
+  if (!in.current.empty() && instance == in.previous &&
+      now - in.previous_seen < std::chrono::minutes(10)) {
+    LogOnce("instances\n" + id,
+            "two subscriber processes report as mirror " + EscapeForLog(id, kMaxMirrorIdBytes) +
+                " (instances " + in.current + " and " + instance + " take turns): " +
+                (caller ? "they share the key listed as " + id + "; give each mirror its own key"
+                        : std::string("give each its own --id")) +
+                "; their ACKs overwrite each other's row (logged once per mirror)");
+  }
+  in.previous = in.current;
+  in.previous_seen = in.current_seen;
+  in.current = instance;
+  in.current_seen = now;
+}
+
+void Broker::FlushSeen() {
+  seen_flushed_ = std::chrono::steady_clock::now();
+  if (seen_pending_.empty()) return;
+  std::vector<MirrorSeen> batch;
+  batch.reserve(seen_pending_.size());
+  for (auto& [key, seen] : seen_pending_) batch.push_back(std::move(seen));
+  seen_pending_.clear();
+  if (Status s = state_->RecordSeen(batch); !s.ok()) {
+    MC_LOG(warning) << "cannot record " << batch.size() << " mirror polls: " << s.ToString();
+  }
 }
 
 }  // namespace mirrorcast

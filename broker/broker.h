@@ -26,6 +26,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -36,6 +37,7 @@
 #include "broker/broker_state.h"
 #include "broker/content_server.h"
 #include "broker/object_store.h"
+#include "broker/status_http.h"
 #include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/crypto/keys.h"
@@ -112,6 +114,12 @@ struct BrokerOptions {
   size_t stage_version_rows = 32768;
   // Linked files per control reply (the publish reply, then each page).
   size_t linked_per_reply = 250000;
+  // The status page, JSON and /metrics (status_http.h); none without it.
+  std::optional<HostPort> http;
+  std::optional<std::filesystem::path> http_port_file;  // gets "HOST:PORT" once bound
+  // A mirror not heard from (poll or ACK) for this long shows as silent.
+  // Subscribers poll every 30 s by default.
+  int64_t silent_after_seconds = 120;
 };
 
 class Broker {
@@ -126,6 +134,7 @@ class Broker {
   uint16_t control_port() const { return control_port_; }
   uint16_t events_port() const { return events_port_; }
   uint16_t content_port() const { return content_port_; }
+  uint16_t http_port() const { return http_ ? http_->port() : 0; }
   // True once a thread of the broker has ended on an error (logged).
   bool failed() const;
   // Reads the allow-list file again and puts it in force for every later
@@ -187,8 +196,19 @@ class Broker {
   v1::ControlReply HandleAck(const v1::AckRequest& request,
                              const std::optional<PeerIdentity>& caller);
   v1::ControlReply HandleStatus();
+  // The status as `mirrorcast status` and the status page show it, with the
+  // health and lag of every mirror worked out (status_page.h). Flushes the
+  // liveness seen since the last flush first.
+  Result<v1::StatusReply> BuildStatus();
+  // --http: hands a new snapshot to the page's threads every second, and
+  // soon after a publish or an ACK.
+  void RefreshSnapshot(bool changed);
+  // A mirror's poll (Hello with mirror_id): remembered, written in batches.
+  void NoteSeen(const v1::HelloRequest& request, const std::optional<PeerIdentity>& caller);
+  void FlushSeen();
   v1::ControlReply HandlePutObjects(const v1::PutObjectsRequest& request);
-  v1::ControlReply HandleHello(const v1::HelloRequest& request);
+  v1::ControlReply HandleHello(const v1::HelloRequest& request,
+                               const std::optional<PeerIdentity>& caller);
   // A key set from `mirrorcast keys publish`: checked against the current
   // root (KeyTrust::Check), written to <state>/keyset, adopted; events of the
   // log signed by keys it no longer allows are dropped (mirrors would refuse
@@ -238,6 +258,24 @@ class Broker {
   size_t control_pending_bytes_ = 0;
   std::map<std::string, std::chrono::steady_clock::time_point> control_limits_logged_;
   std::set<std::string> logged_once_;  // LogOnce; the control thread only
+
+  // Liveness (control thread only): polls not yet written, keyed by (mirror,
+  // repo), and the subscriber instances last seen per mirror id, to warn
+  // when two processes report as one mirror.
+  std::map<std::pair<std::string, std::string>, MirrorSeen> seen_pending_;
+  std::chrono::steady_clock::time_point seen_flushed_{};
+  struct Instances {
+    std::string current, previous;
+    std::chrono::steady_clock::time_point current_seen{}, previous_seen{};
+  };
+  std::map<std::string, Instances> instances_;
+
+  // --http: the page's server and the newest snapshot it serves.
+  std::unique_ptr<StatusHttpServer> http_;
+  mutable std::mutex snapshot_mu_;
+  std::shared_ptr<const v1::StatusReply> snapshot_;
+  std::chrono::steady_clock::time_point snapshot_made_{};
+  bool snapshot_stale_ = true;  // something changed since it was made
 };
 
 }  // namespace mirrorcast

@@ -89,6 +89,22 @@ Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir
       !s.ok() && s.message().find("duplicate column") == std::string::npos) {
     return s;
   }
+  // Liveness: a mirror's last poll or ACK (added with the status page).
+  if (Status s = db->Exec("ALTER TABLE mirrors ADD COLUMN last_seen_unix INTEGER NOT NULL "
+                          "DEFAULT 0");
+      !s.ok() && s.message().find("duplicate column") == std::string::npos) {
+    return s;
+  }
+  // Propagation: when each recent serial was committed and when each mirror
+  // first reached it (or passed it), kept for kPropagationSerials serials.
+  MC_RETURN_IF_ERROR(db->Exec(R"sql(
+    CREATE TABLE IF NOT EXISTS serial_times(
+      repo TEXT NOT NULL, serial INTEGER NOT NULL, published_ms INTEGER NOT NULL,
+      PRIMARY KEY(repo, serial)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS reached(
+      repo TEXT NOT NULL, serial INTEGER NOT NULL, mirror_id TEXT NOT NULL,
+      at_ms INTEGER NOT NULL, PRIMARY KEY(repo, serial, mirror_id)) WITHOUT ROWID;
+  )sql"));
   // Servable versions (content by SHA-256).
   MC_RETURN_IF_ERROR(db->Exec(R"sql(
     CREATE TABLE IF NOT EXISTS versions(
@@ -741,12 +757,116 @@ Status BrokerState::RecordAck(const v1::Ack& ack, int64_t now_unix) {
   return st.Run();
 }
 
+Status BrokerState::RecordReached(const v1::Ack& ack, int64_t now_ms) {
+  // The serial the mirror was at before this report: every serial after it,
+  // up to the one it reports, was reached now (a catch-up passes several).
+  int64_t before = 0;
+  {
+    MC_ASSIGN_OR_RETURN(Statement st, db_->Prepare("SELECT serial FROM mirrors WHERE "
+                                                   "mirror_id = ? AND repo = ?"));
+    st.Bind(1, ack.mirror_id()).Bind(2, ack.repo());
+    MC_ASSIGN_OR_RETURN(bool row, st.Step());
+    if (row) before = st.ColumnInt(0);
+  }
+  const auto serial = static_cast<int64_t>(ack.serial());
+  if (serial <= before) return Status::Ok();
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("INSERT OR IGNORE INTO reached(repo, serial, mirror_id, at_ms) "
+                                   "SELECT repo, serial, ?, ? FROM serial_times "
+                                   "WHERE repo = ? AND serial > ? AND serial <= ?"));
+  st.Bind(1, ack.mirror_id()).Bind(2, now_ms).Bind(3, ack.repo()).Bind(4, before).Bind(5, serial);
+  return st.Run();
+}
+
+Status BrokerState::RecordPublished(const std::string& repo, uint64_t serial, int64_t now_ms) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("INSERT OR REPLACE INTO serial_times(repo, serial, "
+                                   "published_ms) VALUES(?, ?, ?)"));
+  st.Bind(1, repo).Bind(2, static_cast<int64_t>(serial)).Bind(3, now_ms);
+  MC_RETURN_IF_ERROR(st.Run());
+  if (serial <= kPropagationSerials) return Status::Ok();
+  const auto cutoff = static_cast<int64_t>(serial - kPropagationSerials);
+  for (const char* table : {"serial_times", "reached"}) {
+    MC_ASSIGN_OR_RETURN(Statement drop, db_->Prepare(std::string("DELETE FROM ") + table +
+                                                     " WHERE repo = ? AND serial <= ?"));
+    drop.Bind(1, repo).Bind(2, cutoff);
+    MC_RETURN_IF_ERROR(drop.Run());
+  }
+  return Status::Ok();
+}
+
+Status BrokerState::RecordSeen(const std::vector<MirrorSeen>& seen) {
+  if (seen.empty()) return Status::Ok();
+  // One transaction for the batch: hundreds of mirrors poll every 30 s.
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  // A mirror heard from before its first ACK gets a row with the serial it
+  // reports (state unspecified until it ACKs).
+  MC_ASSIGN_OR_RETURN(
+      Statement st,
+      db_->Prepare("INSERT INTO mirrors(mirror_id, repo, serial, target_serial, state, "
+                   "last_ack_unix, bytes_fetched, bytes_reused, millis, error, bytes_signature, "
+                   "last_seen_unix) VALUES(?, ?, ?, 0, 0, 0, 0, 0, 0, '', 0, ?) "
+                   "ON CONFLICT(mirror_id, repo) DO UPDATE SET "
+                   "last_seen_unix = max(last_seen_unix, excluded.last_seen_unix)"));
+  for (const auto& s : seen) {
+    st.Reset();
+    st.Bind(1, s.mirror_id).Bind(2, s.repo).Bind(3, static_cast<int64_t>(s.serial));
+    st.Bind(4, s.seen_unix);
+    MC_RETURN_IF_ERROR(st.Run());
+  }
+  return tx.Commit();
+}
+
+Result<std::optional<int64_t>> BrokerState::PublishedAfter(const std::string& repo,
+                                                           uint64_t serial) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT received_unix FROM events WHERE repo = ? AND serial > ? "
+                                   "ORDER BY serial LIMIT 1"));
+  st.Bind(1, repo).Bind(2, static_cast<int64_t>(serial));
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return std::optional<int64_t>();
+  return std::optional<int64_t>(st.ColumnInt(0));
+}
+
+Result<std::vector<v1::SerialPropagation>> BrokerState::Propagation(const std::string& repo,
+                                                                    size_t serials) {
+  std::vector<v1::SerialPropagation> out;
+  MC_ASSIGN_OR_RETURN(Statement times,
+                      db_->Prepare("SELECT serial, published_ms FROM serial_times WHERE repo = ? "
+                                   "ORDER BY serial DESC LIMIT ?"));
+  times.Bind(1, repo).Bind(2, static_cast<int64_t>(serials));
+  for (;;) {
+    MC_ASSIGN_OR_RETURN(bool row, times.Step());
+    if (!row) break;
+    v1::SerialPropagation p;
+    p.set_repo(repo);
+    p.set_serial(static_cast<uint64_t>(times.ColumnInt(0)));
+    p.set_published_ms(times.ColumnInt(1));
+    out.push_back(std::move(p));
+  }
+  MC_ASSIGN_OR_RETURN(Statement reached,
+                      db_->Prepare("SELECT at_ms FROM reached WHERE repo = ? AND serial = ? "
+                                   "ORDER BY at_ms"));
+  for (auto& p : out) {
+    reached.Reset();
+    reached.Bind(1, repo).Bind(2, static_cast<int64_t>(p.serial()));
+    for (;;) {
+      MC_ASSIGN_OR_RETURN(bool row, reached.Step());
+      if (!row) break;
+      p.add_reached_ms(reached.ColumnInt(0));
+    }
+  }
+  return out;
+}
+
 Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
   std::vector<v1::MirrorStatus> out;
   MC_ASSIGN_OR_RETURN(Statement st,
                       db_->Prepare("SELECT mirror_id, repo, serial, target_serial, state, "
                                    "last_ack_unix, bytes_fetched, bytes_reused, millis, error, "
-                                   "bytes_signature FROM mirrors ORDER BY repo, mirror_id"));
+                                   "bytes_signature, last_seen_unix FROM mirrors "
+                                   "ORDER BY repo, mirror_id"));
   for (;;) {
     MC_ASSIGN_OR_RETURN(bool row, st.Step());
     if (!row) break;
@@ -764,6 +884,7 @@ Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
     m.set_seconds(static_cast<double>(st.ColumnInt(8)) / 1000.0);
     m.set_error(st.ColumnText(9));
     m.set_bytes_signature(static_cast<uint64_t>(st.ColumnInt(10)));
+    m.set_last_seen_unix(std::max(st.ColumnInt(11), m.last_ack_unix()));
     out.push_back(std::move(m));
   }
   return out;

@@ -76,6 +76,14 @@ struct RepoHead {
   uint64_t manifest_entries = 0;
 };
 
+// A mirror heard from (a poll), for BrokerState::RecordSeen.
+struct MirrorSeen {
+  std::string mirror_id;
+  std::string repo;
+  uint64_t serial = 0;
+  int64_t seen_unix = 0;
+};
+
 struct StoredEvents {
   std::vector<std::string> envelopes;  // oldest first
   uint64_t oldest_serial = 0;          // 0 when the log is empty
@@ -159,7 +167,24 @@ class BrokerState {
 
   // Upserts the mirror row from an ACK.
   Status RecordAck(const v1::Ack& ack, int64_t now_unix);
+  // Before RecordAck: the serials after the mirror's recorded one, up to
+  // ack.serial(), were reached at now_ms (the propagation view).
+  Status RecordReached(const v1::Ack& ack, int64_t now_ms);
+  // A committed serial's time, for the propagation view; keeps the newest
+  // kPropagationSerials serials of the repo (and their reached rows).
+  Status RecordPublished(const std::string& repo, uint64_t serial, int64_t now_ms);
+  // Liveness from polls, one transaction: last_seen_unix only moves forward;
+  // a mirror not yet in the table gets a row at the serial it reports.
+  Status RecordSeen(const std::vector<MirrorSeen>& seen);
+  // When the first event after `serial` was committed (nullopt: none, or
+  // pruned from the log): the start of a mirror's lag.
+  Result<std::optional<int64_t>> PublishedAfter(const std::string& repo, uint64_t serial);
+  // The newest `serials` serials of the repo with their reach times, newest first.
+  Result<std::vector<v1::SerialPropagation>> Propagation(const std::string& repo, size_t serials);
+  // Rows carry last_seen_unix (the later of the last poll and the last ACK).
   Result<std::vector<v1::MirrorStatus>> Mirrors();
+
+  static constexpr uint64_t kPropagationSerials = 32;
 
   // Keeps the newest `keep_events` events of a repo, and the manifest
   // objects named by its newest `keep_manifests` serials.

@@ -51,7 +51,17 @@ int BrokerMain(int argc, char** argv) {
       ("heartbeat-key", po::value<std::string>(),
        "secret key file (the origin's online key) used to sign heartbeats: the latest serial "
        "of every repo, so mirrors notice missed events and can prove they are fresh")
-      ("heartbeat-interval", po::value<int>()->default_value(10), "seconds between heartbeats");
+      ("heartbeat-interval", po::value<int>()->default_value(10), "seconds between heartbeats")
+      ("http", po::value<std::string>(),
+       "HOST:PORT for the status page: / (HTML: every repo and mirror, with lag, state, "
+       "last seen and a propagation plot), /status.json and /metrics (Prometheus). Read-only "
+       "and unauthenticated (it shows mirror names and serials, never keys): bind it to "
+       "loopback or a monitoring network. Off by default")
+      ("http-port-file", po::value<std::string>(),
+       "write the status page's HOST:PORT here once bound (for --http HOST:0)")
+      ("silent-after", po::value<int64_t>()->default_value(120),
+       "seconds without a poll or ACK after which a mirror shows as silent (subscribers poll "
+       "every 30 s by default)");
   // clang-format on
   // What one peer (its CURVE key; one connection with --insecure-plaintext) and
   // all peers together may hold of the broker. Defaults: BrokerOptions'.
@@ -141,6 +151,14 @@ int BrokerMain(int argc, char** argv) {
   if (vm->count("heartbeat-key")) opts.heartbeat_key = (*vm)["heartbeat-key"].as<std::string>();
   opts.heartbeat_interval =
       std::chrono::seconds(std::max(1, (*vm)["heartbeat-interval"].as<int>()));
+  if (vm->count("http")) {
+    auto http = ParseHostPort((*vm)["http"].as<std::string>());
+    if (!http.ok()) throw std::runtime_error("--http: " + http.status().message());
+    opts.http = *http;
+  }
+  if (vm->count("http-port-file")) opts.http_port_file = (*vm)["http-port-file"].as<std::string>();
+  opts.silent_after_seconds = (*vm)["silent-after"].as<int64_t>();
+  if (opts.silent_after_seconds < 1) throw std::runtime_error("--silent-after must be at least 1");
 
   ContentLimits& content = opts.content_limits;
   content.requests_per_peer = (*vm)["max-requests-per-peer"].as<size_t>();

@@ -13,6 +13,8 @@ PACKAGES=(
   rsync iproute2 util-linux e2fsprogs
   dpkg-dev lintian help2man
   nginx-light createrepo-c rpm dnf apt-utils
+  libcpp-httplib-dev libsystemd-dev
+  chromium fonts-dejavu-core prometheus curl
 )
 
 missing=()

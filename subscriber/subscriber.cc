@@ -1,6 +1,8 @@
 #include "subscriber/subscriber.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 #include <system_error>
 
 #include "core/base/clock.h"
@@ -31,7 +33,11 @@ constexpr Millis kControlTimeout{5000};
 class Subscriber::Session : public BrokerLink {
  public:
   Session(const SubscriberOptions& options, std::atomic<bool>& stop, std::atomic<uint64_t>& serial)
-      : options_(options), stop_(stop), serial_out_(serial), context_(1) {}
+      : options_(options),
+        stop_(stop),
+        serial_out_(serial),
+        context_(1),
+        instance_(NewInstance()) {}
 
   // Opens state, finishes an interrupted apply, adopts an unknown tree, and
   // connects (retrying until the broker answers or Stop()).
@@ -90,12 +96,31 @@ class Subscriber::Session : public BrokerLink {
     }
   }
   bool broker_lost_ = false;  // the broker was found unreachable (and that was logged)
+  // A Hello that is also this mirror's liveness report (its poll): who it
+  // is, its repo and serial, and this process's instance.
+  Result<v1::HelloReply> Hello() {
+    v1::HelloRequest hello;
+    hello.set_client("subscriber " + options_.id);
+    hello.set_mirror_id(options_.id);
+    hello.set_repo(options_.repo);
+    hello.set_serial(follower_ ? follower_->serial() : 0);
+    hello.set_instance(instance_);
+    return control_->Hello(hello, kControlTimeout);
+  }
+  // Random per process: the broker tells two processes with one id apart.
+  static std::string NewInstance() {
+    std::random_device random;
+    char out[17];
+    std::snprintf(out, sizeof out, "%08x%08x", random(), random());
+    return out;
+  }
   const Clock& clock() const { return options_.clock ? *options_.clock : Clock::Real(); }
 
   const SubscriberOptions& options_;
   std::atomic<bool>& stop_;
   std::atomic<uint64_t>& serial_out_;
   zmq::context_t context_;
+  const std::string instance_;
   std::unique_ptr<Follower> follower_;
   std::unique_ptr<ControlClient> control_;
   std::unique_ptr<ContentClient> content_;
@@ -151,7 +176,7 @@ Status Subscriber::Session::Connect(bool once) {
   bool warned = false;
   const auto give_up = clock().Steady() + options_.once_connect_timeout;
   for (;;) {
-    auto hello = control_->Hello("subscriber " + options_.id, kControlTimeout);
+    auto hello = Hello();
     if (hello.ok()) {
       Attach(*hello);
       OfferKeySet(*hello);
@@ -208,8 +233,7 @@ void Subscriber::Session::Attach(const v1::HelloReply& hello) {
 }
 
 Result<uint64_t> Subscriber::Session::Head() {
-  MC_ASSIGN_OR_RETURN(v1::HelloReply hello,
-                      control_->Hello("subscriber " + options_.id, kControlTimeout));
+  MC_ASSIGN_OR_RETURN(v1::HelloReply hello, Hello());
   if (hello.events_port() != events_port_ || hello.content_port() != content_port_) {
     MC_LOG(info) << "broker moved its event/content ports to " << hello.events_port() << "/"
                  << hello.content_port() << "; reconnecting";

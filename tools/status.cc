@@ -48,14 +48,6 @@ const char* StateName(v1::AckState state) {
 
 std::string IsoTime(int64_t unix_seconds) { return FormatUtc(unix_seconds); }
 
-// "42s", "5m", "3h", "2d" (whole units, rounded down).
-std::string ShortAge(int64_t seconds) {
-  if (seconds < 60) return std::to_string(seconds) + "s";
-  if (seconds < 3600) return std::to_string(seconds / 60) + "m";
-  if (seconds < 86400) return std::to_string(seconds / 3600) + "h";
-  return std::to_string(seconds / 86400) + "d";
-}
-
 std::string Age(int64_t seconds) {
   if (seconds < 0) return "in " + std::to_string(-seconds) + "s";
   return ShortAge(seconds) + " ago";

@@ -11,6 +11,11 @@ class RealClock final : public Clock {
   std::chrono::steady_clock::time_point Steady() const override {
     return std::chrono::steady_clock::now();
   }
+  int64_t NowUnixMillis() const override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
 };
 
 }  // namespace

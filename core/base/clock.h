@@ -13,6 +13,9 @@ class Clock {
   // Seconds since the Unix epoch (for signed expiries and ACK times).
   virtual int64_t NowUnix() const = 0;
   virtual std::chrono::steady_clock::time_point Steady() const = 0;
+  // Milliseconds since the Unix epoch (propagation times); a clock that
+  // only knows seconds gives NowUnix() * 1000.
+  virtual int64_t NowUnixMillis() const { return NowUnix() * 1000; }
 
   // The process-wide real clock. Thread-safe; never destroyed.
   static const Clock& Real();

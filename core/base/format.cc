@@ -16,4 +16,25 @@ std::string HumanBytes(double b) {
   return out;
 }
 
+std::string ShortAge(int64_t seconds) {
+  if (seconds < 60) return std::to_string(seconds) + "s";
+  if (seconds < 3600) return std::to_string(seconds / 60) + "m";
+  if (seconds < 86400) return std::to_string(seconds / 3600) + "h";
+  return std::to_string(seconds / 86400) + "d";
+}
+
+std::string ShortDelay(double seconds) {
+  if (seconds < 0) seconds = 0;
+  char out[32];
+  if (seconds < 10) {
+    std::snprintf(out, sizeof out, "%.2f s", seconds);
+    return out;
+  }
+  if (seconds < 60) {
+    std::snprintf(out, sizeof out, "%.0f s", seconds);
+    return out;
+  }
+  return ShortAge(static_cast<int64_t>(seconds));
+}
+
 }  // namespace mirrorcast

@@ -6,18 +6,30 @@ namespace mirrorcast {
 
 const char* CodeName(Status::Code code) {
   switch (code) {
-    case Status::Code::kOk: return "ok";
-    case Status::Code::kInvalidArgument: return "invalid argument";
-    case Status::Code::kNotFound: return "not found";
-    case Status::Code::kAlreadyExists: return "already exists";
-    case Status::Code::kIoError: return "I/O error";
-    case Status::Code::kCorruption: return "corruption";
-    case Status::Code::kRejected: return "rejected";
-    case Status::Code::kUnavailable: return "unavailable";
-    case Status::Code::kTimeout: return "timeout";
-    case Status::Code::kResourceExhausted: return "resource exhausted";
-    case Status::Code::kFailedPrecondition: return "failed precondition";
-    case Status::Code::kInternal: return "internal error";
+    case Status::Code::kOk:
+      return "ok";
+    case Status::Code::kInvalidArgument:
+      return "invalid argument";
+    case Status::Code::kNotFound:
+      return "not found";
+    case Status::Code::kAlreadyExists:
+      return "already exists";
+    case Status::Code::kIoError:
+      return "I/O error";
+    case Status::Code::kCorruption:
+      return "corruption";
+    case Status::Code::kRejected:
+      return "rejected";
+    case Status::Code::kUnavailable:
+      return "unavailable";
+    case Status::Code::kTimeout:
+      return "timeout";
+    case Status::Code::kResourceExhausted:
+      return "resource exhausted";
+    case Status::Code::kFailedPrecondition:
+      return "failed precondition";
+    case Status::Code::kInternal:
+      return "internal error";
   }
   return "unknown";
 }

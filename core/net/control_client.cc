@@ -78,8 +78,14 @@ Result<v1::ControlReply> ControlClient::Call(v1::ControlRequest request, Millis 
 }
 
 Result<v1::HelloReply> ControlClient::Hello(const std::string& client, Millis timeout) {
+  v1::HelloRequest hello;
+  hello.set_client(client);
+  return Hello(hello, timeout);
+}
+
+Result<v1::HelloReply> ControlClient::Hello(const v1::HelloRequest& hello, Millis timeout) {
   v1::ControlRequest request;
-  request.mutable_hello()->set_client(client);
+  *request.mutable_hello() = hello;
   MC_ASSIGN_OR_RETURN(v1::ControlReply reply, Call(std::move(request), timeout));
   if (!reply.has_hello()) return Status::Rejected("broker answered Hello with something else");
   return std::move(*reply.mutable_hello());

@@ -31,6 +31,9 @@ class ControlClient {
 
   // Convenience wrappers.
   Result<v1::HelloReply> Hello(const std::string& client, std::chrono::milliseconds timeout);
+  // A Hello with more than the client text (a mirror's poll: mirror_id, repo,
+  // serial, instance).
+  Result<v1::HelloReply> Hello(const v1::HelloRequest& hello, std::chrono::milliseconds timeout);
   Result<v1::EventsReply> Events(const std::string& repo, uint64_t since_serial,
                                  uint32_t max_events, std::chrono::milliseconds timeout);
   Status SendAck(const v1::Ack& ack, std::chrono::milliseconds timeout);

@@ -24,11 +24,13 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "core/base/clock.h"
+#include "core/base/log.h"
 #include "core/crypto/keys.h"
 #include "core/crypto/sha256.h"
 #include "core/delta/delta.h"
@@ -41,6 +43,7 @@
 #include "core/store/sqlite.h"
 #include "core/wire/envelope.h"
 #include "tests/support/entries.h"
+#include "tests/support/fake_clock.h"
 #include "tests/support/temp_dir.h"
 #include "tests/support/tree.h"
 
@@ -1424,6 +1427,165 @@ TEST_F(BrokerDeltaTest, DeltaOfASupersededVersionComesFromTheRetainedStore) {
       ApplyDelta(dir_ / "basis", dir_ / "delta", dir_ / "rebuilt", target_.size(), &rebuilt_sha)
           .ok());
   EXPECT_EQ(rebuilt_sha, Sha256Of(target_));
+}
+
+// Liveness, lag and propagation (the status page's data), on a fake clock.
+class BrokerStatusTest : public BrokerTest {
+ protected:
+  void SetUp() override {
+    BrokerTest::SetUp();
+    options_.clock = &clock_;
+    options_.silent_after_seconds = 60;
+    Restart();
+  }
+
+  // A mirror's poll, as mirrorcast-subscriber sends it.
+  void Poll(const std::string& mirror, uint64_t serial, const std::string& instance = "i1",
+            const std::string& repo = kRepo) {
+    v1::HelloRequest hello;
+    hello.set_client("subscriber " + mirror);
+    hello.set_mirror_id(mirror);
+    hello.set_repo(repo);
+    hello.set_serial(serial);
+    hello.set_instance(instance);
+    ControlClient control(context_, Control());
+    ASSERT_TRUE(control.Hello(hello, kTimeout).ok());
+  }
+  void Ack(const std::string& mirror, uint64_t serial, v1::AckState state = v1::ACK_APPLIED,
+           const std::string& error = "") {
+    v1::Ack ack;
+    ack.set_mirror_id(mirror);
+    ack.set_repo(kRepo);
+    ack.set_serial(serial);
+    ack.set_target_serial(serial);
+    ack.set_state(state);
+    ack.set_error(error);
+    ControlClient control(context_, Control());
+    Status sent = control.SendAck(ack, kTimeout);
+    ASSERT_TRUE(sent.ok()) << sent.ToString();
+  }
+  v1::StatusReply GetStatus() {
+    ControlClient control(context_, Control());
+    auto status = control.GetStatus(kTimeout);
+    EXPECT_TRUE(status.ok()) << status.status().ToString();
+    return status.ok() ? *status : v1::StatusReply();
+  }
+  static const v1::MirrorStatus* Find(const v1::StatusReply& s, const std::string& id) {
+    for (const auto& m : s.mirrors()) {
+      if (m.mirror_id() == id) return &m;
+    }
+    return nullptr;
+  }
+  // Serial n of the repo, one file changed from serial n - 1.
+  Manifest Next(const Manifest& from) {
+    Manifest to = from;
+    to.set_serial(from.serial() + 1);
+    to.Put(PutFile("pool/a.rpm", "package a, build " + std::to_string(to.serial())));
+    EXPECT_TRUE(Publish(from, to).ok());
+    return to;
+  }
+
+  FakeClock clock_{Clock::Real().NowUnix()};
+};
+
+TEST_F(BrokerStatusTest, APollIsLivenessAndAMirrorNotHeardFromGoesSilent) {
+  const Manifest first = FirstManifest();
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), first).ok());
+  Poll("m-poll", 1);
+  v1::StatusReply s = GetStatus();
+  ASSERT_NE(Find(s, "m-poll"), nullptr) << s.DebugString();
+  EXPECT_EQ(Find(s, "m-poll")->last_seen_unix(), clock_.NowUnix());
+  EXPECT_EQ(Find(s, "m-poll")->health(), "applied");
+  EXPECT_EQ(s.silent_after_seconds(), 60);
+
+  clock_.Advance(std::chrono::seconds(59));
+  EXPECT_EQ(Find(GetStatus(), "m-poll")->health(), "applied");
+  clock_.Advance(std::chrono::seconds(1));
+  EXPECT_EQ(Find(GetStatus(), "m-poll")->health(), "silent");
+  // It polls again: alive, and nothing was published, so no ACK came.
+  Poll("m-poll", 1);
+  s = GetStatus();
+  EXPECT_EQ(Find(s, "m-poll")->health(), "applied");
+  EXPECT_EQ(Find(s, "m-poll")->last_ack_unix(), 0);
+
+  // Polls that are not a mirror's, or name no published repo, make no row.
+  Poll("m-other-repo", 1, "i1", "nosuchrepo");
+  ControlClient control(context_, Control());
+  ASSERT_TRUE(control.Hello("a publisher", kTimeout).ok());
+  EXPECT_EQ(GetStatus().mirrors_size(), 1);
+  // A poll survives a restart of the broker (written in batches).
+  Restart();
+  s = GetStatus();
+  ASSERT_NE(Find(s, "m-poll"), nullptr);
+  EXPECT_EQ(Find(s, "m-poll")->last_seen_unix(), clock_.NowUnix());
+}
+
+TEST_F(BrokerStatusTest, LagAndPropagationFollowTheAcks) {
+  const Manifest first = FirstManifest();
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), first).ok());
+  const int64_t published_1 = clock_.NowUnix();
+  clock_.Advance(std::chrono::seconds(2));
+  Ack("m1", 1);
+  Ack("m2", 1);
+  clock_.Advance(std::chrono::seconds(10));
+  const Manifest second = Next(first);
+  const int64_t published_2 = clock_.NowUnix();
+  clock_.Advance(std::chrono::seconds(5));
+  const Manifest third = Next(second);
+  clock_.Advance(std::chrono::seconds(3));
+  Ack("m2", 3);  // a catch-up over serials 2 and 3
+  Ack("m3", 0, v1::ACK_FAILED, "no space left on device");
+
+  const v1::StatusReply s = GetStatus();
+  const v1::MirrorStatus* m1 = Find(s, "m1");
+  const v1::MirrorStatus* m2 = Find(s, "m2");
+  const v1::MirrorStatus* m3 = Find(s, "m3");
+  ASSERT_TRUE(m1 && m2 && m3) << s.DebugString();
+  EXPECT_EQ(m1->health(), "behind");
+  EXPECT_EQ(m1->lag_serials(), 2u);
+  EXPECT_EQ(m1->lag_seconds(), clock_.NowUnix() - published_2);
+  EXPECT_EQ(m2->health(), "applied");
+  EXPECT_EQ(m2->lag_serials(), 0u);
+  EXPECT_EQ(m2->lag_seconds(), 0);
+  EXPECT_EQ(m3->health(), "failed");
+  EXPECT_EQ(m3->lag_serials(), 3u);
+  EXPECT_EQ(m3->lag_seconds(), clock_.NowUnix() - published_1);
+
+  ASSERT_EQ(s.repo_status_size(), 1);
+  EXPECT_EQ(s.repo_status(0).serial(), 3u);
+  EXPECT_EQ(s.repo_status(0).published_unix(), clock_.NowUnix() - 3);
+
+  // Newest first: serial 3 reached by m2 after 3 s; 2 by m2 after 8 s; 1 by m1 and m2 after 2 s.
+  ASSERT_EQ(s.propagation_size(), 3) << s.DebugString();
+  std::map<uint64_t, std::vector<int64_t>> after;
+  for (const auto& p : s.propagation()) {
+    EXPECT_EQ(p.mirrors(), 3u);
+    for (int64_t at : p.reached_ms()) after[p.serial()].push_back(at - p.published_ms());
+  }
+  EXPECT_EQ(s.propagation(0).serial(), 3u);
+  EXPECT_EQ(after[1], (std::vector<int64_t>{2000, 2000}));
+  EXPECT_EQ(after[2], (std::vector<int64_t>{8000}));
+  EXPECT_EQ(after[3], (std::vector<int64_t>{3000}));
+  (void)third;
+}
+
+TEST_F(BrokerStatusTest, TwoProcessesReportingAsOneMirrorAreWarnedAboutOnce) {
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
+  std::ostringstream log;
+  InitLoggingTo(log, "test", boost::log::trivial::info, false);
+  // A restart changes the instance once: no warning.
+  Poll("m-dup", 1, "first-run");
+  Poll("m-dup", 1, "second-run");
+  Poll("m-dup", 1, "second-run");
+  EXPECT_EQ(log.str().find("two subscriber processes"), std::string::npos) << log.str();
+  // Two processes take turns.
+  for (int i = 0; i < 4; ++i) Poll("m-dup", 1, i % 2 == 0 ? "first-run" : "second-run");
+  InitLoggingTo(std::clog, "test", boost::log::trivial::info, false);
+  const std::string text = log.str();
+  const size_t at = text.find("two subscriber processes report as mirror m-dup");
+  ASSERT_NE(at, std::string::npos) << text;
+  EXPECT_EQ(text.find("two subscriber processes", at + 1), std::string::npos) << text;
+  EXPECT_NE(text.find("give each its own --id"), std::string::npos) << text;
 }
 
 }  // namespace
