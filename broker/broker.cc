@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <set>
+#include <sstream>
 #include <system_error>
 
 #include "broker/status_page.h"
@@ -13,6 +14,7 @@
 #include "core/cli/signals.h"
 #include "core/crypto/sha256.h"
 #include "core/fs/atomic.h"
+#include "core/fs/lock.h"
 #include "core/fs/path.h"
 #include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
@@ -273,19 +275,105 @@ Status Broker::ReloadAllowList() {
   return Status::Ok();
 }
 
+Status Broker::CheckConfig() const {
+  if (options_.curve_key) {
+    if (auto keys = LoadCurveSecretFile(*options_.curve_key); !keys.ok()) {
+      return keys.status().WithContext("--curve-key");
+    }
+    if (!options_.allow_file) return Status::InvalidArgument("--curve-key needs --allow FILE");
+    if (auto list = AllowList::LoadFile(*options_.allow_file); !list.ok()) {
+      return list.status().WithContext("--allow");
+    }
+  } else if (!options_.insecure_plaintext) {
+    return Status::InvalidArgument(
+        "no transport security: pass --curve-key FILE and --allow FILE (make keys with "
+        "'mirrorcast keygen --curve'), or --insecure-plaintext for a lab");
+  }
+  if (auto trust = LoadKeyTrust(options_.trust, {}, options_.root_keys); !trust.ok()) {
+    return trust.status();
+  }
+  if (options_.heartbeat_key) {
+    if (auto key = SigningKey::LoadFile(*options_.heartbeat_key); !key.ok()) {
+      return key.status().WithContext("--heartbeat-key");
+    }
+  }
+  std::error_code ec;
+  if (!fs::is_directory(options_.tree_root, ec)) {
+    return Status::NotFound("--tree-root " + options_.tree_root.string() + " is not a directory");
+  }
+  return CheckUsableDirectory(options_.state_dir, "--state");
+}
+
+Status Broker::ReloadTrust() {
+  const uint64_t wanted = trust_reload_wanted_.fetch_add(1) + 1;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (trust_reload_done_.load() < wanted) {
+    if (stop_ || failed() || std::chrono::steady_clock::now() > deadline) {
+      return Status::Timeout("the control thread did not take the trust reload in time");
+    }
+    std::this_thread::sleep_for(Millis(10));
+  }
+  std::lock_guard lock(trust_reload_mu_);
+  return trust_reload_result_;
+}
+
+void Broker::UpdateServiceStatus() {
+  const auto now = std::chrono::steady_clock::now();
+  if (now - service_status_at_ < std::chrono::seconds(5)) return;
+  service_status_at_ = now;
+  std::ostringstream line;
+  const auto& repos = state_->repos();
+  line << repos.size() << (repos.size() == 1 ? " repo" : " repos");
+  size_t shown = 0;
+  for (const auto& [repo, head] : repos) {
+    if (shown++ == 3) {
+      line << ", ...";
+      break;
+    }
+    line << (shown == 1 ? " (" : ", ") << repo << " at serial " << head.serial;
+  }
+  if (!repos.empty()) line << ")";
+  auto mirrors = state_->Mirrors();
+  if (mirrors.ok()) {
+    size_t failing = 0;
+    for (const auto& m : *mirrors) {
+      if (m.state() == v1::ACK_FAILED || m.state() == v1::ACK_REJECTED) ++failing;
+    }
+    line << "; " << mirrors->size() << " mirrors, " << failing << " failed or rejecting";
+  }
+  std::lock_guard lock(service_status_mu_);
+  service_status_ = line.str();
+}
+
 int Broker::Run() {
+  if (Status config = CheckConfig(); !config.ok()) {
+    MC_LOG(error) << "configuration error: " << EscapeForLog(config.ToString(), 1024);
+    return 2;
+  }
   Status started = Start();
   if (!started.ok()) {
     MC_LOG(error) << "cannot start: " << started.ToString();
     Stop();
     return 1;
   }
+  service_.Ready("serving on " + options_.listen.ToString());
   while (!StopRequested() && !failed()) {
-    if (ReloadRequested() && allow_) (void)ReloadAllowList();  // logged either way
+    if (ReloadRequested()) {
+      service_.Reloading();
+      if (allow_) (void)ReloadAllowList();  // logged either way
+      (void)ReloadTrust();                  // logged either way
+      service_.Ready("reloaded");
+    }
+    {
+      std::lock_guard lock(service_status_mu_);
+      if (!service_status_.empty()) service_.SetStatus(service_status_);
+    }
+    service_.Tick();
     std::this_thread::sleep_for(Millis(100));
   }
   const bool failed_now = failed();
   MC_LOG(info) << (failed_now ? "stopping after a failure" : "stopping");
+  service_.Stopping();
   Stop();
   return failed_now ? 1 : 0;
 }
@@ -328,6 +416,24 @@ void Broker::SendHeartbeat() {
 Status Broker::ControlLoop() {
   auto next_heartbeat = BrokerClock(options_).Steady();
   while (!stop_) {
+    service_.Progress();
+    if (const uint64_t wanted = trust_reload_wanted_.load(); trust_reload_done_.load() < wanted) {
+      auto next = ReloadKeyTrust(trust_, options_.trust, {}, options_.root_keys);
+      Status result = next.status();
+      if (next.ok()) {
+        trust_ = std::move(*next);
+        MC_LOG(info) << "trust reloaded: " << trust_.Describe();
+      } else {
+        MC_LOG(error) << "trust reload failed, keeping the keys in force: "
+                      << EscapeForLog(result.ToString(), 1024);
+      }
+      {
+        std::lock_guard lock(trust_reload_mu_);
+        trust_reload_result_ = std::move(result);
+      }
+      trust_reload_done_.store(wanted);
+    }
+    UpdateServiceStatus();
     if (BrokerClock(options_).Steady() >= next_heartbeat) {
       SendHeartbeat();
       next_heartbeat = BrokerClock(options_).Steady() + options_.heartbeat_interval;
@@ -855,7 +961,7 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   Status diffed = DiffIndexEntries(
       previous, objects, next_index, fresh,
       [&](const v1::FileEntry* before, const v1::FileEntry* after) {
-        ++counted;
+        if (++counted % 4096 == 0) service_.Progress();  // a long publish is progress too
         if (before != nullptr && before->kind() == v1::ENTRY_FILE) {
           versions.retired.emplace_back(before->path(), before->sha256());
         }

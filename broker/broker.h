@@ -40,6 +40,7 @@
 #include "broker/status_http.h"
 #include "core/base/clock.h"
 #include "core/base/status.h"
+#include "core/cli/service.h"
 #include "core/crypto/keys.h"
 #include "core/net/allow_list.h"
 #include "core/net/curve.h"
@@ -142,6 +143,15 @@ class Broker {
   // from its next request on). A file with an error changes nothing (the
   // error is logged and returned). Run() calls it on SIGHUP. Any thread.
   Status ReloadAllowList();
+  // The configuration's files and directories without starting anything:
+  // transport keys, allow-list, trust keys, heartbeat key, tree root, state
+  // directory. An error here is the operator's to fix (exit code 2: systemd
+  // does not restart the unit); Run() checks it first. `--check-config`.
+  Status CheckConfig() const;
+  // Re-reads the --trust / --root-key files in the control thread and waits
+  // for it (a bad file keeps the trust in force; logged). Run() calls it on
+  // SIGHUP. Not from the control thread.
+  Status ReloadTrust();
 
  private:
   // The control thread: ControlLoop() through RunGuarded; a failure stops
@@ -241,6 +251,19 @@ class Broker {
   uint16_t events_port_ = 0;
   uint16_t content_port_ = 0;
   std::atomic<bool> stop_{false};
+  // systemd: READY/STATUS/RELOADING/STOPPING; the control loop's progress
+  // gates the watchdog.
+  ServiceNotifier service_;
+  // ReloadTrust(): requests counted by Run(), done by the control thread.
+  std::atomic<uint64_t> trust_reload_wanted_{0};
+  std::atomic<uint64_t> trust_reload_done_{0};
+  std::mutex trust_reload_mu_;
+  Status trust_reload_result_;  // under trust_reload_mu_
+  // One line for systemctl status, written by the control thread.
+  std::mutex service_status_mu_;
+  std::string service_status_;
+  std::chrono::steady_clock::time_point service_status_at_{};
+  void UpdateServiceStatus();
   std::atomic<bool> control_failed_{false};
   std::thread control_thread_;
 

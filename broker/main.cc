@@ -61,7 +61,10 @@ int BrokerMain(int argc, char** argv) {
        "write the status page's HOST:PORT here once bound (for --http HOST:0)")
       ("silent-after", po::value<int64_t>()->default_value(120),
        "seconds without a poll or ACK after which a mirror shows as silent (subscribers poll "
-       "every 30 s by default)");
+       "every 30 s by default)")
+      ("check-config", po::bool_switch(),
+       "check the configuration (options, key files, allow-list, tree root, state directory), "
+       "print the result and exit: 0 valid, 2 not");
   // clang-format on
   // What one peer (its CURVE key; one connection with --insecure-plaintext) and
   // all peers together may hold of the broker. Defaults: BrokerOptions'.
@@ -115,9 +118,12 @@ int BrokerMain(int argc, char** argv) {
       "fans them out to mirrorcast-subscriber daemons, serves the changed content "
       "(whole files and librsync deltas) and records which mirror holds which serial. "
       "Every socket uses CURVE: only keys on the --allow list connect, each in its role "
-      "(publish, mirror, relay, admin); SIGHUP reloads the list without dropping connections. "
-      "Stops cleanly on SIGTERM. Exit codes: 0 stopped; 1 failed while running or could not "
-      "start; 2 usage or configuration error."};
+      "(publish, mirror, relay, admin). SIGHUP reloads the allow-list and the trust keys "
+      "without dropping connections. Under systemd (Type=notify) it reports READY, STATUS, "
+      "RELOADING and STOPPING and pets the watchdog while its loop makes progress. Stops "
+      "cleanly on SIGTERM. Exit codes: 0 stopped; 1 failed while running or could not start "
+      "(e.g. its port is taken); 2 usage or configuration error (the unit's "
+      "RestartPreventExitStatus)."};
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
   auto listen = ParseHostPort((*vm)["listen"].as<std::string>());
@@ -177,6 +183,15 @@ int BrokerMain(int argc, char** argv) {
   control.pending_per_peer = std::max<size_t>(1, (*vm)["control-pending-per-peer"].as<size_t>());
   control.small_request_bytes = (*vm)["control-small-request-bytes"].as<size_t>();
 
+  if ((*vm)["check-config"].as<bool>()) {
+    Broker broker(std::move(opts));
+    if (Status s = broker.CheckConfig(); !s.ok()) {
+      std::cerr << "mirrorcast-broker: configuration error: " << s.ToString() << "\n";
+      return 2;
+    }
+    std::cout << "mirrorcast-broker: configuration OK\n";
+    return 0;
+  }
   // One broker per state directory: a second one refuses to start.
   auto state_lock = LockDirectory(opts.state_dir, "the broker's --state");
   if (!state_lock.ok()) throw std::runtime_error(state_lock.status().message());

@@ -78,7 +78,10 @@ int SubscriberMain(int argc, char** argv) {
        "seconds over which --min-rate is judged")
       ("once", po::bool_switch(), "bring the tree to the broker's latest serial, then exit")
       ("connect-timeout", po::value<int>()->default_value(60),
-       "with --once: give up (exit 1) when the broker has not answered for this many seconds");
+       "with --once: give up (exit 1) when the broker has not answered for this many seconds")
+      ("check-config", po::bool_switch(),
+       "check the configuration (options, key files, tree, state and staging directories), "
+       "print the result and exit: 0 valid, 2 not");
   // clang-format on
   options.add(ClientTransportOptions());
   ProgramInfo info{
@@ -90,7 +93,11 @@ int SubscriberMain(int argc, char** argv) {
       "against the signed manifest, applies content before metadata and deletions last, records "
       "the serial durably and acknowledges it to the broker. Every socket to the broker uses "
       "CURVE; the broker's allow-list must list this key as 'mirror NAME' with NAME = --id "
-      "(the only id it may ACK as). Stops cleanly on SIGTERM."};
+      "(the only id it may ACK as). SIGHUP reloads the trust keys (--trust, --heartbeat-trust, "
+      "--root-key). Under systemd (Type=notify) it reports READY, STATUS, RELOADING and "
+      "STOPPING and pets the watchdog while its loop makes progress. Stops cleanly on SIGTERM. "
+      "Exit codes: 0 stopped; 1 failed; 2 usage or configuration error (the unit's "
+      "RestartPreventExitStatus)."};
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
   auto broker = ParseHostPort((*vm)["broker"].as<std::string>());
@@ -131,6 +138,15 @@ int SubscriberMain(int argc, char** argv) {
   opts.min_rate_window = std::chrono::seconds(std::max(1, (*vm)["min-rate-window"].as<int>()));
   opts.once_connect_timeout = std::chrono::seconds(std::max(0, (*vm)["connect-timeout"].as<int>()));
 
+  if ((*vm)["check-config"].as<bool>()) {
+    Subscriber subscriber(std::move(opts));
+    if (Status s = subscriber.CheckConfig(); !s.ok()) {
+      std::cerr << "mirrorcast-subscriber: configuration error: " << s.ToString() << "\n";
+      return 2;
+    }
+    std::cout << "mirrorcast-subscriber: configuration OK\n";
+    return 0;
+  }
   // One subscriber per state directory and per tree: a second one refuses to
   // start instead of interleaving its applies with this one's.
   auto state_lock = LockDirectory(opts.state, "a subscriber's --state");
@@ -139,8 +155,13 @@ int SubscriberMain(int argc, char** argv) {
   if (!tree_lock.ok()) throw std::runtime_error(tree_lock.status().message());
 
   InstallStopSignals();
+  InstallReloadSignal();
   Subscriber subscriber(std::move(opts));
   if ((*vm)["once"].as<bool>()) {
+    if (Status s = subscriber.CheckConfig(); !s.ok()) {
+      std::cerr << "mirrorcast-subscriber: configuration error: " << s.ToString() << "\n";
+      return 2;
+    }
     auto report = subscriber.SyncOnce();
     if (!report.ok()) {
       std::cerr << "mirrorcast-subscriber: " << report.status().ToString() << "\n";

@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <random>
+#include <set>
 #include <system_error>
 
 #include "core/base/clock.h"
 #include "core/base/log.h"
 #include "core/base/thread_guard.h"
 #include "core/cli/signals.h"
+#include "core/fs/lock.h"
 #include "core/mirror/follower.h"
 #include "core/net/content_client.h"
 #include "core/net/control_client.h"
@@ -32,10 +34,13 @@ constexpr Millis kControlTimeout{5000};
 // heartbeats and ACK delivery.
 class Subscriber::Session : public BrokerLink {
  public:
-  Session(const SubscriberOptions& options, std::atomic<bool>& stop, std::atomic<uint64_t>& serial)
+  Session(const SubscriberOptions& options, std::atomic<bool>& stop, std::atomic<uint64_t>& serial,
+          ServiceNotifier& service, TrustReload& reload)
       : options_(options),
         stop_(stop),
         serial_out_(serial),
+        service_(service),
+        reload_(reload),
         context_(1),
         instance_(NewInstance()) {}
 
@@ -78,7 +83,16 @@ class Subscriber::Session : public BrokerLink {
       poked_ = true;
     }
   }
-  bool ShouldStop() const { return stop_.load(); }
+  // Polled by every loop and between the steps of long work, so it is also
+  // the watchdog's sign of progress.
+  bool ShouldStop() const {
+    service_.Progress();
+    return stop_.load();
+  }
+  // A SIGHUP's trust reload, taken between loop turns.
+  void MaybeReloadTrust();
+  // One line for systemctl status.
+  void UpdateServiceStatus();
   static bool Unreachable(const Status& s) {
     return s.code() == Status::Code::kUnavailable || s.code() == Status::Code::kTimeout;
   }
@@ -119,6 +133,10 @@ class Subscriber::Session : public BrokerLink {
   const SubscriberOptions& options_;
   std::atomic<bool>& stop_;
   std::atomic<uint64_t>& serial_out_;
+  ServiceNotifier& service_;
+  TrustReload& reload_;
+  // Heartbeat signers this mirror does not trust, said once each.
+  std::set<std::string> untrusted_heartbeat_keys_;
   zmq::context_t context_;
   const std::string instance_;
   std::unique_ptr<Follower> follower_;
@@ -167,6 +185,12 @@ Status Subscriber::Session::Init(bool once) {
   serial_out_ = follower_->serial();
   MC_LOG(info) << "mirror " << options_.id << " repo=" << options_.repo
                << " at serial=" << follower_->serial() << " tree=" << options_.tree.string();
+  // The tree is consistent (an interrupted apply finished): ready, even
+  // while the broker cannot be reached yet.
+  if (!once) {
+    service_.Ready("repo " + options_.repo + " at serial " + std::to_string(follower_->serial()) +
+                   ", connecting to " + options_.broker.ToString());
+  }
   return Connect(once);
 }
 
@@ -331,6 +355,24 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
     CheckFreshness();
     return;
   }
+  if (!trust.IsEventKey(outer.key_id()) && !trust.IsHeartbeatKey(outer.key_id())) {
+    // Signed by a key this mirror does not trust. A heartbeat (read
+    // unverified, only to tell it apart) is ignored without marking the
+    // mirror rejected: the usual cause is a missing --heartbeat-trust.
+    v1::SignedPayload peek;
+    if (peek.ParseFromString(outer.payload()) && peek.has_heartbeat() && !peek.has_repo_changed()) {
+      if (untrusted_heartbeat_keys_.size() < 16 &&
+          untrusted_heartbeat_keys_.insert(outer.key_id()).second) {
+        MC_LOG(warning) << "ignoring heartbeats signed by key " << EscapeForLog(outer.key_id(), 64)
+                        << ", which this mirror does not trust; to track the origin's freshness "
+                        << (trust.rooted() ? "the key set must name it as a heartbeat key"
+                                           : "give the subscriber --heartbeat-trust with the "
+                                             "public half of the broker's --heartbeat-key")
+                        << " (logged once per key)";
+      }
+      return;
+    }
+  }
   auto event = follower_->Verify(envelope);
   if (!event.ok()) {
     follower_->Reject(0, event.status());
@@ -369,6 +411,39 @@ void Subscriber::Session::CheckFreshness() {
   }
 }
 
+void Subscriber::Session::MaybeReloadTrust() {
+  const uint64_t wanted = reload_.wanted.load();
+  if (reload_.done.load() >= wanted) return;
+  auto next = ReloadKeyTrust(follower_->trust(), options_.trust, options_.heartbeat_trust,
+                             options_.root_keys);
+  Status result = next.status();
+  if (next.ok()) {
+    follower_->ReplaceTrust(std::move(*next));
+    untrusted_heartbeat_keys_.clear();  // a key still untrusted is said again
+    MC_LOG(info) << "trust reloaded: " << follower_->trust().Describe();
+    CheckFreshness();
+  } else {
+    MC_LOG(error) << "trust reload failed, keeping the keys in force: "
+                  << EscapeForLog(result.ToString(), 1024);
+  }
+  {
+    std::lock_guard lock(reload_.mu);
+    reload_.result = std::move(result);
+  }
+  reload_.done.store(wanted);
+}
+
+void Subscriber::Session::UpdateServiceStatus() {
+  std::string line = "repo " + options_.repo + " at serial " + std::to_string(follower_->serial());
+  if (highest_seen_ > follower_->serial())
+    line += " (behind: " + std::to_string(highest_seen_) + ")";
+  line += broker_lost_ ? "; broker " + options_.broker.ToString() + " unreachable"
+                       : "; following " + options_.broker.ToString();
+  if (stale_) line += "; stale";
+  if (!last_failure_.empty()) line += "; last catch-up failed: " + EscapeForLog(last_failure_, 80);
+  service_.SetStatus(line);
+}
+
 void Subscriber::Session::Serve() {
   auto next_sync = clock().Steady();  // catch up right away
   auto next_poll = clock().Steady() + options_.poll_interval;
@@ -376,6 +451,8 @@ void Subscriber::Session::Serve() {
   auto backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
   bool need_sync = true;
   while (!ShouldStop()) {
+    MaybeReloadTrust();
+    UpdateServiceStatus();
     if (need_sync && clock().Steady() >= next_sync) {
       Status s = CatchUp();
       NoteBroker(s);
@@ -463,7 +540,7 @@ Subscriber::~Subscriber() { Stop(); }
 
 Status Subscriber::Start() {
   stop_ = false;
-  session_ = std::make_unique<Session>(options_, stop_, serial_);
+  session_ = std::make_unique<Session>(options_, stop_, serial_, service_, reload_);
   thread_ = std::thread([this] { Loop(); });
   return Status::Ok();
 }
@@ -487,21 +564,59 @@ void Subscriber::Stop() {
   session_.reset();
 }
 
+Status Subscriber::CheckConfig() const {
+  if (auto trust = LoadKeyTrust(options_.trust, options_.heartbeat_trust, options_.root_keys);
+      !trust.ok()) {
+    return trust.status();
+  }
+  MC_RETURN_IF_ERROR(CheckUsableDirectory(options_.tree, "--tree"));
+  MC_RETURN_IF_ERROR(CheckUsableDirectory(options_.state, "--state"));
+  if (options_.staging) MC_RETURN_IF_ERROR(CheckUsableDirectory(*options_.staging, "--staging"));
+  return Status::Ok();
+}
+
+Status Subscriber::ReloadTrust() {
+  const uint64_t wanted = reload_.wanted.fetch_add(1) + 1;
+  const auto deadline = SteadyClock::now() + std::chrono::seconds(30);
+  while (reload_.done.load() < wanted) {
+    // The loop takes it between turns; a long apply may hold it up.
+    if (stop_.load() || SteadyClock::now() > deadline) {
+      return Status::Timeout("the subscriber's loop did not take the trust reload in time");
+    }
+    std::this_thread::sleep_for(Millis(10));
+  }
+  std::lock_guard lock(reload_.mu);
+  return reload_.result;
+}
+
 int Subscriber::Run() {
+  if (Status config = CheckConfig(); !config.ok()) {
+    MC_LOG(error) << "configuration error: " << EscapeForLog(config.ToString(), 1024);
+    return 2;
+  }
   if (Status started = Start(); !started.ok()) {
     MC_LOG(error) << "cannot start: " << started.ToString();
     return 1;
   }
-  while (!StopRequested() && !stop_.load()) std::this_thread::sleep_for(Millis(100));
+  while (!StopRequested() && !stop_.load()) {
+    if (ReloadRequested()) {
+      service_.Reloading();
+      (void)ReloadTrust();  // logged either way
+      service_.Ready("reloaded");
+    }
+    service_.Tick();
+    std::this_thread::sleep_for(Millis(100));
+  }
   const bool failed = stop_.load() && !StopRequested();
   if (!failed) MC_LOG(info) << "stopping";
+  service_.Stopping();
   Stop();
   return failed ? 1 : 0;
 }
 
 Result<SyncReport> Subscriber::SyncOnce() {
   stop_ = false;
-  session_ = std::make_unique<Session>(options_, stop_, serial_);
+  session_ = std::make_unique<Session>(options_, stop_, serial_, service_, reload_);
   MC_RETURN_IF_ERROR(session_->Init(/*once=*/true));
   const uint64_t before = serial_.load();
   Status s = session_->CatchUp();

@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -29,6 +30,7 @@
 
 #include "core/base/clock.h"
 #include "core/base/status.h"
+#include "core/cli/service.h"
 #include "core/crypto/keys.h"
 #include "core/manifest/metadata.h"
 #include "core/net/curve.h"
@@ -98,7 +100,16 @@ class Subscriber {
 
   Status Start();
   void Stop();
+  // CheckConfig, Start, then until SIGTERM: SIGHUP reloads the trust files;
+  // systemd hears READY/STATUS/RELOADING/STOPPING and the watchdog while the
+  // loop makes progress. Exit code: 0 stopped, 1 failed, 2 configuration.
   int Run();
+  // The configuration's files and directories, without starting anything:
+  // trust keys, tree, state, staging (`--check-config`).
+  Status CheckConfig() const;
+  // Re-reads the trust files in the loop thread and waits for it; a bad
+  // file keeps the trust in force (logged). Not from the loop thread.
+  Status ReloadTrust();
   // Brings the tree to the broker's latest serial once (no event socket).
   Result<SyncReport> SyncOnce();
 
@@ -112,6 +123,15 @@ class Subscriber {
   SubscriberOptions options_;
   std::atomic<uint64_t> serial_{0};
   std::atomic<bool> stop_{false};
+  ServiceNotifier service_;
+  // ReloadTrust(): asked by Run(), done by the loop thread.
+  struct TrustReload {
+    std::atomic<uint64_t> wanted{0};
+    std::atomic<uint64_t> done{0};
+    std::mutex mu;
+    Status result;  // under mu
+  };
+  TrustReload reload_;
   std::thread thread_;
   std::unique_ptr<Session> session_;
 };

@@ -189,8 +189,9 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
     out << "no mirrors have reported yet\n";
     return out.str();
   }
-  std::vector<std::vector<std::string>> rows{{"MIRROR", "REPO", "SERIAL", "STATE", "LAST ACK",
-                                              "FETCHED", "SIG SENT", "REUSED", "SECONDS", "ERROR"}};
+  std::vector<std::vector<std::string>> rows{{"MIRROR", "REPO", "SERIAL", "STATE", "HEALTH",
+                                              "LAST SEEN", "LAST ACK", "FETCHED", "SIG SENT",
+                                              "REUSED", "SECONDS", "ERROR"}};
   for (const v1::MirrorStatus& m : mirrors) {
     std::string serial = std::to_string(m.serial());
     if (m.target_serial() != 0 && m.target_serial() != m.serial()) {
@@ -205,8 +206,13 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
     }
     char seconds[32];
     std::snprintf(seconds, sizeof seconds, "%.2f", m.seconds());
+    std::string last_seen = "never";
+    if (m.last_seen_unix() != 0) {
+      last_seen = Age(now_unix - m.last_seen_unix()) + " (" + IsoTime(m.last_seen_unix()) + ")";
+    }
     rows.push_back({OneLine(m.mirror_id()), OneLine(m.repo()), serial, StateName(m.state()),
-                    last_ack, HumanBytes(m.bytes_fetched()), HumanBytes(m.bytes_signature()),
+                    m.health().empty() ? "-" : OneLine(m.health()), last_seen, last_ack,
+                    HumanBytes(m.bytes_fetched()), HumanBytes(m.bytes_signature()),
                     HumanBytes(m.bytes_reused()), seconds,
                     m.error().empty() ? "-" : OneLine(m.error())});
   }
@@ -275,7 +281,7 @@ std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix,
     return out;
   }
   std::vector<std::vector<std::string>> rows{
-      {"MIRROR", "REPO", "SERIAL", "BEHIND", "STATE", "ACK", "FETCHED", "NOTE"}};
+      {"MIRROR", "REPO", "SERIAL", "BEHIND", "HEALTH", "SEEN", "FETCHED", "NOTE"}};
   for (const v1::MirrorStatus& m : mirrors) {
     const uint64_t head = HeadOf(status, m.repo());
     const std::string behind = head > m.serial() ? std::to_string(head - m.serial()) : "0";
@@ -283,9 +289,11 @@ std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix,
     if (const v1::RecallRecord* r = RecallAt(status, m.repo(), m.serial()); r != nullptr) {
       note = "recall of " + std::to_string(r->recall_of()) + (note == "-" ? "" : "; " + note);
     }
+    // The broker's health and last-seen time; an older broker sends neither.
+    const int64_t seen = m.last_seen_unix() != 0 ? m.last_seen_unix() : m.last_ack_unix();
     rows.push_back({Cut(m.mirror_id(), 24), Cut(m.repo(), 16), std::to_string(m.serial()), behind,
-                    StateName(m.state()),
-                    m.last_ack_unix() != 0 ? CompactAge(now_unix - m.last_ack_unix()) : "never",
+                    m.health().empty() ? StateName(m.state()) : Cut(m.health(), 11),
+                    seen != 0 ? CompactAge(now_unix - seen) : "never",
                     HumanBytes(m.bytes_fetched()), note});
   }
   emit(RenderTable(rows));
@@ -302,20 +310,28 @@ StatusVerdict CheckStatus(const v1::StatusReply& status, int64_t now_unix,
     const uint64_t head = HeadOf(status, m.repo());
     const uint64_t behind = head > m.serial() ? head - m.serial() : 0;
     max_behind = std::max(max_behind, behind);
-    // No ACK time (an old broker's row): silence is not judged.
-    const int64_t silent = m.last_ack_unix() != 0 ? now_unix - m.last_ack_unix() : 0;
+    // Silence: since the mirror's last poll or ACK (last_seen, from the
+    // broker), judged whether or not it is behind: a dead mirror is news
+    // before the next publish. An older broker sends only the ACK time, which
+    // moves only on publishes, so then silence counts only while behind.
+    const bool seen_known = m.last_seen_unix() != 0;
+    const int64_t since = seen_known ? m.last_seen_unix() : m.last_ack_unix();
+    const int64_t silent = since != 0 ? now_unix - since : 0;
+    const bool judge_silence = seen_known || behind > 0;
     if (m.state() == v1::ACK_FAILED || m.state() == v1::ACK_REJECTED) {
       critical.push_back(who + " " + StateName(m.state()) + ": " + Cut(m.error(), 60));
     } else if (behind >= t.crit_behind) {
       critical.push_back(who + " " + std::to_string(behind) + " behind");
-    } else if (behind > 0 && silent >= t.crit_silent) {
-      critical.push_back(who + " behind and silent for " + CompactAge(silent));
+    } else if (judge_silence && silent >= t.crit_silent) {
+      critical.push_back(who + (behind > 0 ? " behind and" : "") + " silent for " +
+                         CompactAge(silent));
     } else if (m.state() == v1::ACK_STALE) {
       warning.push_back(who + " stale: " + Cut(m.error(), 60));
     } else if (behind >= t.warn_behind) {
       warning.push_back(who + " " + std::to_string(behind) + " behind");
-    } else if (behind > 0 && silent >= t.warn_silent) {
-      warning.push_back(who + " behind and silent for " + CompactAge(silent));
+    } else if (judge_silence && silent >= t.warn_silent) {
+      warning.push_back(who + (behind > 0 ? " behind and" : "") + " silent for " +
+                        CompactAge(silent));
     }
   }
   StatusVerdict v;
@@ -372,6 +388,10 @@ std::string FormatStatusJson(const v1::StatusReply& status) {
                        {"target_serial", m.target_serial()},
                        {"state", StateName(m.state())},
                        {"last_ack_unix", m.last_ack_unix()},
+                       {"last_seen_unix", m.last_seen_unix()},
+                       {"health", m.health()},
+                       {"lag_serials", m.lag_serials()},
+                       {"lag_seconds", m.lag_seconds()},
                        {"bytes_fetched", m.bytes_fetched()},
                        {"bytes_signature", m.bytes_signature()},
                        {"bytes_reused", m.bytes_reused()},
@@ -398,9 +418,9 @@ int StatusMain(int argc, char** argv) {
       "of every mirror (from their ACKs), and prints them as a table that fits 100 columns "
       "(--wide: every column, with reasons, keys and times; --json: one JSON object). "
       "With --check it prints one Nagios/Icinga-style line instead and exits 0 (OK), 1 "
-      "(WARNING: a mirror stale, or --warn-behind serials behind, or behind and silent for "
-      "--warn-silent seconds) or 2 (CRITICAL: a mirror failed or rejected an update, or "
-      "--crit-behind serials behind, or behind and silent for --crit-silent seconds). "
+      "(WARNING: a mirror stale, or --warn-behind serials behind, or not heard from (no poll "
+      "or ACK) for --warn-silent seconds) or 2 (CRITICAL: a mirror failed or rejected an "
+      "update, or --crit-behind serials behind, or silent for --crit-silent seconds). "
       "Its CURVE key (--curve-key) must be on the broker's allow-list as 'admin NAME'. "
       "Exit codes otherwise: 0 printed; 1 the broker refused; 2 usage error; 3 broker "
       "unreachable or timed out (UNKNOWN for --check)."};
@@ -415,9 +435,9 @@ int StatusMain(int argc, char** argv) {
       "crit-behind", po::value<uint64_t>()->default_value(StatusThresholds{}.crit_behind),
       "--check: serials behind the head for CRITICAL")(
       "warn-silent", po::value<int64_t>()->default_value(StatusThresholds{}.warn_silent),
-      "--check: seconds without an ACK, while behind, for WARNING")(
+      "--check: seconds without a poll or ACK from a mirror for WARNING")(
       "crit-silent", po::value<int64_t>()->default_value(StatusThresholds{}.crit_silent),
-      "--check: seconds without an ACK, while behind, for CRITICAL")(
+      "--check: seconds without a poll or ACK from a mirror for CRITICAL")(
       "timeout", po::value<double>()->default_value(10), "seconds to wait for the broker");
   options.add(ClientTransportOptions());
   auto vm = ParseCommandLine(argc, argv, info, options);

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <system_error>
@@ -24,6 +25,24 @@ Result<UniqueFd> LockDirectory(const std::filesystem::path& dir, std::string_vie
     return Status::FromErrno("lock " + dir.string(), errno);
   }
   return fd;
+}
+
+Status CheckUsableDirectory(const std::filesystem::path& dir, std::string_view what) {
+  namespace fs = std::filesystem;
+  const std::string name = std::string(what) + " " + dir.string();
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    if (!fs::is_directory(dir, ec)) return Status::InvalidArgument(name + " is not a directory");
+    if (::access(dir.c_str(), W_OK | X_OK) != 0) {
+      return Status::IoError(name + " is not writable by this user");
+    }
+    return Status::Ok();
+  }
+  const fs::path parent = fs::absolute(dir, ec).parent_path();
+  if (ec || !fs::is_directory(parent, ec)) {
+    return Status::NotFound(name + " does not exist and neither does its parent directory");
+  }
+  return Status::Ok();
 }
 
 }  // namespace mirrorcast

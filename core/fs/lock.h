@@ -19,4 +19,9 @@ namespace mirrorcast {
 // directory (--state)". A lock held elsewhere is kFailedPrecondition.
 Result<UniqueFd> LockDirectory(const std::filesystem::path& dir, std::string_view what);
 
+// For --check-config: whether this process could lock and write `dir` (an
+// existing directory it may write, or a missing one whose parent exists).
+// Creates nothing. `what` names it, e.g. "--state".
+Status CheckUsableDirectory(const std::filesystem::path& dir, std::string_view what);
+
 }  // namespace mirrorcast

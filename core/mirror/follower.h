@@ -111,6 +111,9 @@ class Follower {
 
   // The keys this mirror accepts now.
   const KeyTrust& trust() const { return trust_; }
+  // Puts reloaded trust in force (SIGHUP: ReloadKeyTrust, which keeps the
+  // adopted key set).
+  void ReplaceTrust(KeyTrust trust) { trust_ = std::move(trust); }
 
   // A key set a broker handed over (HelloReply.key_set; empty: none). With a
   // root key: adopted when CheckKeySetUpdate allows it, durably first

@@ -201,4 +201,17 @@ Result<KeyTrust> LoadKeyTrust(const std::vector<std::filesystem::path>& trust,
   return KeyTrust::Fixed(std::move(events), std::move(heartbeats));
 }
 
+Result<KeyTrust> ReloadKeyTrust(const KeyTrust& current,
+                                const std::vector<std::filesystem::path>& trust,
+                                const std::vector<std::filesystem::path>& heartbeat_trust,
+                                const std::vector<std::filesystem::path>& root_keys) {
+  MC_ASSIGN_OR_RETURN(KeyTrust next, LoadKeyTrust(trust, heartbeat_trust, root_keys));
+  if (next.rooted() && current.current() != nullptr) {
+    MC_RETURN_IF_ERROR(next.AdoptStored(current.current()->bytes())
+                           .WithContext("the key set in force (version " +
+                                        std::to_string(current.version()) + ")"));
+  }
+  return next;
+}
+
 }  // namespace mirrorcast

@@ -90,4 +90,13 @@ Result<KeyTrust> LoadKeyTrust(const std::vector<std::filesystem::path>& trust,
                               const std::vector<std::filesystem::path>& heartbeat_trust,
                               const std::vector<std::filesystem::path>& root_keys);
 
+// A reload (SIGHUP): the same files read again. In rooted mode the key set
+// in force is kept (AdoptStored: it stays valid under its own root), so a
+// reload never forgets an adopted rotation. On any error the caller keeps
+// `current`.
+Result<KeyTrust> ReloadKeyTrust(const KeyTrust& current,
+                                const std::vector<std::filesystem::path>& trust,
+                                const std::vector<std::filesystem::path>& heartbeat_trust,
+                                const std::vector<std::filesystem::path>& root_keys);
+
 }  // namespace mirrorcast

@@ -11,6 +11,7 @@
 #include "core/crypto/sha256.h"
 #include "core/wire/envelope.h"
 #include "core/wire/key_trust.h"
+#include "tests/support/temp_dir.h"
 
 namespace mirrorcast {
 namespace {
@@ -344,6 +345,41 @@ TEST(KeyTrustFixedTest, FixedKeysKeepTheirMeaning) {
   SigningKey other = NewKey();
   auto refused = trust.OpenEvent(SealEnvelope(payload, other), kNow);
   EXPECT_NE(refused.status().message().find("unknown signing key"), std::string::npos);
+}
+
+// SIGHUP: the same files read again. Rooted mode keeps the adopted key set
+// (a reload must not forget a rotation); a bad file is an error and the
+// caller keeps what is in force.
+TEST_F(KeyTrustTest, ReloadKeepsTheAdoptedKeySetAndRefusesABadFile) {
+  testing::TempDir dir;
+  ASSERT_TRUE(root1_.SaveFiles((dir.path() / "root").string()).ok());
+  const std::vector<std::filesystem::path> root_file{dir.path() / "root.pub"};
+  KeyTrust trust = Trust(Signed(Body(1, {&root1_}), {&root1_}));
+  auto reloaded = ReloadKeyTrust(trust, {}, {}, root_file);
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status().ToString();
+  EXPECT_EQ(reloaded->version(), 1u);
+  EXPECT_TRUE(reloaded->OpenEvent(Event("demo", {&publisher1_}), kNow).ok());
+
+  const std::vector<std::filesystem::path> missing{dir.path() / "missing.pub"};
+  EXPECT_FALSE(ReloadKeyTrust(trust, {}, {}, missing).ok());
+}
+
+TEST(KeyTrustFixedTest, ReloadReadsTheKeyFilesAgain) {
+  testing::TempDir dir;
+  SigningKey first = NewKey();
+  SigningKey second = NewKey();
+  ASSERT_TRUE(first.SaveFiles((dir.path() / "first").string()).ok());
+  ASSERT_TRUE(second.SaveFiles((dir.path() / "second").string()).ok());
+  auto trust = LoadKeyTrust({dir.path() / "first.pub"}, {}, {});
+  ASSERT_TRUE(trust.ok()) << trust.status().ToString();
+  std::filesystem::copy_file(dir.path() / "second.pub", dir.path() / "first.pub",
+                             std::filesystem::copy_options::overwrite_existing);
+  auto reloaded = ReloadKeyTrust(*trust, {dir.path() / "first.pub"}, {}, {});
+  ASSERT_TRUE(reloaded.ok()) << reloaded.status().ToString();
+  v1::SignedPayload payload;
+  payload.mutable_repo_changed()->set_repo("demo");
+  EXPECT_TRUE(reloaded->OpenEvent(SealEnvelope(payload, second), kNow).ok());
+  EXPECT_FALSE(reloaded->OpenEvent(SealEnvelope(payload, first), kNow).ok());
 }
 
 TEST(EnvelopeCosignTest, CosignaturesAreCountedOncePerKey) {

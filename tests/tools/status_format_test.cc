@@ -172,8 +172,9 @@ TEST(StatusTable, OneAlignedRowPerMirror) {
   const std::vector<std::string> table = MirrorTable(text);
   ASSERT_EQ(table.size(), 3u) << text;  // header + one row per mirror
   const std::string& h = table[0];
-  const std::vector<std::string> columns = {"MIRROR",  "REPO",     "SERIAL", "STATE",   "LAST ACK",
-                                            "FETCHED", "SIG SENT", "REUSED", "SECONDS", "ERROR"};
+  const std::vector<std::string> columns = {"MIRROR",   "REPO",      "SERIAL",   "STATE",
+                                            "HEALTH",   "LAST SEEN", "LAST ACK", "FETCHED",
+                                            "SIG SENT", "REUSED",    "SECONDS",  "ERROR"};
   size_t previous = 0;
   for (const std::string& c : columns) {
     const size_t at = h.find(c, previous);
@@ -189,20 +190,22 @@ TEST(StatusTable, OneAlignedRowPerMirror) {
   EXPECT_EQ(cell(a, 1), "main");
   EXPECT_EQ(cell(a, 2), "2 -> 3");
   EXPECT_EQ(cell(a, 3), "in_progress");
-  EXPECT_EQ(cell(a, 4), "never");
-  EXPECT_EQ(cell(a, 5), "0 B");
-  EXPECT_EQ(cell(a, 9), "-");
+  EXPECT_EQ(cell(a, 4), "-");  // the sample has no broker-computed health
+  EXPECT_EQ(cell(a, 5), "never");
+  EXPECT_EQ(cell(a, 6), "never");
+  EXPECT_EQ(cell(a, 7), "0 B");
+  EXPECT_EQ(cell(a, 11), "-");
 
   const std::string& b = table[2];
   EXPECT_EQ(cell(b, 0), "mirror-b");
   EXPECT_EQ(cell(b, 2), "3");
   EXPECT_EQ(cell(b, 3), "applied");
-  EXPECT_EQ(cell(b, 4), "30s ago (2023-11-14T22:12:50Z)");
-  EXPECT_EQ(cell(b, 5), "2.0 KiB");
-  EXPECT_EQ(cell(b, 6), "512 B");
-  EXPECT_EQ(cell(b, 7), "1.0 MiB");
-  EXPECT_EQ(cell(b, 8), "1.25");
-  EXPECT_EQ(cell(b, 9), "-");
+  EXPECT_EQ(cell(b, 6), "30s ago (2023-11-14T22:12:50Z)");
+  EXPECT_EQ(cell(b, 7), "2.0 KiB");
+  EXPECT_EQ(cell(b, 8), "512 B");
+  EXPECT_EQ(cell(b, 9), "1.0 MiB");
+  EXPECT_EQ(cell(b, 10), "1.25");
+  EXPECT_EQ(cell(b, 11), "-");
 }
 
 TEST(StatusTable, EmptyBrokerSaysSo) {
@@ -363,6 +366,24 @@ TEST(StatusCheck, OkWarningAndCriticalFollowTheThresholds) {
   v = CheckStatus(status, kNow, t);
   EXPECT_EQ(v.code, 2) << v.line;
   EXPECT_NE(v.line.find("mirror-a/main 1 behind"), std::string::npos) << v.line;
+}
+
+// With the broker's last-seen time (polls count), a mirror at the head that
+// stopped polling is silent too: a dead mirror shows before the next publish.
+TEST(StatusCheck, SilenceFollowsLastSeenWhenTheBrokerSendsIt) {
+  StatusThresholds t;  // silent 1 h / 1 d
+  v1::StatusReply status = SampleStatus();
+  status.mutable_mirrors(1)->set_serial(3);  // both at the head
+  status.mutable_mirrors(0)->set_last_ack_unix(kNow - 3 * 86400);
+  status.mutable_mirrors(0)->set_last_seen_unix(kNow - 20);  // polls: alive
+  status.mutable_mirrors(1)->set_last_seen_unix(kNow - 2 * 3600);
+  StatusVerdict v = CheckStatus(status, kNow, t);
+  EXPECT_EQ(v.code, 1) << v.line;
+  EXPECT_NE(v.line.find("1 warning (mirror-a/main silent for 2h"), std::string::npos) << v.line;
+  status.mutable_mirrors(1)->set_last_seen_unix(kNow - 2 * 86400);
+  v = CheckStatus(status, kNow, t);
+  EXPECT_EQ(v.code, 2) << v.line;
+  EXPECT_NE(v.line.find("mirror-a/main silent for 2d"), std::string::npos) << v.line;
 }
 
 // A broker running with --insecure-plaintext says so in the reply; the table
