@@ -185,12 +185,7 @@ int BrokerMain(int argc, char** argv) {
 
   if ((*vm)["check-config"].as<bool>()) {
     Broker broker(std::move(opts));
-    if (Status s = broker.CheckConfig(); !s.ok()) {
-      std::cerr << "mirrorcast-broker: configuration error: " << s.ToString() << "\n";
-      return 2;
-    }
-    std::cout << "mirrorcast-broker: configuration OK\n";
-    return 0;
+    return ReportConfigCheck("mirrorcast-broker", broker.CheckConfig());
   }
   // One broker per state directory: a second one refuses to start.
   auto state_lock = LockDirectory(opts.state_dir, "the broker's --state");

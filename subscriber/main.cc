@@ -140,12 +140,7 @@ int SubscriberMain(int argc, char** argv) {
 
   if ((*vm)["check-config"].as<bool>()) {
     Subscriber subscriber(std::move(opts));
-    if (Status s = subscriber.CheckConfig(); !s.ok()) {
-      std::cerr << "mirrorcast-subscriber: configuration error: " << s.ToString() << "\n";
-      return 2;
-    }
-    std::cout << "mirrorcast-subscriber: configuration OK\n";
-    return 0;
+    return ReportConfigCheck("mirrorcast-subscriber", subscriber.CheckConfig());
   }
   // One subscriber per state directory and per tree: a second one refuses to
   // start instead of interleaving its applies with this one's.
@@ -158,10 +153,8 @@ int SubscriberMain(int argc, char** argv) {
   InstallReloadSignal();
   Subscriber subscriber(std::move(opts));
   if ((*vm)["once"].as<bool>()) {
-    if (Status s = subscriber.CheckConfig(); !s.ok()) {
-      std::cerr << "mirrorcast-subscriber: configuration error: " << s.ToString() << "\n";
-      return 2;
-    }
+    if (Status s = subscriber.CheckConfig(); !s.ok())
+      return ReportConfigCheck("mirrorcast-subscriber", s);
     auto report = subscriber.SyncOnce();
     if (!report.ok()) {
       std::cerr << "mirrorcast-subscriber: " << report.status().ToString() << "\n";

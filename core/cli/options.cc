@@ -87,4 +87,13 @@ std::chrono::milliseconds TimeoutOption(const po::variables_map& vm, const std::
   return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000)));
 }
 
+int ReportConfigCheck(const char* program, const Status& checked) {
+  if (!checked.ok()) {
+    std::cerr << program << ": configuration error: " << checked.ToString() << "\n";
+    return 2;
+  }
+  std::cout << program << ": configuration OK\n";
+  return 0;
+}
+
 }  // namespace mirrorcast

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "core/base/status.h"
+
 namespace mirrorcast {
 
 struct ProgramInfo {
@@ -42,6 +44,10 @@ std::chrono::milliseconds TimeoutOption(const boost::program_options::variables_
 void ReadTrustFlags(const boost::program_options::variables_map& vm,
                     std::vector<std::filesystem::path>* trust,
                     std::vector<std::filesystem::path>* root_keys);
+
+// --check-config: prints "PROGRAM: configuration OK" (stdout) and returns 0,
+// or "PROGRAM: configuration error: ..." (stderr) and returns 2.
+int ReportConfigCheck(const char* program, const Status& checked);
 
 // Runs `body` and turns an escaped exception into "NAME: error: ..." on stderr
 // and exit code 2 (usage or start-up error).
