@@ -24,8 +24,14 @@ int SubscriberMain(int argc, char** argv) {
   po::options_description options("Subscriber options");
   // clang-format off
   options.add_options()
-      ("broker", po::value<std::string>()->required(),
-       "HOST:PORT of the broker's control socket (the one address a mirror needs)")
+      ("broker", po::value<std::vector<std::string>>()->composing()->required(),
+       "HOST:PORT of the broker's control socket (the one address a mirror needs). Repeatable: "
+       "the first (this mirror's relay, say) is used while it works; when it has been "
+       "unreachable or stale for --failover-after the next that answers serves (the origin or "
+       "another relay), and the first is taken back once it answers again")
+      ("failover-after", po::value<int>()->default_value(30),
+       "with several --broker: seconds the current broker may be unreachable or stale before "
+       "the mirror switches to the next")
       ("trust", po::value<std::vector<std::string>>()->composing(),
        "fixed keys: public key file of the origin whose events this mirror accepts "
        "(repeatable). Use --trust or --root-key")
@@ -100,12 +106,23 @@ int SubscriberMain(int argc, char** argv) {
       "RestartPreventExitStatus)."};
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
-  auto broker = ParseHostPort((*vm)["broker"].as<std::string>());
-  if (!broker.ok()) throw std::runtime_error(broker.status().message());
+  const auto addresses = (*vm)["broker"].as<std::vector<std::string>>();
+  std::vector<HostPort> brokers;
+  for (const std::string& address : addresses) {
+    auto broker = ParseHostPort(address);
+    if (!broker.ok()) throw std::runtime_error("--broker: " + broker.status().message());
+    brokers.push_back(*broker);
+  }
 
   SubscriberOptions opts;
-  opts.broker = *broker;
-  opts.transport = ClientTransportFromOptions(*vm, "mirrorcast-subscriber");
+  std::vector<ClientTransport> transports =
+      ClientTransportsFromOptions(*vm, "mirrorcast-subscriber", brokers.size());
+  opts.broker = brokers[0];
+  opts.transport = transports[0];
+  for (size_t i = 1; i < brokers.size(); ++i) {
+    opts.other_brokers.push_back({brokers[i], std::move(transports[i])});
+  }
+  opts.failover_after = std::chrono::seconds(std::max(1, (*vm)["failover-after"].as<int>()));
   ReadTrustFlags(*vm, &opts.trust, &opts.root_keys);
   opts.heartbeat_trust = PathList(*vm, "heartbeat-trust");
   opts.stale_after = std::chrono::seconds(std::max(1, (*vm)["stale-after"].as<int>()));

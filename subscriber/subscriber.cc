@@ -100,11 +100,12 @@ class Subscriber::Session : public BrokerLink {
   // reach it), one when any call reaches it again.
   void NoteBroker(const Status& s) {
     if (Unreachable(s) && !broker_lost_) {
-      MC_LOG(warning) << "lost the broker " << options_.broker.ToString() << ": " << s.ToString()
+      lost_since_ = clock().Steady();
+      MC_LOG(warning) << "lost the broker " << broker().ToString() << ": " << s.ToString()
                       << " (the tree stays at serial " << follower_->serial() << "; still trying)";
       broker_lost_ = true;
     } else if (s.ok() && broker_lost_) {
-      MC_LOG(info) << "broker " << options_.broker.ToString()
+      MC_LOG(info) << "broker " << broker().ToString()
                    << " answers again (this mirror is at serial " << follower_->serial() << ")";
       broker_lost_ = false;
     }
@@ -112,15 +113,39 @@ class Subscriber::Session : public BrokerLink {
   bool broker_lost_ = false;  // the broker was found unreachable (and that was logged)
   // A Hello that is also this mirror's liveness report (its poll): who it
   // is, its repo and serial, and this process's instance.
-  Result<v1::HelloReply> Hello() {
+  Result<v1::HelloReply> Hello() { return HelloOn(*control_, kControlTimeout); }
+  Result<v1::HelloReply> HelloOn(ControlClient& control, Millis timeout) {
     v1::HelloRequest hello;
     hello.set_client("subscriber " + options_.id);
     hello.set_mirror_id(options_.id);
     hello.set_repo(options_.repo);
     hello.set_serial(follower_ ? follower_->serial() : 0);
     hello.set_instance(instance_);
-    return control_->Hello(hello, kControlTimeout);
+    return control.Hello(hello, timeout);
   }
+  // The brokers: 0 is --broker, then options_.other_brokers in order.
+  size_t broker_count() const { return 1 + options_.other_brokers.size(); }
+  const HostPort& BrokerAt(size_t i) const {
+    return i == 0 ? options_.broker : options_.other_brokers[i - 1].address;
+  }
+  const ClientTransport& TransportAt(size_t i) const {
+    return i == 0 ? options_.transport : options_.other_brokers[i - 1].transport;
+  }
+  const HostPort& broker() const { return BrokerAt(current_); }
+  const ClientTransport& transport() const { return TransportAt(current_); }
+  // Makes broker `i` the current one if it answers a Hello; the mirror then
+  // tells it its serial (an ACK) and catches up from it. False (nothing
+  // changed) when it does not answer.
+  bool SwitchTo(size_t i, const std::string& why);
+  // Several brokers: the current one unreachable or stale for
+  // failover_after moves to the next that answers.
+  void MaybeFailOver(bool* need_sync);
+  // Serving from another broker: the first taken back once it answers with
+  // a head at least the mirror's serial.
+  void MaybeGoBack(bool* need_sync);
+  size_t current_ = 0;
+  SteadyClock::time_point lost_since_{};     // when broker_lost_ began
+  SteadyClock::time_point trouble_since_{};  // lost or stale, for failover
   // Random per process: the broker tells two processes with one id apart.
   static std::string NewInstance() {
     std::random_device random;
@@ -189,23 +214,23 @@ Status Subscriber::Session::Init(bool once) {
   // while the broker cannot be reached yet.
   if (!once) {
     service_.Ready("repo " + options_.repo + " at serial " + std::to_string(follower_->serial()) +
-                   ", connecting to " + options_.broker.ToString());
+                   ", connecting to " + broker().ToString());
   }
   return Connect(once);
 }
 
 Status Subscriber::Session::Connect(bool once) {
-  control_ = std::make_unique<ControlClient>(context_, options_.broker, options_.transport);
+  control_ = std::make_unique<ControlClient>(context_, broker(), transport());
   auto backoff = Millis(200);
   bool warned = false;
   const auto give_up = clock().Steady() + options_.once_connect_timeout;
+  auto tried_since = clock().Steady();
   for (;;) {
     auto hello = Hello();
     if (hello.ok()) {
       Attach(*hello);
       OfferKeySet(*hello);
-      MC_LOG(info) << "connected to broker " << hello->broker_id() << " at "
-                   << options_.broker.ToString();
+      MC_LOG(info) << "connected to broker " << hello->broker_id() << " at " << broker().ToString();
       FlushAcks();  // whatever a previous run could not deliver
       return Status::Ok();
     }
@@ -214,15 +239,22 @@ Status Subscriber::Session::Connect(bool once) {
     }
     // Logged once; the retries go on quietly until it answers ("connected").
     if (!warned) {
-      MC_LOG(warning) << "broker " << options_.broker.ToString()
+      MC_LOG(warning) << "broker " << broker().ToString()
                       << " not answering: " << hello.status().ToString() << "; retrying";
       warned = true;
     } else {
       MC_LOG(debug) << "broker still not answering: " << hello.status().ToString();
     }
+    // Several brokers: after failover_after without an answer, the next.
+    if (broker_count() > 1 && clock().Steady() - tried_since >= options_.failover_after) {
+      current_ = (current_ + 1) % broker_count();
+      tried_since = clock().Steady();
+      warned = false;
+      MC_LOG(info) << "trying broker " << broker().ToString() << " instead";
+    }
     // libzmq gives up a connection whose security handshake failed (a key
     // not yet on the broker's allow-list): the retry gets a fresh socket.
-    control_ = std::make_unique<ControlClient>(context_, options_.broker, options_.transport);
+    control_ = std::make_unique<ControlClient>(context_, broker(), transport());
     const auto until = clock().Steady() + backoff;
     while (clock().Steady() < until) {
       if (ShouldStop()) return Status::Unavailable("stopped before the broker answered");
@@ -240,18 +272,18 @@ void Subscriber::Session::Attach(const v1::HelloReply& hello) {
   content.clock = options_.clock;
   content.credit = options_.fetch_credit;
   content.fsync_each_file = false;  // Applier::Stage syncs the staging filesystem once
-  content.transport = options_.transport;
+  content.transport = transport();
   content_ = std::make_unique<ContentClient>(
-      context_, options_.broker.WithPort(static_cast<uint16_t>(hello.content_port())),
-      options_.repo, content);
+      context_, broker().WithPort(static_cast<uint16_t>(hello.content_port())), options_.repo,
+      content);
   events_ = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::sub);
-  ConfigureSocket(*events_, options_.broker, static_cast<int64_t>(kMaxEnvelopeBytes) + 1024);
-  SecureClientSocket(*events_, options_.transport);
+  ConfigureSocket(*events_, broker(), static_cast<int64_t>(kMaxEnvelopeBytes) + 1024);
+  SecureClientSocket(*events_, transport());
   events_->set(zmq::sockopt::rcvhwm, 10000);
   std::string topic = options_.repo;
   topic.push_back('\0');
   events_->set(zmq::sockopt::subscribe, topic);
-  events_->connect(options_.broker.WithPort(static_cast<uint16_t>(hello.events_port())).Endpoint());
+  events_->connect(broker().WithPort(static_cast<uint16_t>(hello.events_port())).Endpoint());
   events_port_ = hello.events_port();
   content_port_ = hello.content_port();
 }
@@ -411,6 +443,73 @@ void Subscriber::Session::CheckFreshness() {
   }
 }
 
+bool Subscriber::Session::SwitchTo(size_t i, const std::string& why) {
+  auto control = std::make_unique<ControlClient>(context_, BrokerAt(i), TransportAt(i));
+  auto hello = HelloOn(*control, kControlTimeout);
+  if (!hello.ok()) {
+    MC_LOG(debug) << "broker " << BrokerAt(i).ToString()
+                  << " does not answer either: " << hello.status().ToString();
+    return false;
+  }
+  const std::string was = broker().ToString();
+  current_ = i;
+  control_ = std::move(control);
+  Attach(*hello);
+  OfferKeySet(*hello);
+  MC_LOG(warning) << "switched from broker " << was << " to " << broker().ToString() << " ("
+                  << hello->broker_id() << "): " << why << "; the mirror is at serial "
+                  << follower_->serial();
+  broker_lost_ = false;
+  trouble_since_ = {};
+  // The new broker learns where this mirror is.
+  if (!stale_) {
+    ApplyStats none;
+    follower_->Ack(v1::ACK_APPLIED, follower_->serial(), none, 0.0, "");
+  }
+  return true;
+}
+
+void Subscriber::Session::MaybeFailOver(bool* need_sync) {
+  if (broker_count() < 2) return;
+  if (!broker_lost_ && !stale_) {
+    trouble_since_ = {};
+    return;
+  }
+  const auto now = clock().Steady();
+  if (trouble_since_ == SteadyClock::time_point{}) {
+    trouble_since_ = broker_lost_ ? lost_since_ : now;
+  }
+  if (now - trouble_since_ < options_.failover_after) return;
+  const std::string why =
+      broker_lost_ ? "unreachable for " +
+                         std::to_string(
+                             std::chrono::duration_cast<std::chrono::seconds>(now - trouble_since_)
+                                 .count()) +
+                         " s"
+                   : std::string("stale (no valid heartbeat)");
+  for (size_t k = 1; k < broker_count(); ++k) {
+    if (SwitchTo((current_ + k) % broker_count(), broker().ToString() + " " + why)) {
+      *need_sync = true;
+      return;
+    }
+  }
+  trouble_since_ = now;  // none answers: try them all again after another failover_after
+}
+
+void Subscriber::Session::MaybeGoBack(bool* need_sync) {
+  ControlClient probe(context_, BrokerAt(0), TransportAt(0));
+  auto hello = HelloOn(probe, Millis(1000));
+  if (!hello.ok()) return;
+  uint64_t head = 0;
+  for (const auto& r : hello->repos()) {
+    if (r.repo() == options_.repo) head = r.serial();
+  }
+  if (head < follower_->serial()) return;  // not caught up with what this mirror has
+  if (SwitchTo(0, "the first broker answers again at serial " + std::to_string(head))) {
+    *need_sync = true;
+  }
+}
+
 void Subscriber::Session::MaybeReloadTrust() {
   const uint64_t wanted = reload_.wanted.load();
   if (reload_.done.load() >= wanted) return;
@@ -437,8 +536,8 @@ void Subscriber::Session::UpdateServiceStatus() {
   std::string line = "repo " + options_.repo + " at serial " + std::to_string(follower_->serial());
   if (highest_seen_ > follower_->serial())
     line += " (behind: " + std::to_string(highest_seen_) + ")";
-  line += broker_lost_ ? "; broker " + options_.broker.ToString() + " unreachable"
-                       : "; following " + options_.broker.ToString();
+  line += broker_lost_ ? "; broker " + broker().ToString() + " unreachable"
+                       : "; following " + broker().ToString();
   if (stale_) line += "; stale";
   if (!last_failure_.empty()) line += "; last catch-up failed: " + EscapeForLog(last_failure_, 80);
   service_.SetStatus(line);
@@ -460,7 +559,7 @@ void Subscriber::Session::Serve() {
         need_sync = false;
         if (!last_failure_.empty()) {
           // One line when it works again, after the one when it stopped.
-          MC_LOG(info) << "catch-up works again: broker " << options_.broker.ToString()
+          MC_LOG(info) << "catch-up works again: broker " << broker().ToString()
                        << " answers and the mirror is at serial " << follower_->serial();
         }
         last_failure_.clear();
@@ -512,6 +611,7 @@ void Subscriber::Session::Serve() {
       next_poll = now + (stale_ ? std::min<std::chrono::seconds>(options_.poll_interval,
                                                                  std::chrono::seconds(5))
                                 : options_.poll_interval);
+      if (current_ != 0) MaybeGoBack(&need_sync);
       auto head = Head();
       NoteBroker(head.status());
       if (head.ok() && *head > follower_->serial()) need_sync = true;
@@ -523,6 +623,7 @@ void Subscriber::Session::Serve() {
                              std::to_string(follower_->serial()) + "; keeping the newer tree"));
       }
     }
+    MaybeFailOver(&need_sync);
     if (now >= next_ack) {
       next_ack = now + Millis(1000);
       FlushAcks();

@@ -44,6 +44,18 @@ struct SubscriberOptions {
   // CURVE keys for every socket to the broker; nullopt: plain TCP
   // (subscriber/main.cc allows that only with --insecure-plaintext).
   ClientTransport transport;
+  // Further brokers (a relay's mirror: its relay first, then the origin or
+  // another relay), tried in order when the current one has been
+  // unreachable or stale for `failover_after`; the first is probed every
+  // poll while another serves, and taken back as soon as it answers with a
+  // head at least the mirror's. Serials never go backwards across a switch
+  // (the follower's rules), so a switch can neither lose nor repeat an apply.
+  struct OtherBroker {
+    HostPort address;
+    ClientTransport transport;
+  };
+  std::vector<OtherBroker> other_brokers;
+  std::chrono::seconds failover_after{30};
   // Fixed keys: origin public keys (events of any repo)...
   std::vector<std::filesystem::path> trust;
   // ...and keys trusted to sign heartbeats only (the origin broker's online key).

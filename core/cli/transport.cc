@@ -38,9 +38,10 @@ po::options_description ClientTransportOptions() {
        "this client's CURVE secret key file (PREFIX.curve.key from 'mirrorcast keygen --curve', "
        "mode 0600); its public half must be on the broker's --allow list in a role that may do "
        "what this program does")
-      ("broker-key", po::value<std::string>(),
+      ("broker-key", po::value<std::vector<std::string>>()->composing(),
        "the broker's CURVE public key file (the broker's PREFIX.curve.pub): the client talks "
-       "only to the holder of its secret")
+       "only to the holder of its secret. A subscriber with several --broker takes one for all "
+       "or one per --broker, in the same order")
       ("insecure-plaintext", po::bool_switch(), kPlaintextHelp);
   // clang-format on
   return out;
@@ -62,12 +63,13 @@ po::options_description BrokerTransportOptions() {
   return out;
 }
 
-ClientTransport ClientTransportFromOptions(const po::variables_map& vm, std::string_view program) {
+std::vector<ClientTransport> ClientTransportsFromOptions(const po::variables_map& vm,
+                                                         std::string_view program, size_t brokers) {
   if (PlaintextChosen(vm, {"curve-key", "broker-key"})) {
     std::cerr << program
               << ": warning: INSECURE: --insecure-plaintext: talking to the broker over plain "
                  "TCP without encryption or authentication (a lab only)\n";
-    return std::nullopt;
+    return std::vector<ClientTransport>(brokers, std::nullopt);
   }
   if (!vm.count("curve-key") || !vm.count("broker-key")) {
     throw std::runtime_error(
@@ -75,11 +77,28 @@ ClientTransport ClientTransportFromOptions(const po::variables_map& vm, std::str
         "--broker-key FILE (the broker's public key), made with 'mirrorcast keygen --curve', or "
         "--insecure-plaintext for a lab broker without CURVE");
   }
+  const auto files = vm["broker-key"].as<std::vector<std::string>>();
+  if (files.size() != 1 && files.size() != brokers) {
+    throw std::runtime_error("give one --broker-key for every broker, or " +
+                             std::to_string(brokers) + " (one per --broker, in order); got " +
+                             std::to_string(files.size()));
+  }
   auto keys = LoadCurveSecretFile(vm["curve-key"].as<std::string>());
   if (!keys.ok()) throw std::runtime_error("--curve-key: " + keys.status().message());
-  auto broker_key = LoadCurvePublicFile(vm["broker-key"].as<std::string>());
-  if (!broker_key.ok()) throw std::runtime_error("--broker-key: " + broker_key.status().message());
-  return ClientCurve{std::move(*keys), std::move(*broker_key)};
+  std::vector<ClientTransport> out;
+  for (size_t i = 0; i < brokers; ++i) {
+    const std::string& file = files[files.size() == 1 ? 0 : i];
+    auto broker_key = LoadCurvePublicFile(file);
+    if (!broker_key.ok()) {
+      throw std::runtime_error("--broker-key " + file + ": " + broker_key.status().message());
+    }
+    out.push_back(ClientCurve{*keys, std::move(*broker_key)});
+  }
+  return out;
+}
+
+ClientTransport ClientTransportFromOptions(const po::variables_map& vm, std::string_view program) {
+  return ClientTransportsFromOptions(vm, program, 1).front();
 }
 
 bool BrokerUsesCurve(const po::variables_map& vm) {

@@ -14,6 +14,7 @@
 
 #include <boost/program_options.hpp>
 #include <string_view>
+#include <vector>
 
 #include "core/net/curve.h"
 
@@ -29,6 +30,11 @@ boost::program_options::options_description BrokerTransportOptions();
 // message.
 ClientTransport ClientTransportFromOptions(const boost::program_options::variables_map& vm,
                                            std::string_view program);
+
+// The same for a client of `brokers` brokers (a subscriber's repeated
+// --broker): --broker-key given once (one key for all) or once per broker.
+std::vector<ClientTransport> ClientTransportsFromOptions(
+    const boost::program_options::variables_map& vm, std::string_view program, size_t brokers);
 
 // Checks the broker's flags the same way (the broker loads the files
 // itself); true for CURVE, false for --insecure-plaintext.
