@@ -40,16 +40,6 @@ using namespace std::chrono_literals;
 constexpr int kRounds = 6;         // deterministic rounds (fetch, update, download)
 constexpr int kStreamUpdates = 5;  // updates while both clients loop
 
-// The program `name` from the usual system directories (Run() does no PATH
-// search); fails the test with what to install when it is missing.
-std::string Program(const std::string& name) {
-  for (const char* dir : {"/usr/bin", "/usr/sbin", "/bin", "/sbin"}) {
-    const fs::path p = fs::path(dir) / name;
-    if (fs::exists(p)) return p.string();
-  }
-  throw std::runtime_error(name + " is not installed (bash deploy/install-deps.sh installs it)");
-}
-
 RunResult MustRun(const std::vector<std::string>& argv, std::chrono::seconds timeout = 120s) {
   RunResult r = mirrorcast::testing::Run(argv, timeout);
   if (r.exit_code != 0) {
@@ -63,22 +53,7 @@ RunResult MustRun(const std::vector<std::string>& argv, std::chrono::seconds tim
 
 // Runs a shell pipeline (for `apt-ftparchive ... > file`).
 RunResult MustShell(const std::string& script) {
-  return MustRun({Program("bash"), "-ceu", script});
-}
-
-uint16_t FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw std::runtime_error("no free port");
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  return MustRun({SystemProgram("bash"), "-ceu", script});
 }
 
 bool Accepts(uint16_t port) {
@@ -98,7 +73,7 @@ class Nginx {
   Nginx(const fs::path& dir, const fs::path& root) {
     fs::create_directories(dir / "tmp");
     for (int attempt = 0; attempt < 5; ++attempt) {
-      port_ = FreePort();
+      port_ = FreeLoopbackPort();
       const fs::path conf = dir / "nginx.conf";
       std::ofstream(conf) << "daemon off;\nmaster_process off;\nworker_processes 1;\n"
                           << "error_log " << (dir / "error.log").string() << ";\n"
@@ -114,8 +89,8 @@ class Nginx {
                           << "  server {\n    listen 127.0.0.1:" << port_ << ";\n"
                           << "    root " << root.string() << ";\n  }\n}\n";
       process_ = std::make_unique<ChildProcess>();
-      process_->Start({Program("nginx"), "-e", (dir / "error.log").string(), "-p", dir.string(),
-                       "-c", conf.string()},
+      process_->Start({SystemProgram("nginx"), "-e", (dir / "error.log").string(), "-p",
+                       dir.string(), "-c", conf.string()},
                       dir / "nginx.out");
       const auto deadline = std::chrono::steady_clock::now() + 10s;
       while (std::chrono::steady_clock::now() < deadline && process_->Running()) {
@@ -158,7 +133,7 @@ class OriginRepos {
                         << "%install\nmkdir -p %{buildroot}/usr/share/mc\n"
                         << "head -c " << bytes << " /dev/urandom > %{buildroot}/usr/share/mc/"
                         << name << "\n%files\n/usr/share/mc/" << name << "\n";
-    MustRun({Program("rpmbuild"), "-bb", "--quiet", "--define", "_topdir " + top.string(),
+    MustRun({SystemProgram("rpmbuild"), "-bb", "--quiet", "--define", "_topdir " + top.string(),
              "--define", "_rpmdir " + (top / "out").string(), spec.string()});
     fs::copy_file(top / "out/noarch" / (name + "-1.0-1.noarch.rpm"),
                   tree_ / "rpm/Packages" / (name + "-1.0-1.noarch.rpm"));
@@ -173,7 +148,7 @@ class OriginRepos {
         << "Description: mirrorcast client test package\n";
     MustShell("head -c " + std::to_string(bytes) + " /dev/urandom > '" +
               (src / "usr/share/mc" / name).string() + "'");
-    MustRun({Program("dpkg-deb"), "--root-owner-group", "-b", src.string(),
+    MustRun({SystemProgram("dpkg-deb"), "--root-owner-group", "-b", src.string(),
              (tree_ / "deb/pool/main" / (name + "_1.0-1_all.deb")).string()});
     fs::remove_all(src);
     packages_.insert(name);
@@ -188,7 +163,7 @@ class OriginRepos {
 
   // Regenerates both repositories' metadata, as release tooling does.
   void Regenerate() {
-    MustRun({Program("createrepo_c"), "-q", "--update", (tree_ / "rpm").string()});
+    MustRun({SystemProgram("createrepo_c"), "-q", "--update", (tree_ / "rpm").string()});
     const fs::path deb = tree_ / "deb";
     MustShell("cd '" + deb.string() +
               "' && apt-ftparchive packages pool > dists/stable/main/binary-amd64/Packages"
@@ -247,7 +222,7 @@ class DnfClient {
 
  private:
   std::vector<std::string> Command(const std::vector<std::string>& args) {
-    std::vector<std::string> argv = {Program("dnf"),
+    std::vector<std::string> argv = {SystemProgram("dnf"),
                                      "-q",
                                      "-y",
                                      "--installroot=" + (dir_ / "root").string(),
@@ -309,13 +284,13 @@ class AptClient {
             "-o", "Debug::NoLocking=1"};
   }
   std::vector<std::string> Command(const std::vector<std::string>& args) const {
-    std::vector<std::string> argv = {Program("apt-get"), "-q"};
+    std::vector<std::string> argv = {SystemProgram("apt-get"), "-q"};
     for (const auto& o : Options()) argv.push_back(o);
     argv.insert(argv.end(), args.begin(), args.end());
     return argv;
   }
   std::vector<std::string> Cache(const std::vector<std::string>& args) const {
-    std::vector<std::string> argv = {Program("apt-cache")};
+    std::vector<std::string> argv = {SystemProgram("apt-cache")};
     for (const auto& o : Options()) argv.push_back(o);
     argv.insert(argv.end(), args.begin(), args.end());
     return argv;

@@ -235,23 +235,6 @@ std::vector<std::string> KeepBrokerPorts(const Cluster& c, std::vector<std::stri
   return flags;
 }
 
-// A TCP port of 127.0.0.1 that was free a moment ago.
-uint16_t FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("socket failed");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    ::close(fd);
-    throw std::runtime_error("bind to a free port failed");
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 void Report(const std::string& key, double value) {
   std::cout << "  " << key << " = " << value << "\n";
   ::testing::Test::RecordProperty(key, std::to_string(value));
@@ -409,8 +392,8 @@ TEST(Outage, AMirrorFollowsTheBrokerToNewPortsAfterARestart) {
 
   c.KillBroker();
   // Same control port, other events and content ports.
-  c.StartBroker(
-      {"--events-port", std::to_string(FreePort()), "--content-port", std::to_string(FreePort())});
+  c.StartBroker({"--events-port", std::to_string(FreeLoopbackPort()), "--content-port",
+                 std::to_string(FreeLoopbackPort())});
   const auto restart = SteadyClock::now();
   ChangeRecord record(c.origin_tree());
   record.Release(1, rng);

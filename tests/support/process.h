@@ -21,6 +21,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -100,6 +101,17 @@ RunResult Run(const std::vector<std::string>& argv,
 // Throws after `timeout`. Used to read a broker's --port-file.
 std::string WaitForFile(const std::filesystem::path& path,
                         std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
+// A TCP port of 127.0.0.1 that was free a moment ago (bound to port 0, read
+// back, closed), for a third-party server that cannot be told to bind port 0
+// and report it. Another process may take it first: start the server, and
+// pick again if it cannot bind. Throws when no socket can be bound.
+uint16_t FreeLoopbackPort();
+
+// The path of the system program `name` in /usr/bin, /usr/sbin, /bin or /sbin
+// (Run() and ChildProcess do no PATH search). Throws, telling to run
+// deploy/install-deps.sh (which `make test` runs), when it is not installed.
+std::string SystemProgram(const std::string& name);
 
 // Asks `done` every 50 ms until it says true or `timeout` has passed;
 // returns its last answer (so a test fails with what it waited for).
