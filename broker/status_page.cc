@@ -465,32 +465,28 @@ std::string RenderMetrics(const v1::StatusReply& status) {
       }
     }
   }
-  family("mirrorcast_mirror_serial", "gauge", "The serial the mirror's tree is at.");
-  for (const auto& m : status.mirrors()) {
-    o << "mirrorcast_mirror_serial{" << mirror_labels(m) << "} " << m.serial() << "\n";
-  }
-  family("mirrorcast_mirror_lag_serials", "gauge",
-         "Serials between the repo's latest and the mirror's.");
-  for (const auto& m : status.mirrors()) {
-    o << "mirrorcast_mirror_lag_serials{" << mirror_labels(m) << "} " << m.lag_serials() << "\n";
-  }
-  family("mirrorcast_mirror_lag_seconds", "gauge",
-         "Seconds since the first serial the mirror lacks was published (0 at the latest).");
-  for (const auto& m : status.mirrors()) {
-    o << "mirrorcast_mirror_lag_seconds{" << mirror_labels(m) << "} " << m.lag_seconds() << "\n";
-  }
-  family("mirrorcast_mirror_last_seen_timestamp_seconds", "gauge",
-         "When the mirror last polled or ACKed (Unix time; 0: never).");
-  for (const auto& m : status.mirrors()) {
-    o << "mirrorcast_mirror_last_seen_timestamp_seconds{" << mirror_labels(m) << "} "
-      << m.last_seen_unix() << "\n";
-  }
-  family("mirrorcast_mirror_last_ack_timestamp_seconds", "gauge",
-         "When the mirror last ACKed (Unix time; 0: never).");
-  for (const auto& m : status.mirrors()) {
-    o << "mirrorcast_mirror_last_ack_timestamp_seconds{" << mirror_labels(m) << "} "
-      << m.last_ack_unix() << "\n";
-  }
+  // One gauge per mirror: its family header, then a sample per mirror.
+  auto mirror_gauge = [&](const char* name, const char* help, auto value) {
+    family(name, "gauge", help);
+    for (const auto& m : status.mirrors()) {
+      o << name << "{" << mirror_labels(m) << "} " << value(m) << "\n";
+    }
+  };
+  using M = v1::MirrorStatus;
+  mirror_gauge("mirrorcast_mirror_serial", "The serial the mirror's tree is at.",
+               [](const M& m) { return m.serial(); });
+  mirror_gauge("mirrorcast_mirror_lag_serials",
+               "Serials between the repo's latest and the mirror's.",
+               [](const M& m) { return m.lag_serials(); });
+  mirror_gauge("mirrorcast_mirror_lag_seconds",
+               "Seconds since the first serial the mirror lacks was published (0 at the latest).",
+               [](const M& m) { return m.lag_seconds(); });
+  mirror_gauge("mirrorcast_mirror_last_seen_timestamp_seconds",
+               "When the mirror last polled or ACKed (Unix time; 0: never).",
+               [](const M& m) { return m.last_seen_unix(); });
+  mirror_gauge("mirrorcast_mirror_last_ack_timestamp_seconds",
+               "When the mirror last ACKed (Unix time; 0: never).",
+               [](const M& m) { return m.last_ack_unix(); });
   family("mirrorcast_mirror_health", "gauge",
          "1 for the mirror's health (applied, in_progress, failed, stale, behind, silent), 0 for "
          "the others.");
@@ -501,22 +497,14 @@ std::string RenderMetrics(const v1::StatusReply& status) {
         << (health == h ? 1 : 0) << "\n";
     }
   }
-  family("mirrorcast_mirror_last_apply_fetched_bytes", "gauge",
-         "Content bytes the mirror fetched for its last apply.");
-  for (const auto& m : status.mirrors()) {
-    o << "mirrorcast_mirror_last_apply_fetched_bytes{" << mirror_labels(m) << "} "
-      << m.bytes_fetched() << "\n";
-  }
-  family("mirrorcast_mirror_last_apply_reused_bytes", "gauge",
-         "Bytes the mirror took from files it already had for its last apply.");
-  for (const auto& m : status.mirrors()) {
-    o << "mirrorcast_mirror_last_apply_reused_bytes{" << mirror_labels(m) << "} "
-      << m.bytes_reused() << "\n";
-  }
-  family("mirrorcast_mirror_last_apply_seconds", "gauge", "Wall time of the mirror's last apply.");
-  for (const auto& m : status.mirrors()) {
-    o << "mirrorcast_mirror_last_apply_seconds{" << mirror_labels(m) << "} " << m.seconds() << "\n";
-  }
+  mirror_gauge("mirrorcast_mirror_last_apply_fetched_bytes",
+               "Content bytes the mirror fetched for its last apply.",
+               [](const M& m) { return m.bytes_fetched(); });
+  mirror_gauge("mirrorcast_mirror_last_apply_reused_bytes",
+               "Bytes the mirror took from files it already had for its last apply.",
+               [](const M& m) { return m.bytes_reused(); });
+  mirror_gauge("mirrorcast_mirror_last_apply_seconds", "Wall time of the mirror's last apply.",
+               [](const M& m) { return m.seconds(); });
   return o.str();
 }
 
