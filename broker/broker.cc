@@ -18,6 +18,7 @@
 #include "core/fs/path.h"
 #include "core/manifest/chunks.h"
 #include "core/manifest/manifest.h"
+#include "core/mirror/mirror_state.h"
 #include "core/net/messages.h"
 #include "core/wire/envelope.h"
 
@@ -110,11 +111,23 @@ Status Broker::Start() {
         "'mirrorcast keygen --curve'), or --insecure-plaintext for a lab");
   }
   MC_ASSIGN_OR_RETURN(trust_, LoadKeyTrust(options_.trust, {}, options_.root_keys));
+  const bool relay = !options_.upstream.empty();
+  if (relay && options_.heartbeat_key) {
+    return Status::InvalidArgument(
+        "--heartbeat-key signs the origin's heartbeats; a relay (--upstream) passes those down "
+        "unchanged: give it --heartbeat-trust with the origin's public heartbeat key instead");
+  }
+  if (relay && options_.upstream_transport.size() != options_.upstream.size()) {
+    return Status::InvalidArgument("one transport per --upstream is needed");
+  }
   if (options_.heartbeat_key) {
     auto key = SigningKey::LoadFile(*options_.heartbeat_key);
     if (!key.ok()) return key.status().WithContext("heartbeat key");
     heartbeat_key_ = std::move(*key);
-  } else {
+  } else if (relay && options_.heartbeat_trust.empty()) {
+    MC_LOG(warning) << "relay without --heartbeat-trust: the origin's heartbeats are not passed "
+                       "down, so this region's mirrors cannot prove they are fresh";
+  } else if (!relay) {
     MC_LOG(warning) << "no --heartbeat-key: mirrors cannot prove they are fresh";
   }
   std::error_code ec;
@@ -158,6 +171,8 @@ Status Broker::Start() {
   ConfigureSocket(events_, options_.listen, static_cast<int64_t>(4096));
   events_.set(zmq::sockopt::sndhwm, 10000);
   events_.set(zmq::sockopt::xpub_nodrop, 0);  // a slow subscriber loses messages, never us
+  // Every subscription, repeated ones too: a returning mirror is re-notified.
+  events_.set(zmq::sockopt::xpub_verbose, 1);
   try {
     control_.bind(options_.listen.Endpoint());
   } catch (const zmq::error_t& e) {
@@ -212,6 +227,30 @@ Status Broker::Start() {
     }
   }
 
+  if (relay) {
+    RelayOptions r;
+    r.upstream = options_.upstream;
+    r.transport = options_.upstream_transport;
+    r.tree_root = options_.tree_root;
+    r.state_root = options_.state_dir / "relay";
+    r.trust = options_.trust;
+    r.root_keys = options_.root_keys;
+    r.heartbeat_trust = options_.heartbeat_trust;
+    r.id = options_.broker_id;
+    r.poll_interval = options_.upstream_poll;
+    r.failover_after = options_.upstream_failover_after;
+    r.stale_after = options_.upstream_stale_after;
+    r.after_signature = options_.relay_after_signature;
+    r.clock = options_.clock;
+    relay_ = std::make_unique<Relay>(std::move(r));
+    MC_RETURN_IF_ERROR(relay_->Start());
+    // Every recorded ACK goes upstream once more: what a crash kept from
+    // being forwarded is not lost.
+    if (auto rows = state_->Mirrors(); rows.ok()) {
+      for (const v1::MirrorStatus& m : *rows) MarkForward(m.mirror_id(), m.repo());
+    }
+  }
+
   stop_ = false;
   control_failed_ = false;
   control_thread_ = std::thread([this] { ControlThread(); });
@@ -219,7 +258,8 @@ Status Broker::Start() {
   MC_LOG(info) << "serving control=" << options_.listen.WithPort(control_port_).ToString()
                << " events=" << events_port_ << " content=" << content_port_
                << " tree_root=" << options_.tree_root.string()
-               << " repos=" << state_->repos().size() << " trust=" << trust_.Describe();
+               << " repos=" << state_->repos().size() << " trust=" << trust_.Describe()
+               << (relay_ ? " mode=" + relay_->Describe() : std::string(" mode=origin"));
   if (curve_) {
     const auto list = allow_->Get();
     MC_LOG(info) << "transport CURVE, broker key " << curve_->public_z85 << ", allow-list "
@@ -247,6 +287,8 @@ Status Broker::Start() {
 
 void Broker::Stop() {
   if (http_) http_->Stop();
+  // The followers first: an apply in progress stops at its next check.
+  if (relay_) relay_->Stop();
   if (control_thread_.joinable()) {
     stop_ = true;
     control_thread_.join();
@@ -434,6 +476,8 @@ Status Broker::ControlLoop() {
       trust_reload_done_.store(wanted);
     }
     UpdateServiceStatus();
+    if (relay_) RelayTurn();
+    RenotifyOwed();
     if (BrokerClock(options_).Steady() >= next_heartbeat) {
       SendHeartbeat();
       next_heartbeat = BrokerClock(options_).Steady() + options_.heartbeat_interval;
@@ -469,8 +513,9 @@ Status Broker::ControlLoop() {
         if (frames.empty()) break;
         const std::string sub = frames[0].to_string();
         if (!sub.empty()) {
-          MC_LOG(debug) << (sub[0] == 1 ? "subscribe " : "unsubscribe ")
-                        << EscapeForLog(sub.substr(1, sub.find('\0', 1) - 1));
+          const std::string topic = sub.substr(1, sub.find('\0', 1) - 1);
+          MC_LOG(debug) << (sub[0] == 1 ? "subscribe " : "unsubscribe ") << EscapeForLog(topic);
+          if (sub[0] == 1) NoteSubscription(topic);
         }
       }
     }
@@ -498,6 +543,7 @@ constexpr ControlKind kControlKinds[] = {
     // A key set is checked against the broker's root before it is stored;
     // who may upload it is a publisher's role.
     {v1::ControlRequest::kPublishKeySet, "PublishKeySet", ControlAction::kPublish},
+    {v1::ControlRequest::kRelayAcks, "RelayAcks", ControlAction::kRelayAcks},
 };
 
 // nullptr for a field that is no request type (a peer's choice).
@@ -594,8 +640,9 @@ void Broker::AdmitControl(std::vector<zmq::message_t>& frames) {
   }
   // The size cap of its type, before the frame costs a parse.
   const uint32_t type = peek->body_field;
-  const bool large =
-      type == v1::ControlRequest::kPublish || type == v1::ControlRequest::kPutObjects;
+  const bool large = type == v1::ControlRequest::kPublish ||
+                     type == v1::ControlRequest::kPutObjects ||
+                     type == v1::ControlRequest::kRelayAcks;
   const size_t cap = large ? kMaxControlMessageBytes : limits.small_request_bytes;
   if (frames[1].size() > cap) {
     SendControlRefusal(frames[0], peek->request_id, peer,
@@ -724,6 +771,8 @@ v1::ControlReply Broker::Dispatch(const v1::ControlRequest& request,
       return HandlePutObjects(request.put_objects());
     case v1::ControlRequest::kPublishKeySet:
       return HandlePublishKeySet(request.publish_key_set());
+    case v1::ControlRequest::kRelayAcks:
+      return HandleRelayAcks(request.relay_acks(), caller);
     default:
       return Fail("empty control request");
   }
@@ -753,7 +802,12 @@ v1::ControlReply Broker::HandleHello(const v1::HelloRequest& request,
 }
 
 v1::ControlReply Broker::HandlePublishKeySet(const v1::PublishKeySetRequest& request) {
-  auto set = trust_.Check(request.key_set(), BrokerClock(options_).NowUnix());
+  if (relay_) return Fail(RelayRefusal("key set upload"));
+  return AdoptKeySet(request.key_set());
+}
+
+v1::ControlReply Broker::AdoptKeySet(const std::string& bytes) {
+  auto set = trust_.Check(bytes, BrokerClock(options_).NowUnix());
   if (!set.ok() && set.status().code() != Status::Code::kAlreadyExists) {
     MC_LOG(warning) << "refused key set: " << EscapeForLog(set.status().ToString(), 1024);
     return Fail("refused: " + set.status().message());
@@ -822,11 +876,9 @@ void Broker::DropRevokedEvents() {
 }
 
 v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
+  if (relay_) return Fail(RelayRefusal("publish"));
   const int64_t now = BrokerClock(options_).NowUnix();
   const auto t0 = BrokerClock(options_).Steady();
-  auto since = [this, &t0] {
-    return std::chrono::duration<double>(BrokerClock(options_).Steady() - t0).count();
-  };
   auto opened = trust_.OpenEvent(request.envelope(), now);
   if (!opened.ok()) {
     MC_LOG(warning) << "refused publish: " << EscapeForLog(opened.status().ToString(), 1024);
@@ -909,6 +961,24 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     return Fail("refused: the manifest has " + std::to_string(next_index.entries()) +
                 " entries, the event says " + std::to_string(event.manifest_entries()));
   }
+  NewHead in{repo,   event,  opened->key_id,    request.envelope(),     head, previous, next_index,
+             &fresh, recall, /*relayed=*/false, event.changes_omitted()};
+  return RecordEvent(in, t0);
+}
+
+v1::ControlReply Broker::RecordEvent(const NewHead& in, std::chrono::steady_clock::time_point t0) {
+  const std::string& repo = in.repo;
+  const v1::RepoChanged& event = in.event;
+  const RepoHead& head = in.head;
+  const ManifestIndex& previous = in.previous;
+  const ManifestIndex& next_index = in.next_index;
+  MemoryChunks& fresh = *in.fresh;
+  ManifestStore& objects = state_->objects();
+  const bool recall = in.recall;
+  const int64_t now = BrokerClock(options_).NowUnix();
+  auto since = [this, &t0] {
+    return std::chrono::duration<double>(BrokerClock(options_).Steady() - t0).count();
+  };
 
   // Which file versions this serial names anew (to check, record and
   // retain), and which (path, version) pairs it stops naming: the diff of
@@ -931,10 +1001,12 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   auto record = [&]() -> Status {
     if (!new_files.empty()) {
       const size_t objects_before = versions.objects.size();
-      // A recall names versions the broker keeps, not the tree's current files.
-      recorded = recall ? RecordRecalledFiles(repo, event.recall_of(), new_files, &versions)
-                        : RecordFiles(repo, new_files, &versions,
-                                      reply.mutable_publish()->mutable_linked(), &tally);
+      // A recall names versions the broker keeps, not the tree's current
+      // files; a relay's follower has already put them in the tree.
+      recorded = recall && !in.relayed
+                     ? RecordRecalledFiles(repo, event.recall_of(), new_files, &versions)
+                     : RecordFiles(repo, new_files, &versions,
+                                   reply.mutable_publish()->mutable_linked(), &tally);
       if (!recorded.ok()) return recorded;
       published_count += new_files.size();
       retained_count += versions.objects.size() - objects_before;
@@ -987,7 +1059,10 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
                     << " new versions could not be retained (first: " << tally.first_refusal
                     << "); they are served from the tree only while it holds them";
   }
-  if (counted != event.change_count()) {
+  // A relay that jumped (a bootstrap, a log that did not reach back) diffs
+  // against its own older head: the count is the upstream's, from another
+  // serial.
+  if (event.previous_serial() == head.serial && counted != event.change_count()) {
     undo();
     return Fail("refused: the manifest differs from serial " + std::to_string(head.serial) +
                 " by " + std::to_string(counted) + " changes, the event counts " +
@@ -1000,9 +1075,9 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   for (const auto& [id, bytes] : fresh.chunks()) {
     if (stored.ok()) stored = objects.Put(bytes).status();
   }
-  if (stored.ok() && !event.changes_omitted()) stored = objects.Put(next_index.Encode()).status();
+  if (stored.ok() && !in.uploaded) stored = objects.Put(next_index.Encode()).status();
   // Uploaded objects (an omitted change list) may predate a restart.
-  if (stored.ok()) stored = objects.Sync(/*everything=*/event.changes_omitted());
+  if (stored.ok()) stored = objects.Sync(/*everything=*/in.uploaded);
   for (const auto& r : next_index.refs) manifest_objects.push_back(r.id);
   manifest_objects.push_back(event.manifest_sha256());
   if (stored.ok()) stored = state_->TouchObjects(repo, event.serial(), manifest_objects);
@@ -1020,31 +1095,33 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
     recalled.set_recall_of(event.recall_of());
     recalled.set_reason(event.recall_reason());
     recalled.set_published_unix(event.published_unix());
-    recalled.set_key_id(opened->key_id);
+    recalled.set_key_id(in.key_id);
   }
-  if (Status s = state_->CommitEvent(repo, next, request.envelope(), now, versions,
-                                     recall ? &recalled : nullptr);
+  if (Status s =
+          state_->CommitEvent(repo, next, in.envelope, now, versions, recall ? &recalled : nullptr);
       !s.ok()) {
     MC_LOG(error) << "cannot commit event: " << s.ToString();
     undo();
     return Fail("broker could not store the event: " + s.message());
   }
-  MC_LOG(info) << "published repo=" << repo << " serial=" << event.serial()
-               << " changes=" << event.change_count()
+  MC_LOG(info) << (in.relayed ? "relayed repo=" : "published repo=") << repo
+               << " serial=" << event.serial() << " changes=" << event.change_count()
                << (event.changes_omitted() ? " (list left out)" : "")
                << " entries=" << event.manifest_entries() << " new_versions=" << published_count
-               << " retained=" << retained_count << " key=" << opened->key_id
-               << " seconds=" << since() << " (manifest " << t_manifest << ", diff and files "
-               << t_files - t_manifest << ", store " << t_store - t_files << ", commit "
-               << since() - t_store << ")";
+               << " retained=" << retained_count << " key=" << in.key_id << " seconds=" << since()
+               << " (manifest " << t_manifest << ", diff and files " << t_files - t_manifest
+               << ", store " << t_store - t_files << ", commit " << since() - t_store << ")";
   if (recall) {
     MC_LOG(warning) << "recall: repo=" << repo << " serial=" << event.serial()
                     << " is a recall of serial " << event.recall_of() << " ("
                     << event.change_count() << " changes back from serial " << head.serial
-                    << ", key=" << opened->key_id
-                    << "): " << EscapeForLog(event.recall_reason(), 256);
+                    << ", key=" << in.key_id << "): " << EscapeForLog(event.recall_reason(), 256);
   }
-  FanOut(repo, request.envelope());
+  FanOut(repo, in.envelope);
+  if (auto owed = owed_.find(repo); owed != owed_.end()) {
+    owed->second.backoff = Millis(1000);
+    owed->second.next = BrokerClock(options_).Steady() + owed->second.backoff;
+  }
   if (Status s =
           state_->RecordPublished(repo, event.serial(), BrokerClock(options_).NowUnixMillis());
       !s.ok()) {
@@ -1058,6 +1135,113 @@ v1::ControlReply Broker::HandlePublish(const v1::PublishRequest& request) {
   reply.mutable_publish()->set_serial(event.serial());
   reply.mutable_publish()->set_linked_more(tally.linked_more);
   return reply;
+}
+
+std::string Broker::RelayRefusal(const std::string& what) const {
+  return "refused: this broker is a " + relay_->Describe() + "; it takes no " + what +
+         " (publish to the origin)";
+}
+
+void Broker::RelayTurn() {
+  for (auto& [repo, envelope] : relay_->TakeHeartbeats()) FanOut(repo, envelope);
+  ForwardAcks();
+  const auto now = BrokerClock(options_).Steady();
+  for (const auto& [repo, serial] : relay_->Applied()) {
+    if (serial <= state_->Head(repo).serial) continue;
+    RelayRetry& retry = relay_retry_[repo];
+    if (retry.serial == serial && now < retry.next) continue;
+    Status s = RecordRelayed(repo);
+    if (s.ok()) {
+      relay_retry_.erase(repo);
+      continue;
+    }
+    // Said once per serial; retried every few seconds (a read that raced the
+    // follower's next commit simply records that one instead).
+    if (retry.serial != serial) {
+      MC_LOG(error) << "relay: cannot re-publish " << repo << " serial " << serial << ": "
+                    << EscapeForLog(s.ToString(), 1024)
+                    << " (its mirrors stay at the previous serial; retrying)";
+    }
+    retry.serial = serial;
+    retry.next = now + std::chrono::seconds(5);
+  }
+}
+
+Status Broker::RecordRelayed(const std::string& repo) {
+  const auto t0 = BrokerClock(options_).Steady();
+  const int64_t now = BrokerClock(options_).NowUnix();
+  MC_ASSIGN_OR_RETURN(auto applied, AppliedHead::Read(relay_->StateOf(repo), repo));
+  const RepoHead head = state_->Head(repo);
+  if (applied->serial() <= head.serial) return Status::Ok();
+  if (applied->envelope().empty()) {
+    return Status::FailedPrecondition(
+        "the follower holds serial " + std::to_string(applied->serial()) +
+        " without its signed event (a state from before relays): the next serial is relayed");
+  }
+  // The follower's key set (rooted trust): the broker's own check, as for
+  // an upload, before the events it signs can be opened.
+  if (trust_.rooted() && !applied->key_set().empty()) {
+    v1::ControlReply adopted = AdoptKeySet(applied->key_set());
+    if (!adopted.ok()) return Status::Rejected("key set: " + adopted.error());
+  }
+  // The same checks as a publish: the origin's signature with this broker's
+  // own trust, the event's times, the serial order; never re-signed.
+  auto opened = trust_.OpenEvent(applied->envelope(), now);
+  if (!opened.ok()) return opened.status().WithContext("the applied event");
+  const v1::RepoChanged& event = opened->payload.repo_changed();
+  MC_RETURN_IF_ERROR(CheckRepoChanged(event, now).WithContext("the applied event"));
+  if (event.repo() != repo || event.serial() != applied->serial() ||
+      event.manifest_sha256() != applied->digest()) {
+    return Status::Corruption("the follower's state records serial " +
+                              std::to_string(applied->serial()) + " with an event of " +
+                              EscapeForLog(event.repo(), 64) + " serial " +
+                              std::to_string(event.serial()) + " or another manifest");
+  }
+  if (event.serial() <= head.serial) return Status::Ok();
+  ManifestStore& objects = state_->objects();
+  ManifestIndex previous;
+  if (head.serial > 0) {
+    MC_ASSIGN_OR_RETURN(std::string bytes, objects.Load(head.manifest_sha256, kMaxIndexBytes));
+    MC_ASSIGN_OR_RETURN(previous, ManifestIndex::Decode(bytes));
+  }
+  // The manifest the follower applied (its root checked against the signed
+  // one there and here): the chunks this store lacks, each checked against
+  // its id, then the index.
+  const ManifestIndex& next_index = applied->index();
+  if (next_index.Root() != event.manifest_sha256()) {
+    return Status::Corruption("the follower's manifest index does not match the signed root");
+  }
+  for (const ChunkRef& ref : next_index.refs) {
+    if (objects.Has(ref.id)) continue;
+    MC_ASSIGN_OR_RETURN(std::string bytes, applied->LoadChunk(ref.id));
+    MC_ASSIGN_OR_RETURN(std::string id, objects.Put(bytes));
+    if (id != ref.id) {
+      (void)objects.Remove(id);
+      return Status::Corruption("manifest chunk " + ToHex(ref.id).substr(0, 16) +
+                                " in the follower's state does not match its id");
+    }
+  }
+  MC_RETURN_IF_ERROR(objects.Put(next_index.Encode()).status());
+  if (next_index.entries() != event.manifest_entries()) {
+    return Status::Corruption("the manifest has " + std::to_string(next_index.entries()) +
+                              " entries, the event says " +
+                              std::to_string(event.manifest_entries()));
+  }
+  MemoryChunks fresh(&objects);  // everything is in the store already
+  NewHead in{repo,
+             event,
+             opened->key_id,
+             applied->envelope(),
+             head,
+             previous,
+             next_index,
+             &fresh,
+             event.recall_of() != 0,
+             /*relayed=*/true,
+             /*uploaded=*/false};
+  v1::ControlReply reply = RecordEvent(in, t0);
+  if (!reply.ok()) return Status::Rejected(reply.error());
+  return Status::Ok();
 }
 
 v1::ControlReply Broker::HandleLinked(const v1::LinkedRequest& request) {
@@ -1274,6 +1458,56 @@ void Broker::PruneVersions(const std::string& repo) {
   }
 }
 
+void Broker::NoteSubscription(const std::string& repo) {
+  if (owing_repos_.count(repo)) owed_[repo].subscribed = true;
+}
+
+void Broker::Renotify(const std::string& repo, Owed& owed, const char* why) {
+  const RepoHead head = state_->Head(repo);
+  if (head.serial == 0) return;
+  auto events = state_->EventsSince(repo, head.serial - 1, 1);
+  if (!events.ok() || events->envelopes.empty()) return;
+  MC_LOG(debug) << "owed list: re-notifying " << repo << " serial " << head.serial << " (" << why
+                << ")";
+  FanOut(repo, events->envelopes.back());
+  owed.last = BrokerClock(options_).Steady();
+}
+
+void Broker::RenotifyOwed() {
+  const auto now = BrokerClock(options_).Steady();
+  if (now - owed_checked_ >= std::chrono::seconds(1)) {
+    // Which repos have a mirror whose last ACK is below the head.
+    owed_checked_ = now;
+    auto mirrors = state_->Mirrors();
+    if (mirrors.ok()) {
+      std::set<std::string> owing;
+      for (const v1::MirrorStatus& m : *mirrors) {
+        if (m.serial() < state_->Head(m.repo()).serial) owing.insert(m.repo());
+      }
+      for (auto it = owed_.begin(); it != owed_.end();) {
+        it = owing.count(it->first) ? std::next(it) : owed_.erase(it);
+      }
+      for (const std::string& repo : owing) {
+        if (owed_.try_emplace(repo).second) owed_[repo].next = now + std::chrono::seconds(1);
+      }
+      owing_repos_ = std::move(owing);
+    }
+  }
+  for (auto& [repo, owed] : owed_) {
+    // A subscription at once (at most every 200 ms per repo); otherwise the
+    // backoff.
+    if (owed.subscribed && now - owed.last >= Millis(200)) {
+      owed.subscribed = false;
+      Renotify(repo, owed, "a mirror subscribed");
+    } else if (now >= owed.next) {
+      Renotify(repo, owed, "mirrors behind");
+      owed.backoff =
+          std::min<std::chrono::milliseconds>(owed.backoff * 2, std::chrono::seconds(60));
+      owed.next = now + owed.backoff;
+    }
+  }
+}
+
 void Broker::FanOut(const std::string& repo, const std::string& envelope) {
   std::vector<zmq::message_t> frames;
   std::string topic = repo;
@@ -1286,6 +1520,7 @@ void Broker::FanOut(const std::string& repo, const std::string& envelope) {
 }
 
 v1::ControlReply Broker::HandlePutObjects(const v1::PutObjectsRequest& request) {
+  if (relay_) return Fail(RelayRefusal("upload"));
   if (Status s = ValidateRepoName(request.repo()); !s.ok()) return Fail(s.message());
   size_t total = 0;
   for (const auto& object : request.objects()) total += object.size();
@@ -1373,6 +1608,7 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request,
     MC_LOG(error) << "cannot record ACK: " << s.ToString();
     return Fail("broker could not record the ACK");
   }
+  if (relay_) MarkForward(ack.mirror_id(), ack.repo());
   MC_LOG(info) << "ack mirror=" << EscapeForLog(ack.mirror_id(), kMaxMirrorIdBytes)
                << " repo=" << ack.repo() << " serial=" << ack.serial()
                << " state=" << v1::AckState_Name(ack.state()) << " fetched=" << ack.bytes_fetched()
@@ -1381,6 +1617,130 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request,
   v1::ControlReply reply = Ok();
   reply.mutable_ack();
   return reply;
+}
+
+v1::ControlReply Broker::HandleRelayAcks(const v1::RelayAcksRequest& request,
+                                         const std::optional<PeerIdentity>& caller) {
+  constexpr int kMaxRelayedAcks = 1000;
+  if (request.acks_size() > kMaxRelayedAcks) {
+    return Fail("refused: at most " + std::to_string(kMaxRelayedAcks) + " ACKs per RelayAcks");
+  }
+  // Plain TCP has no names: the forwarding relay shows as "relay".
+  const std::string relay = caller ? caller->name : "relay";
+  const std::shared_ptr<const AllowList> list = allow_ ? allow_->Get() : nullptr;
+  const int64_t now = BrokerClock(options_).NowUnix();
+  // Mirrors that report here themselves, heard from recently: not to be
+  // overwritten by anyone's forwarded report.
+  std::set<std::pair<std::string, std::string>> direct;
+  if (auto rows = state_->Mirrors(); rows.ok()) {
+    for (const v1::MirrorStatus& m : *rows) {
+      if (m.via().empty() && now - m.last_seen_unix() < options_.silent_after_seconds) {
+        direct.emplace(m.mirror_id(), m.repo());
+      }
+    }
+  }
+  uint32_t recorded = 0;
+  for (const v1::RelayedAck& r : request.acks()) {
+    const v1::Ack& ack = r.ack();
+    std::string why;
+    const RepoHead head = ValidateRepoName(ack.repo()).ok() ? state_->Head(ack.repo()) : RepoHead{};
+    if (!PrintableId(ack.mirror_id())) {
+      why = "a bad mirror id";
+    } else if (ack.mirror_id() == relay) {
+      why = "the relay's own id (its own ACKs come direct)";
+    } else if (list && (list->NameHasRole(ack.mirror_id(), PeerRole::kPublish) ||
+                        list->NameHasRole(ack.mirror_id(), PeerRole::kAdmin))) {
+      why = "a name this broker lists as a publisher or admin";
+    } else if (!ValidateRepoName(ack.repo()).ok()) {
+      why = "a bad repo name";
+    } else if (r.via().size() > 1024 ||
+               !PrintableId(r.via().empty() ? "x" : r.via().substr(0, 128))) {
+      why = "a bad relay path";
+    } else if (ack.error().size() > 4096) {
+      why = "an error text that is too long";
+    } else if (ack.serial() > head.serial || ack.target_serial() > head.serial) {
+      why = "a serial above this broker's latest, " + std::to_string(head.serial);
+    } else if (direct.count({ack.mirror_id(), ack.repo()})) {
+      why = "a mirror that reports to this broker directly";
+    }
+    if (!why.empty()) {
+      LogOnce("relayack\n" + relay + "\n" + ack.mirror_id() + "\n" + why,
+              "refused a forwarded ACK from relay " + EscapeForLog(relay, 128) + " for mirror " +
+                  EscapeForLog(ack.mirror_id(), kMaxMirrorIdBytes) + ": " + why +
+                  " (logged once per relay, mirror and reason)");
+      continue;
+    }
+    const std::string via = r.via().empty() ? relay : relay + "/" + r.via();
+    if (Status s = state_->RecordReached(ack, BrokerClock(options_).NowUnixMillis()); !s.ok()) {
+      MC_LOG(warning) << "cannot record propagation: " << s.ToString();
+    }
+    if (Status s = state_->RecordAck(ack, now, via, std::min(r.last_seen_unix(), now)); !s.ok()) {
+      MC_LOG(error) << "cannot record a forwarded ACK: " << s.ToString();
+      return Fail("broker could not record the ACKs");
+    }
+    if (relay_) MarkForward(ack.mirror_id(), ack.repo());
+    ++recorded;
+  }
+  if (recorded > 0) snapshot_stale_ = true;
+  MC_LOG(debug) << "relay " << EscapeForLog(relay, 128) << " forwarded " << request.acks_size()
+                << " ACKs, recorded " << recorded;
+  v1::ControlReply reply = Ok();
+  reply.mutable_relay_acks()->set_recorded(recorded);
+  return reply;
+}
+
+void Broker::MarkForward(const std::string& mirror, const std::string& repo) {
+  forward_dirty_[{mirror, repo}] = ++forward_generation_;
+}
+
+void Broker::ForwardAcks() {
+  if (relay_->TakeConfirmed()) {
+    for (const auto& [key, generation] : forward_inflight_) {
+      auto it = forward_dirty_.find(key);
+      if (it != forward_dirty_.end() && it->second == generation) forward_dirty_.erase(it);
+    }
+    forward_inflight_.clear();
+  }
+  const auto now = BrokerClock(options_).Steady();
+  if (!forward_inflight_.empty() || forward_dirty_.empty() ||
+      now - forward_offered_ < std::chrono::seconds(1)) {
+    return;
+  }
+  // A batch every second at most: the latest row of each changed mirror.
+  auto rows = state_->Mirrors();
+  if (!rows.ok()) return;
+  v1::RelayAcksRequest batch;
+  std::map<std::pair<std::string, std::string>, uint64_t> sent;
+  for (const v1::MirrorStatus& m : *rows) {
+    auto it = forward_dirty_.find({m.mirror_id(), m.repo()});
+    if (it == forward_dirty_.end()) continue;
+    v1::RelayedAck* r = batch.add_acks();
+    v1::Ack* ack = r->mutable_ack();
+    ack->set_mirror_id(m.mirror_id());
+    ack->set_repo(m.repo());
+    ack->set_serial(m.serial());
+    ack->set_target_serial(m.target_serial());
+    ack->set_state(m.state());
+    ack->set_bytes_fetched(m.bytes_fetched());
+    ack->set_bytes_reused(m.bytes_reused());
+    ack->set_bytes_signature(m.bytes_signature());
+    ack->set_seconds(m.seconds());
+    ack->set_error(m.error());
+    r->set_via(m.via());
+    r->set_last_seen_unix(m.last_seen_unix());
+    sent.emplace(it->first, it->second);
+    if (batch.acks_size() >= 500) break;
+  }
+  // Rows gone meanwhile are not forwarded.
+  for (auto it = forward_dirty_.begin(); it != forward_dirty_.end();) {
+    const bool listed = sent.count(it->first) > 0;
+    it = (!listed && batch.acks_size() < 500) ? forward_dirty_.erase(it) : std::next(it);
+  }
+  if (batch.acks_size() == 0) return;
+  if (relay_->OfferAcks(std::move(batch))) {
+    forward_inflight_ = std::move(sent);
+    forward_offered_ = now;
+  }
 }
 
 v1::ControlReply Broker::HandleStatus() {

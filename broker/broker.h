@@ -37,11 +37,13 @@
 #include "broker/broker_state.h"
 #include "broker/content_server.h"
 #include "broker/object_store.h"
+#include "broker/relay.h"
 #include "broker/status_http.h"
 #include "core/base/clock.h"
 #include "core/base/status.h"
 #include "core/cli/service.h"
 #include "core/crypto/keys.h"
+#include "core/manifest/chunks.h"
 #include "core/net/allow_list.h"
 #include "core/net/curve.h"
 #include "core/net/endpoint.h"
@@ -115,6 +117,22 @@ struct BrokerOptions {
   size_t stage_version_rows = 32768;
   // Linked files per control reply (the publish reply, then each page).
   size_t linked_per_reply = 250000;
+  // Relay mode (docs/operations.md, "Relays"): follow these brokers (the
+  // origin or another relay; the first that answers, then failover as a
+  // subscriber does) exactly as a mirror does, into tree_root/REPO, and
+  // re-publish each applied event unchanged once it is durable. Publishes
+  // are refused. One transport for all, or one per upstream.
+  std::vector<HostPort> upstream;
+  std::vector<ClientTransport> upstream_transport;
+  // The origin broker's heartbeat key(s): heartbeats verified with them go
+  // down unchanged (without, none do and the region reports stale when its
+  // mirrors expect heartbeats).
+  std::vector<std::filesystem::path> heartbeat_trust;
+  std::chrono::seconds upstream_poll{30};
+  std::chrono::seconds upstream_failover_after{30};
+  std::chrono::seconds upstream_stale_after{60};
+  // Tests only: SubscriberOptions::after_signature of every follower.
+  std::function<void(const std::string&)> relay_after_signature;
   // The status page, JSON and /metrics (status_http.h); none without it.
   std::optional<HostPort> http;
   std::optional<std::filesystem::path> http_port_file;  // gets "HOST:PORT" once bound
@@ -191,6 +209,35 @@ class Broker {
                      VersionChanges* versions,
                      google::protobuf::RepeatedPtrField<v1::LinkedFile>* linked,
                      RecordTally* tally);
+  // A verified event and the manifest it leads to, to record as the repo's
+  // new head: its new file versions checked in the tree and retained, the
+  // manifest objects stored, the event committed to the log and fanned out
+  // byte for byte. From a publisher (HandlePublish) or from this relay's
+  // follower once its apply is durable (RecordRelayed).
+  struct NewHead {
+    const std::string& repo;
+    const v1::RepoChanged& event;
+    const std::string& key_id;    // that signed it
+    const std::string& envelope;  // the signed bytes, stored and fanned out unchanged
+    const RepoHead& head;         // the broker's head before it
+    const ManifestIndex& previous;
+    const ManifestIndex& next_index;  // its root is the signed one
+    MemoryChunks* fresh;              // chunks of next_index not yet stored
+    bool recall;
+    bool relayed;   // the tree already holds every version (a follower applied it)
+    bool uploaded;  // objects came by PutObjects (maybe before a restart)
+  };
+  v1::ControlReply RecordEvent(const NewHead& in, std::chrono::steady_clock::time_point t0);
+  // Relay mode: records what the follower of `repo` has applied (its state's
+  // head, envelope and manifest) when it is ahead of this broker's head.
+  Status RecordRelayed(const std::string& repo);
+  // Relay mode, on each control loop turn: followers that applied a serial
+  // are recorded; heartbeats they received go down unchanged.
+  void RelayTurn();
+  std::string RelayRefusal(const std::string& what) const;
+  // A key set a publisher uploaded or this relay's follower adopted: checked
+  // against the root, stored, adopted.
+  v1::ControlReply AdoptKeySet(const std::string& bytes);
   v1::ControlReply HandleLinked(const v1::LinkedRequest& request);
   // A recall (RepoChanged.recall_of, docs/protocol.md "Recall"): its target
   // must be in the recall window and the event must carry exactly that
@@ -206,6 +253,17 @@ class Broker {
   v1::ControlReply HandleAck(const v1::AckRequest& request,
                              const std::optional<PeerIdentity>& caller);
   v1::ControlReply HandleStatus();
+  // ACKs a relay forwards for the mirrors behind it (role relay): each
+  // recorded with the relay path it came through (MirrorStatus.via). Refused
+  // per ACK: the relay's own name, a name this broker lists as a publisher
+  // or admin, and a mirror that reports to this broker directly and was
+  // seen recently (a relay cannot take over another's mirror record).
+  v1::ControlReply HandleRelayAcks(const v1::RelayAcksRequest& request,
+                                   const std::optional<PeerIdentity>& caller);
+  // Relay mode: an ACK row to forward upstream (changed since it was last
+  // confirmed there); every row at start, so nothing is lost in a restart.
+  void MarkForward(const std::string& mirror, const std::string& repo);
+  void ForwardAcks();
   // The status as `mirrorcast status` and the status page show it, with the
   // health and lag of every mirror worked out (status_page.h). Flushes the
   // liveness seen since the last flush first.
@@ -292,6 +350,37 @@ class Broker {
     std::chrono::steady_clock::time_point current_seen{}, previous_seen{};
   };
   std::map<std::string, Instances> instances_;
+
+  // Relay mode (--upstream): the followers of the upstream's repos, and per
+  // repo the serial whose recording last failed (retried after a pause).
+  std::unique_ptr<Relay> relay_;
+  struct RelayRetry {
+    uint64_t serial = 0;
+    std::chrono::steady_clock::time_point next{};
+  };
+  std::map<std::string, RelayRetry> relay_retry_;
+  // ACK rows changed since last forwarded (a generation each), and those of
+  // the batch in flight with the generation sent.
+  std::map<std::pair<std::string, std::string>, uint64_t> forward_dirty_, forward_inflight_;
+  uint64_t forward_generation_ = 0;
+  std::chrono::steady_clock::time_point forward_offered_{};
+
+  // The owed list (docs/protocol.md, "Owed list"): mirrors of a repo that
+  // have not ACKed its head are re-notified with the head's envelope, at
+  // once when one (re)subscribes (XPUB_VERBOSE: a mirror that returns, or
+  // whose link came back) and otherwise with a backoff of 1 s doubling to
+  // 60 s, reset by each new serial. Control thread only.
+  struct Owed {
+    bool subscribed = false;  // a subscription arrived since the last notice
+    std::chrono::steady_clock::time_point last{}, next{};
+    std::chrono::milliseconds backoff{1000};
+  };
+  std::map<std::string, Owed> owed_;
+  std::set<std::string> owing_repos_;  // repos with a mirror behind the head
+  std::chrono::steady_clock::time_point owed_checked_{};
+  void NoteSubscription(const std::string& repo);
+  void RenotifyOwed();
+  void Renotify(const std::string& repo, Owed& owed, const char* why);
 
   // --http: the page's server and the newest snapshot it serves.
   std::unique_ptr<StatusHttpServer> http_;

@@ -95,6 +95,11 @@ Result<std::unique_ptr<BrokerState>> BrokerState::Open(const fs::path& state_dir
       !s.ok() && s.message().find("duplicate column") == std::string::npos) {
     return s;
   }
+  // Relays: the path of relays a forwarded ACK came through ("" direct).
+  if (Status s = db->Exec("ALTER TABLE mirrors ADD COLUMN via TEXT NOT NULL DEFAULT ''");
+      !s.ok() && s.message().find("duplicate column") == std::string::npos) {
+    return s;
+  }
   // Propagation: when each recent serial was committed and when each mirror
   // first reached it (or passed it), kept for kPropagationSerials serials.
   MC_RETURN_IF_ERROR(db->Exec(R"sql(
@@ -736,24 +741,27 @@ Result<std::vector<v1::RecallRecord>> BrokerState::Recalls(size_t per_repo) {
   return out;
 }
 
-Status BrokerState::RecordAck(const v1::Ack& ack, int64_t now_unix) {
+Status BrokerState::RecordAck(const v1::Ack& ack, int64_t now_unix, const std::string& via,
+                              int64_t seen_unix) {
   MC_ASSIGN_OR_RETURN(
       Statement st,
       db_->Prepare(
           "INSERT INTO mirrors(mirror_id, repo, serial, target_serial, state, "
-          "last_ack_unix, bytes_fetched, bytes_reused, millis, error, bytes_signature) "
-          "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(mirror_id, repo) DO UPDATE SET "
-          "serial=excluded.serial, target_serial=excluded.target_serial, "
+          "last_ack_unix, bytes_fetched, bytes_reused, millis, error, bytes_signature, via, "
+          "last_seen_unix) "
+          "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(mirror_id, repo) DO UPDATE "
+          "SET serial=excluded.serial, target_serial=excluded.target_serial, "
           "state=excluded.state, last_ack_unix=excluded.last_ack_unix, "
           "bytes_fetched=excluded.bytes_fetched, bytes_reused=excluded.bytes_reused, "
           "millis=excluded.millis, error=excluded.error, "
-          "bytes_signature=excluded.bytes_signature"));
+          "bytes_signature=excluded.bytes_signature, via=excluded.via, "
+          "last_seen_unix=max(last_seen_unix, excluded.last_seen_unix)"));
   st.Bind(1, ack.mirror_id()).Bind(2, ack.repo()).Bind(3, static_cast<int64_t>(ack.serial()));
   st.Bind(4, static_cast<int64_t>(ack.target_serial())).Bind(5, static_cast<int64_t>(ack.state()));
   st.Bind(6, now_unix).Bind(7, static_cast<int64_t>(ack.bytes_fetched()));
   st.Bind(8, static_cast<int64_t>(ack.bytes_reused()));
   st.Bind(9, static_cast<int64_t>(ack.seconds() * 1000.0)).Bind(10, ack.error());
-  st.Bind(11, static_cast<int64_t>(ack.bytes_signature()));
+  st.Bind(11, static_cast<int64_t>(ack.bytes_signature())).Bind(12, via).Bind(13, seen_unix);
   return st.Run();
 }
 
@@ -865,7 +873,7 @@ Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
   MC_ASSIGN_OR_RETURN(Statement st,
                       db_->Prepare("SELECT mirror_id, repo, serial, target_serial, state, "
                                    "last_ack_unix, bytes_fetched, bytes_reused, millis, error, "
-                                   "bytes_signature, last_seen_unix FROM mirrors "
+                                   "bytes_signature, last_seen_unix, via FROM mirrors "
                                    "ORDER BY repo, mirror_id"));
   for (;;) {
     MC_ASSIGN_OR_RETURN(bool row, st.Step());
@@ -885,6 +893,7 @@ Result<std::vector<v1::MirrorStatus>> BrokerState::Mirrors() {
     m.set_error(st.ColumnText(9));
     m.set_bytes_signature(static_cast<uint64_t>(st.ColumnInt(10)));
     m.set_last_seen_unix(std::max(st.ColumnInt(11), m.last_ack_unix()));
+    m.set_via(st.ColumnText(12));
     out.push_back(std::move(m));
   }
   return out;

@@ -166,7 +166,10 @@ class BrokerState {
   Result<std::vector<v1::RecallRecord>> Recalls(size_t per_repo);
 
   // Upserts the mirror row from an ACK.
-  Status RecordAck(const v1::Ack& ack, int64_t now_unix);
+  // `via`: the relays a forwarded ACK came through ("" from the mirror
+  // itself); `seen_unix`: when a relay last heard from it (0: now is the ACK).
+  Status RecordAck(const v1::Ack& ack, int64_t now_unix, const std::string& via = "",
+                   int64_t seen_unix = 0);
   // Before RecordAck: the serials after the mirror's recorded one, up to
   // ack.serial(), were reached at now_ms (the propagation view).
   Status RecordReached(const v1::Ack& ack, int64_t now_ms);

@@ -70,6 +70,31 @@ int BrokerMain(int argc, char** argv) {
   // all peers together may hold of the broker. Defaults: BrokerOptions'.
   const ContentLimits content_defaults;
   const ControlLimits control_defaults;
+  po::options_description relay("Relay mode (a tier-1 mirror serving its region)");
+  // clang-format off
+  relay.add_options()
+      ("upstream", po::value<std::vector<std::string>>()->composing(),
+       "HOST:PORT of the broker to follow (the origin or another relay; repeatable: tried in "
+       "order, failing over as a subscriber does). The broker then runs as a relay: it "
+       "follows every repo of its upstream exactly as a mirror does (the same checks, staging "
+       "and crash safety) into TREE-ROOT/REPO, and only once an update is durable there "
+       "re-publishes the origin's signed event unchanged and serves it from its own tree and "
+       "event log. Publishes are refused. Its --trust/--root-key are the origin's")
+      ("upstream-key", po::value<std::vector<std::string>>()->composing(),
+       "the upstream's CURVE public key (PREFIX.curve.pub): once for all --upstream or once "
+       "per --upstream, in order. The relay connects with its own --curve-key, which the "
+       "upstream's allow-list names with role relay")
+      ("heartbeat-trust", po::value<std::vector<std::string>>()->composing(),
+       "the origin's public heartbeat key (repeatable): heartbeats it signs are passed down "
+       "unchanged; without it the region's mirrors cannot prove they are fresh")
+      ("upstream-poll", po::value<int>()->default_value(30),
+       "seconds between the relay's polls of its upstream (events are pushed; the poll is "
+       "the safety net)")
+      ("failover-after", po::value<int>()->default_value(30),
+       "seconds an upstream may be unreachable or stale before the next --upstream is tried")
+      ("stale-after", po::value<int>()->default_value(60),
+       "seconds without a valid heartbeat after which the relay reports its upstream stale");
+  // clang-format on
   po::options_description limits("Limits a peer cannot get past (over one: a clear refusal)");
   // clang-format off
   limits.add_options()
@@ -109,6 +134,7 @@ int BrokerMain(int argc, char** argv) {
        "largest Hello, Events, Ack, Status or Linked request (Publish and PutObjects: 40 MiB)");
   // clang-format on
   options.add(limits);
+  options.add(relay);
   options.add(BrokerTransportOptions());
   ProgramInfo info{
       "mirrorcast-broker",
@@ -123,7 +149,8 @@ int BrokerMain(int argc, char** argv) {
       "RELOADING and STOPPING and pets the watchdog while its loop makes progress. Stops "
       "cleanly on SIGTERM. Exit codes: 0 stopped; 1 failed while running or could not start "
       "(e.g. its port is taken); 2 usage or configuration error (the unit's "
-      "RestartPreventExitStatus)."};
+      "RestartPreventExitStatus). With --upstream it runs as a relay: a tier-1 mirror that "
+      "applies every update to its own tree first, then serves its region."};
   auto vm = ParseCommandLine(argc, argv, info, options);
   if (!vm) return 0;
   auto listen = ParseHostPort((*vm)["listen"].as<std::string>());
@@ -165,6 +192,55 @@ int BrokerMain(int argc, char** argv) {
   if (vm->count("http-port-file")) opts.http_port_file = (*vm)["http-port-file"].as<std::string>();
   opts.silent_after_seconds = (*vm)["silent-after"].as<int64_t>();
   if (opts.silent_after_seconds < 1) throw std::runtime_error("--silent-after must be at least 1");
+
+  if (vm->count("upstream")) {
+    for (const auto& text : (*vm)["upstream"].as<std::vector<std::string>>()) {
+      auto upstream = ParseHostPort(text);
+      if (!upstream.ok()) throw std::runtime_error("--upstream: " + upstream.status().message());
+      opts.upstream.push_back(*upstream);
+    }
+    // The relay is a client of its upstream with the broker's own key.
+    if (opts.curve_key) {
+      if (!vm->count("upstream-key")) {
+        throw std::runtime_error(
+            "--upstream needs --upstream-key FILE (the upstream's CURVE public key)");
+      }
+      const auto files = (*vm)["upstream-key"].as<std::vector<std::string>>();
+      if (files.size() != 1 && files.size() != opts.upstream.size()) {
+        throw std::runtime_error(
+            "give one --upstream-key for every --upstream, or one per "
+            "--upstream in order; got " +
+            std::to_string(files.size()));
+      }
+      auto own = LoadCurveSecretFile(*opts.curve_key);
+      if (!own.ok()) throw std::runtime_error("--curve-key: " + own.status().message());
+      for (size_t i = 0; i < opts.upstream.size(); ++i) {
+        const std::string& file = files[files.size() == 1 ? 0 : i];
+        auto key = LoadCurvePublicFile(file);
+        if (!key.ok())
+          throw std::runtime_error("--upstream-key " + file + ": " + key.status().message());
+        opts.upstream_transport.push_back(ClientCurve{*own, *key});
+      }
+    } else {
+      if (vm->count("upstream-key")) {
+        throw std::runtime_error("--upstream-key needs CURVE (--curve-key and --allow)");
+      }
+      opts.upstream_transport.assign(opts.upstream.size(), std::nullopt);
+    }
+    if (vm->count("heartbeat-trust")) {
+      for (const auto& f : (*vm)["heartbeat-trust"].as<std::vector<std::string>>()) {
+        opts.heartbeat_trust.emplace_back(f);
+      }
+    }
+    opts.upstream_poll = std::chrono::seconds(std::max(1, (*vm)["upstream-poll"].as<int>()));
+    opts.upstream_failover_after =
+        std::chrono::seconds(std::max(1, (*vm)["failover-after"].as<int>()));
+    opts.upstream_stale_after = std::chrono::seconds(std::max(1, (*vm)["stale-after"].as<int>()));
+  } else if (vm->count("upstream-key") || vm->count("heartbeat-trust")) {
+    throw std::runtime_error(
+        "--upstream-key and --heartbeat-trust belong to relay mode "
+        "(--upstream HOST:PORT)");
+  }
 
   ContentLimits& content = opts.content_limits;
   content.requests_per_peer = (*vm)["max-requests-per-peer"].as<size_t>();

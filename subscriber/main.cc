@@ -10,7 +10,7 @@
 #include "core/fs/lock.h"
 #include "core/mirror/trace_files.h"
 #include "core/net/endpoint.h"
-#include "subscriber/subscriber.h"
+#include "core/mirror/subscriber.h"
 
 namespace po = boost::program_options;
 

@@ -284,6 +284,7 @@ Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should
     // must move forward from this mirror's serial, in strictly increasing
     // order: an older or conflicting one is refused, never applied.
     std::vector<v1::RepoChanged> chain;
+    const std::string* last_envelope = nullptr;  // chain.back()'s signed bytes
     size_t total_changes = 0;
     bool omitted = false;
     for (const auto& envelope : reply.envelopes()) {
@@ -303,15 +304,18 @@ Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should
       total_changes += static_cast<size_t>(event->change_count());
       omitted = omitted || event->changes_omitted();
       chain.push_back(std::move(*event));
+      last_envelope = &envelope;
     }
     const bool contiguous = !chain.empty() && chain.front().previous_serial() == local;
     if (contiguous && omitted && !reply.gap()) {
       // A change list too large to carry: diff the manifest of the newest
       // event the log gave against this mirror's (verified chunk by chunk).
+      applying_envelope_ = *last_envelope;
       MC_RETURN_IF_ERROR(JumpTo(broker, chain.back(), should_stop));
       continue;
     }
     if (contiguous && !reply.gap() && total_changes <= kMaxReplayChanges) {
+      applying_envelope_ = *last_envelope;
       Status s = ApplyChain(broker, chain, should_stop);
       if (s.ok()) continue;  // more may have arrived meanwhile
       if (s.code() != Status::Code::kFailedPrecondition) return s;
@@ -333,6 +337,7 @@ Status Follower::CatchUp(BrokerLink& broker, const std::function<bool()>& should
           Status::Rejected("jump to the broker's head (said to be serial " +
                            std::to_string(reply.latest_serial()) + "): " + forward.message()));
     }
+    applying_envelope_ = latest.envelopes(0);
     MC_RETURN_IF_ERROR(JumpTo(broker, *event, should_stop));
   }
 }
@@ -513,7 +518,11 @@ Status Follower::ApplyChanges(BrokerLink& broker, uint64_t serial, const std::st
     journal.stored = true;
     journal.target_index = target.index.Encode();
   }
-  Status s = state_->WriteJournal(journal);
+  // The signed envelope of what is applied, kept before the tree changes (a
+  // relay re-publishes it once the apply is recorded, after a crash too).
+  Status s =
+      applying_envelope_.empty() ? Status::Ok() : state_->StoreEnvelope(serial, applying_envelope_);
+  if (s.ok()) s = state_->WriteJournal(journal);
   if (s.ok()) s = applier_->Commit(list);
   const v1::Ack applied = MakeAck(v1::ACK_APPLIED, serial, serial, stats, seconds(), "");
   if (s.ok()) {

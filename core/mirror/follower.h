@@ -181,6 +181,8 @@ class Follower {
   std::unique_ptr<Applier> applier_;
   std::set<std::string> reported_;  // refusal reasons reported this run
   uint64_t applying_serial_ = 0;
+  // The signed envelope of the event being applied (CatchUp sets it).
+  std::string applying_envelope_;
   bool trace_failed_ = false;  // the last trace write failed (and was logged)
 };
 

@@ -85,6 +85,13 @@ Status CreateSchema(Database& db) {
       first_unix INTEGER NOT NULL, last_unix INTEGER NOT NULL, count INTEGER NOT NULL,
       PRIMARY KEY(repo, reason));
   )sql"));
+  // The signed envelope of the serial being applied and of the recorded one
+  // (a relay broker re-publishes it once the apply is durable). Additive.
+  MC_RETURN_IF_ERROR(db.Exec(R"sql(
+    CREATE TABLE IF NOT EXISTS envelopes(
+      repo TEXT NOT NULL, serial INTEGER NOT NULL, envelope BLOB NOT NULL,
+      PRIMARY KEY(repo, serial));
+  )sql"));
   if (have == 2) {
     // Version 3 only adds: the journal learns where a large change list is.
     MC_RETURN_IF_ERROR(db.Exec(R"sql(
@@ -664,6 +671,72 @@ Status MirrorState::DropDeferred(const std::string& path) {
                       db_->Prepare("DELETE FROM deferred_deletes WHERE repo = ? AND path = ?"));
   st.Bind(1, repo_).Bind(2, path);
   return st.Run();
+}
+
+Status MirrorState::StoreEnvelope(uint64_t serial, const std::string& envelope) {
+  Transaction tx(*db_);
+  MC_RETURN_IF_ERROR(tx.status());
+  MC_ASSIGN_OR_RETURN(Statement drop,
+                      db_->Prepare("DELETE FROM envelopes WHERE repo = ? AND serial <> ?"));
+  drop.Bind(1, repo_).Bind(2, static_cast<int64_t>(serial_));
+  MC_RETURN_IF_ERROR(drop.Run());
+  MC_ASSIGN_OR_RETURN(
+      Statement put,
+      db_->Prepare("INSERT OR REPLACE INTO envelopes(repo, serial, envelope) VALUES(?, ?, ?)"));
+  put.Bind(1, repo_).Bind(2, static_cast<int64_t>(serial)).BindBlob(3, envelope);
+  MC_RETURN_IF_ERROR(put.Run());
+  return tx.Commit();
+}
+
+Result<std::unique_ptr<AppliedHead>> AppliedHead::Read(const fs::path& state_dir,
+                                                       const std::string& repo) {
+  std::error_code ec;
+  if (!fs::exists(state_dir / "subscriber.db", ec)) {
+    return Status::NotFound(state_dir.string() + " holds no subscriber.db yet");
+  }
+  MC_ASSIGN_OR_RETURN(auto db, Database::Open(state_dir / "subscriber.db"));
+  std::unique_ptr<AppliedHead> head(new AppliedHead(repo, std::move(db)));
+  // One read transaction: the head, its envelope and every chunk read later
+  // belong to one committed serial, whatever the follower commits meanwhile.
+  MC_RETURN_IF_ERROR(head->db_->Exec("BEGIN"));
+  head->open_ = true;
+  MC_ASSIGN_OR_RETURN(
+      Statement st, head->db_->Prepare(
+                        "SELECT serial, manifest_sha256, manifest_index FROM head WHERE repo = ?"));
+  st.Bind(1, repo);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return head;  // nothing applied yet: serial 0
+  head->serial_ = static_cast<uint64_t>(st.ColumnInt(0));
+  head->digest_ = st.ColumnBlob(1);
+  auto index = ManifestIndex::Decode(st.ColumnBlob(2));
+  if (!index.ok() || index->Root() != head->digest_) {
+    return Status::Corruption("the mirror state's manifest index of " + repo +
+                              " does not match its root");
+  }
+  head->index_ = std::move(*index);
+  MC_ASSIGN_OR_RETURN(Statement env,
+                      head->db_->Prepare("SELECT envelope FROM envelopes WHERE repo = ? AND "
+                                         "serial = ?"));
+  env.Bind(1, repo).Bind(2, static_cast<int64_t>(head->serial_));
+  MC_ASSIGN_OR_RETURN(bool has_envelope, env.Step());
+  if (has_envelope) head->envelope_ = env.ColumnBlob(0);
+  MC_ASSIGN_OR_RETURN(Statement keys, head->db_->Prepare("SELECT bytes FROM keyset WHERE id = 1"));
+  MC_ASSIGN_OR_RETURN(bool has_keys, keys.Step());
+  if (has_keys) head->key_set_ = keys.ColumnBlob(0);
+  return head;
+}
+
+AppliedHead::~AppliedHead() {
+  if (open_) (void)db_->Exec("ROLLBACK");
+}
+
+Result<std::string> AppliedHead::LoadChunk(std::string_view id) {
+  MC_ASSIGN_OR_RETURN(Statement st,
+                      db_->Prepare("SELECT bytes FROM chunks WHERE repo = ? AND id = ?"));
+  st.Bind(1, repo_).BindBlob(2, id);
+  MC_ASSIGN_OR_RETURN(bool row, st.Step());
+  if (!row) return Status::NotFound("manifest chunk " + ToHex(id) + " is not in the mirror state");
+  return st.ColumnBlob(0);
 }
 
 Status MirrorState::QueueAck(const v1::Ack& ack) {

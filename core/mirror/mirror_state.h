@@ -165,6 +165,12 @@ class MirrorState : public LocalTree {
   // The key-set version the recorded serial was accepted under.
   uint64_t serial_keyset_version() const { return serial_keyset_version_; }
 
+  // Keeps the signed envelope of `serial` (about to be applied) beside the
+  // recorded serial's, durably, before the apply touches the tree: whoever
+  // reads the state after a commit finds the envelope of what it holds
+  // (AppliedHead). Older envelopes are dropped.
+  Status StoreEnvelope(uint64_t serial, const std::string& envelope);
+
   // ACKs that the broker has not confirmed yet, oldest first.
   Status QueueAck(const v1::Ack& ack);
   Result<std::vector<std::pair<int64_t, v1::Ack>>> PendingAcks();
@@ -244,6 +250,39 @@ class MirrorState : public LocalTree {
   std::string digest_;
   ManifestIndex index_;
   bool initialized_ = false;
+};
+
+// What a mirror state records as applied, read from another thread than the
+// follower's (its own SQLite connection, one read transaction: a consistent
+// snapshot of one committed serial while the follower goes on). A relay
+// broker reads it to re-publish what its follower applied: the serial, the
+// manifest and its chunks, and the signed envelope (empty when the state
+// predates envelopes or the serial came from an adopted scan).
+class AppliedHead : public ChunkSource {
+ public:
+  static Result<std::unique_ptr<AppliedHead>> Read(const std::filesystem::path& state_dir,
+                                                   const std::string& repo);
+  ~AppliedHead() override;
+  uint64_t serial() const { return serial_; }  // 0: nothing applied
+  const std::string& digest() const { return digest_; }
+  const ManifestIndex& index() const { return index_; }
+  const std::string& envelope() const { return envelope_; }
+  // The key set the mirror holds (SignedKeySet bytes; empty: none).
+  const std::string& key_set() const { return key_set_; }
+  // A chunk of the recorded manifest.
+  Result<std::string> LoadChunk(std::string_view id) override;
+
+ private:
+  AppliedHead(std::string repo, std::unique_ptr<Database> db)
+      : repo_(std::move(repo)), db_(std::move(db)) {}
+  std::string repo_;
+  std::unique_ptr<Database> db_;
+  bool open_ = false;
+  uint64_t serial_ = 0;
+  std::string digest_;
+  ManifestIndex index_;
+  std::string envelope_;
+  std::string key_set_;
 };
 
 }  // namespace mirrorcast

@@ -150,6 +150,7 @@ Result<AllowList> AllowList::Parse(std::string_view text, std::string_view sourc
       return fail("more than " + std::to_string(kMaxAllowListEntries) + " entries");
     }
     Entry entry{PeerIdentity{*role, std::string(fields[1]), key}, line_number};
+    list.roles_by_name_[entry.identity.name] |= 1u << static_cast<unsigned>(entry.identity.role);
     list.by_key_.emplace(std::move(key), std::move(entry));
     if (end == text.size()) break;
   }
@@ -168,6 +169,11 @@ Result<AllowList> AllowList::LoadFile(const std::filesystem::path& path) {
 const AllowList::Entry* AllowList::Find(std::string_view public_z85) const {
   auto it = by_key_.find(public_z85);
   return it == by_key_.end() ? nullptr : &it->second;
+}
+
+bool AllowList::NameHasRole(std::string_view name, PeerRole role) const {
+  auto it = roles_by_name_.find(name);
+  return it != roles_by_name_.end() && (it->second & (1u << static_cast<unsigned>(role))) != 0;
 }
 
 size_t AllowList::CountRole(PeerRole role) const {
@@ -211,10 +217,13 @@ bool RoleMayControl(PeerRole role, ControlAction action) {
              action == ControlAction::kPutObjects || action == ControlAction::kLinked ||
              action == ControlAction::kEvents;
     case PeerRole::kMirror:
-    case PeerRole::kRelay:
       // Follow and report; never publish, and no view of the other mirrors.
       return action == ControlAction::kHello || action == ControlAction::kEvents ||
              action == ControlAction::kAck;
+    case PeerRole::kRelay:
+      // A mirror that also reports for the mirrors behind it; never publishes.
+      return action == ControlAction::kHello || action == ControlAction::kEvents ||
+             action == ControlAction::kAck || action == ControlAction::kRelayAcks;
     case PeerRole::kAdmin:
       return action == ControlAction::kHello || action == ControlAction::kStatus;
   }

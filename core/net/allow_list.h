@@ -78,12 +78,15 @@ class AllowList {
 
   // The entry of a 40-character Z85 key, nullptr when it is not listed.
   const Entry* Find(std::string_view public_z85) const;
+  // Whether some key is listed under `name` with `role`.
+  bool NameHasRole(std::string_view name, PeerRole role) const;
   size_t size() const { return by_key_.size(); }
   // Entries per role, for the start-up log line.
   size_t CountRole(PeerRole role) const;
 
  private:
   std::map<std::string, Entry, std::less<>> by_key_;
+  std::map<std::string, unsigned, std::less<>> roles_by_name_;  // bit per PeerRole
 };
 
 // The allow-list in force, replaced whole on a reload (SIGHUP). Read by the
@@ -108,7 +111,16 @@ class CurrentAllowList {
 
 // Which requests each role may make on the control socket. Plain TCP
 // (--insecure-plaintext) has no roles and checks nothing.
-enum class ControlAction { kHello, kPublish, kPutObjects, kLinked, kEvents, kAck, kStatus };
+enum class ControlAction {
+  kHello,
+  kPublish,
+  kPutObjects,
+  kLinked,
+  kEvents,
+  kAck,
+  kStatus,
+  kRelayAcks,  // ACKs of the mirrors behind a relay
+};
 bool RoleMayControl(PeerRole role, ControlAction action);
 // Which roles the ZAP handler lets connect to a server socket's domain
 // (core/net/curve.h): control any role, events mirror and relay, content

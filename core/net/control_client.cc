@@ -110,6 +110,15 @@ Status ControlClient::SendAck(const v1::Ack& ack, Millis timeout) {
   return reply.status();
 }
 
+Result<uint32_t> ControlClient::RelayAcks(const v1::RelayAcksRequest& acks, Millis timeout) {
+  v1::ControlRequest request;
+  *request.mutable_relay_acks() = acks;
+  MC_ASSIGN_OR_RETURN(v1::ControlReply reply, Call(std::move(request), timeout));
+  if (!reply.has_relay_acks())
+    return Status::Rejected("broker answered RelayAcks with something else");
+  return reply.relay_acks().recorded();
+}
+
 Result<v1::StatusReply> ControlClient::GetStatus(Millis timeout) {
   v1::ControlRequest request;
   request.mutable_status();

@@ -38,6 +38,8 @@ class ControlClient {
                                  uint32_t max_events, std::chrono::milliseconds timeout);
   Status SendAck(const v1::Ack& ack, std::chrono::milliseconds timeout);
   Result<v1::StatusReply> GetStatus(std::chrono::milliseconds timeout);
+  // A relay's forwarded ACKs; how many the broker recorded.
+  Result<uint32_t> RelayAcks(const v1::RelayAcksRequest& acks, std::chrono::milliseconds timeout);
   // Uploads a signed key set; the broker's key-set version afterwards.
   Result<uint64_t> PublishKeySet(const std::string& signed_key_set,
                                  std::chrono::milliseconds timeout);

@@ -52,6 +52,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using std::chrono::milliseconds;
+using namespace std::chrono_literals;
 
 constexpr milliseconds kTimeout{5000};
 constexpr const char* kRepo = "main";
@@ -1586,6 +1587,104 @@ TEST_F(BrokerStatusTest, TwoProcessesReportingAsOneMirrorAreWarnedAboutOnce) {
   ASSERT_NE(at, std::string::npos) << text;
   EXPECT_EQ(text.find("two subscriber processes", at + 1), std::string::npos) << text;
   EXPECT_NE(text.find("give each its own --id"), std::string::npos) << text;
+}
+
+// A raw subscriber of kRepo's topic on `port`: the serial of the first
+// RepoChanged broadcast within `wait`, 0 when none came.
+uint64_t FirstBroadcastSerial(zmq::context_t& context, uint16_t port,
+                              std::chrono::milliseconds wait) {
+  zmq::socket_t sub(context, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::linger, 0);
+  sub.set(zmq::sockopt::subscribe, std::string(kRepo) + std::string(1, '\0'));
+  sub.connect("tcp://127.0.0.1:" + std::to_string(port));
+  const auto until = std::chrono::steady_clock::now() + wait;
+  while (std::chrono::steady_clock::now() < until) {
+    zmq::pollitem_t item{static_cast<void*>(sub), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds(100));
+    if (!(item.revents & ZMQ_POLLIN)) continue;
+    std::vector<zmq::message_t> frames = ReceiveMultipart(sub);
+    if (frames.size() != 2) continue;
+    v1::Envelope envelope;
+    v1::SignedPayload payload;
+    if (envelope.ParseFromString(frames[1].to_string()) &&
+        payload.ParseFromString(envelope.payload()) && payload.has_repo_changed()) {
+      return payload.repo_changed().serial();
+    }
+  }
+  return 0;
+}
+
+TEST_F(BrokerTest, OwedListReNotifiesAMirrorBehindTheHeadWhenItSubscribes) {
+  const Manifest first = FirstManifest();
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), first).ok());
+  v1::Ack ack;
+  ack.set_mirror_id("mirror-a");
+  ack.set_repo(kRepo);
+  ack.set_serial(1);
+  ack.set_target_serial(1);
+  ack.set_state(v1::ACK_APPLIED);
+  ControlClient control(context_, Control());
+  ASSERT_TRUE(control.SendAck(ack, kTimeout).ok());
+  Manifest second = first;
+  second.set_serial(2);
+  second.Put(PutFile("pool/b.rpm", "package b"));
+  ASSERT_TRUE(Publish(first, second).ok());
+
+  // No publish after it subscribes: what arrives is the owed list's notice
+  // of the head, which mirror-a has not ACKed.
+  EXPECT_EQ(FirstBroadcastSerial(context_, broker_->events_port(), 5s), 2u);
+
+  // Once every mirror has ACKed the head, nobody is owed anything.
+  ack.set_serial(2);
+  ack.set_target_serial(2);
+  ASSERT_TRUE(control.SendAck(ack, kTimeout).ok());
+  std::this_thread::sleep_for(1500ms);  // the owed list is worked out every second
+  EXPECT_EQ(FirstBroadcastSerial(context_, broker_->events_port(), 2500ms), 0u);
+}
+
+TEST_F(BrokerTest, ForwardedAcksAreRecordedWithTheRelayPathAndCheckedOneByOne) {
+  ASSERT_TRUE(Publish(Manifest(kRepo, 0), FirstManifest()).ok());
+  v1::RelayAcksRequest batch;
+  auto add = [&](const std::string& mirror, uint64_t serial, const std::string& via) {
+    v1::RelayedAck* r = batch.add_acks();
+    r->mutable_ack()->set_mirror_id(mirror);
+    r->mutable_ack()->set_repo(kRepo);
+    r->mutable_ack()->set_serial(serial);
+    r->mutable_ack()->set_target_serial(serial);
+    r->mutable_ack()->set_state(v1::ACK_APPLIED);
+    r->set_via(via);
+  };
+  add("m-1", 1, "");
+  add("m-2", 1, "relay-b");
+  add("m-3", 7, "");      // a serial never published
+  add("bad\nid", 1, "");  // not an id
+  add("relay", 1, "");    // the relay's own name (plain TCP: "relay")
+  ControlClient control(context_, Control());
+  auto recorded = control.RelayAcks(batch, kTimeout);
+  ASSERT_TRUE(recorded.ok()) << recorded.status().ToString();
+  EXPECT_EQ(*recorded, 2u);
+  auto status = control.GetStatus(kTimeout);
+  ASSERT_TRUE(status.ok());
+  std::map<std::string, std::string> via;
+  for (const auto& m : status->mirrors()) via[m.mirror_id()] = m.via();
+  EXPECT_EQ(via, (std::map<std::string, std::string>{{"m-1", "relay"}, {"m-2", "relay/relay-b"}}));
+
+  // The mirror reporting itself takes its row back (a failover to here),
+  // and from then on no relay's forwarded report overwrites it.
+  v1::Ack direct = batch.acks(0).ack();
+  ASSERT_TRUE(control.SendAck(direct, kTimeout).ok());
+  v1::RelayAcksRequest again;
+  *again.add_acks() = batch.acks(0);
+  recorded = control.RelayAcks(again, kTimeout);
+  ASSERT_TRUE(recorded.ok());
+  EXPECT_EQ(*recorded, 0u);
+  status = control.GetStatus(kTimeout);
+  ASSERT_TRUE(status.ok());
+  for (const auto& m : status->mirrors()) {
+    if (m.mirror_id() == "m-1") {
+      EXPECT_EQ(m.via(), "");
+    }
+  }
 }
 
 }  // namespace

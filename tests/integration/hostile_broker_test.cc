@@ -21,7 +21,7 @@
 #include "core/manifest/manifest.h"
 #include "core/net/endpoint.h"
 #include "core/wire/envelope.h"
-#include "subscriber/subscriber.h"
+#include "core/mirror/subscriber.h"
 #include "tests/integration/hostile_broker.h"
 #include "tests/support/entries.h"
 #include "tests/support/fake_clock.h"

@@ -7,7 +7,7 @@
 #include "core/cli/signals.h"
 #include "core/crypto/sha256.h"
 #include "core/net/endpoint.h"
-#include "subscriber/subscriber.h"
+#include "core/mirror/subscriber.h"
 #include "tests/integration/cluster.h"
 #include "tests/support/tree.h"
 

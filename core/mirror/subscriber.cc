@@ -1,4 +1,4 @@
-#include "subscriber/subscriber.h"
+#include "core/mirror/subscriber.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -35,10 +35,11 @@ constexpr Millis kControlTimeout{5000};
 class Subscriber::Session : public BrokerLink {
  public:
   Session(const SubscriberOptions& options, std::atomic<bool>& stop, std::atomic<uint64_t>& serial,
-          ServiceNotifier& service, TrustReload& reload)
+          std::atomic<bool>& stale, ServiceNotifier& service, TrustReload& reload)
       : options_(options),
         stop_(stop),
         serial_out_(serial),
+        stale_out_(stale),
         service_(service),
         reload_(reload),
         context_(1),
@@ -158,6 +159,7 @@ class Subscriber::Session : public BrokerLink {
   const SubscriberOptions& options_;
   std::atomic<bool>& stop_;
   std::atomic<uint64_t>& serial_out_;
+  std::atomic<bool>& stale_out_;
   ServiceNotifier& service_;
   TrustReload& reload_;
   // Heartbeat signers this mirror does not trust, said once each.
@@ -202,7 +204,10 @@ Status Subscriber::Session::Init(bool once) {
   follow.after_signature = options_.after_signature;
   follow.clock = options_.clock;
   MC_ASSIGN_OR_RETURN(follower_, Follower::Open(std::move(follow), std::move(trust)));
-  follower_->on_applied = [this](uint64_t serial) { serial_out_ = serial; };
+  follower_->on_applied = [this](uint64_t serial) {
+    serial_out_ = serial;
+    if (options_.on_applied) options_.on_applied(serial);
+  };
   follower_->on_ack_queued = [this] {
     next_ack_try_ = SteadyClock::time_point{};  // a new ACK goes out right away
     if (control_) FlushAcks();
@@ -212,7 +217,7 @@ Status Subscriber::Session::Init(bool once) {
                << " at serial=" << follower_->serial() << " tree=" << options_.tree.string();
   // The tree is consistent (an interrupted apply finished): ready, even
   // while the broker cannot be reached yet.
-  if (!once) {
+  if (!once && options_.notify_systemd) {
     service_.Ready("repo " + options_.repo + " at serial " + std::to_string(follower_->serial()) +
                    ", connecting to " + broker().ToString());
   }
@@ -385,6 +390,7 @@ void Subscriber::Session::OnBroadcast(const std::string& envelope, bool* need_sy
     }
     last_heartbeat_issued_ = hb.issued_unix();
     CheckFreshness();
+    if (options_.on_heartbeat) options_.on_heartbeat(envelope);
     return;
   }
   if (!trust.IsEventKey(outer.key_id()) && !trust.IsHeartbeatKey(outer.key_id())) {
@@ -429,6 +435,7 @@ void Subscriber::Session::CheckFreshness() {
   const bool stale = now - since > options_.stale_after.count();
   if (stale == stale_) return;
   stale_ = stale;
+  stale_out_ = stale;
   ApplyStats none;
   if (stale) {
     const std::string why = last_heartbeat_issued_
@@ -540,7 +547,7 @@ void Subscriber::Session::UpdateServiceStatus() {
                        : "; following " + broker().ToString();
   if (stale_) line += "; stale";
   if (!last_failure_.empty()) line += "; last catch-up failed: " + EscapeForLog(last_failure_, 80);
-  service_.SetStatus(line);
+  if (options_.notify_systemd) service_.SetStatus(line);
 }
 
 void Subscriber::Session::Serve() {
@@ -641,7 +648,7 @@ Subscriber::~Subscriber() { Stop(); }
 
 Status Subscriber::Start() {
   stop_ = false;
-  session_ = std::make_unique<Session>(options_, stop_, serial_, service_, reload_);
+  session_ = std::make_unique<Session>(options_, stop_, serial_, stale_out_, service_, reload_);
   thread_ = std::thread([this] { Loop(); });
   return Status::Ok();
 }
@@ -655,7 +662,10 @@ void Subscriber::Loop() {
   // Serve() returns only when asked to stop; anything else is a failure
   // that ends the daemon (Run() returns 1), never a live-looking process
   // that follows nothing.
-  if (!s.ok() && !stop_) MC_LOG(error) << s.ToString();
+  if (!s.ok() && !stop_) {
+    MC_LOG(error) << s.ToString();
+    failed_ = true;
+  }
   stop_ = true;
 }
 
@@ -717,7 +727,7 @@ int Subscriber::Run() {
 
 Result<SyncReport> Subscriber::SyncOnce() {
   stop_ = false;
-  session_ = std::make_unique<Session>(options_, stop_, serial_, service_, reload_);
+  session_ = std::make_unique<Session>(options_, stop_, serial_, stale_out_, service_, reload_);
   MC_RETURN_IF_ERROR(session_->Init(/*once=*/true));
   const uint64_t before = serial_.load();
   Status s = session_->CatchUp();

@@ -98,6 +98,17 @@ struct SubscriberOptions {
   // Wall and steady time for expiries, staleness, polls, retries and ACK
   // backoff. Not owned; must outlive the subscriber. nullptr: the real clock.
   const Clock* clock = nullptr;
+
+  // Embedded in another daemon (a relay broker follows its upstream with
+  // one Subscriber per repo): that daemon talks to systemd, this loop does
+  // not, and the hooks below tell it what happened. Both run on the loop
+  // thread and must not block for long.
+  bool notify_systemd = true;
+  // After each apply is recorded (durable), with the new serial.
+  std::function<void(uint64_t serial)> on_applied;
+  // Every heartbeat that passed verification (trusted key, time checks,
+  // not older than the last), as the signed bytes received.
+  std::function<void(const std::string& envelope)> on_heartbeat;
 };
 
 struct SyncReport {
@@ -127,6 +138,10 @@ class Subscriber {
 
   // The serial the tree is at (readable from any thread).
   uint64_t serial() const { return serial_.load(); }
+  // With heartbeat keys: no valid heartbeat within stale_after (any thread).
+  bool stale() const { return stale_out_.load(); }
+  // The loop ended on an error (logged) rather than on Stop() (any thread).
+  bool failed() const { return failed_.load(); }
 
  private:
   class Session;
@@ -134,6 +149,8 @@ class Subscriber {
 
   SubscriberOptions options_;
   std::atomic<uint64_t> serial_{0};
+  std::atomic<bool> stale_out_{false};
+  std::atomic<bool> failed_{false};
   std::atomic<bool> stop_{false};
   ServiceNotifier service_;
   // ReloadTrust(): asked by Run(), done by the loop thread.
