@@ -335,8 +335,19 @@ Status Broker::CheckConfig() const {
     return trust.status();
   }
   if (options_.heartbeat_key) {
+    if (!options_.upstream.empty()) {
+      return Status::InvalidArgument(
+          "--heartbeat-key signs the origin's heartbeats; a relay (--upstream) passes those "
+          "down: give it --heartbeat-trust with the origin's public heartbeat key instead");
+    }
     if (auto key = SigningKey::LoadFile(*options_.heartbeat_key); !key.ok()) {
       return key.status().WithContext("--heartbeat-key");
+    }
+  }
+  if (!options_.heartbeat_trust.empty()) {
+    if (auto trust = LoadKeyTrust(options_.trust, options_.heartbeat_trust, options_.root_keys);
+        !trust.ok()) {
+      return trust.status().WithContext("--heartbeat-trust");
     }
   }
   std::error_code ec;
@@ -404,6 +415,7 @@ int Broker::Run() {
       service_.Reloading();
       if (allow_) (void)ReloadAllowList();  // logged either way
       (void)ReloadTrust();                  // logged either way
+      if (relay_) relay_->ReloadTrust();    // the followers' too
       service_.Ready("reloaded");
     }
     {

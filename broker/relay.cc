@@ -42,7 +42,7 @@ Status Relay::Start() {
 void Relay::Stop() {
   stop_ = true;
   if (discovery_.joinable()) discovery_.join();
-  std::map<std::string, std::unique_ptr<Subscriber>> followers;
+  std::map<std::string, std::shared_ptr<Subscriber>> followers;
   {
     std::lock_guard lock(mu_);
     followers.swap(followers_);
@@ -75,7 +75,7 @@ bool Relay::Follow(const std::string& repo) {
     if (heartbeats_.size() >= kMaxQueuedHeartbeats) heartbeats_.pop_front();
     heartbeats_.emplace_back(repo, envelope);
   };
-  auto follower = std::make_unique<Subscriber>(std::move(o));
+  auto follower = std::make_shared<Subscriber>(std::move(o));
   if (Status s = follower->Start(); !s.ok()) {
     MC_LOG(error) << "relay: cannot follow " << repo << ": " << s.ToString();
     return false;
@@ -116,7 +116,7 @@ void Relay::DiscoveryLoop() {
       }
     }
     for (const auto& repo : restart) {
-      std::unique_ptr<Subscriber> old;
+      std::shared_ptr<Subscriber> old;
       {
         std::lock_guard lock(mu_);
         old = std::move(followers_[repo]);
@@ -222,6 +222,16 @@ void Relay::SendAcks(zmq::context_t& context) {
   std::lock_guard lock(mu_);
   acks_next_try_ = std::chrono::steady_clock::now() + acks_backoff_;
   acks_backoff_ = std::min<Millis>(acks_backoff_ * 2, std::chrono::seconds(30));
+}
+
+void Relay::ReloadTrust() {
+  std::vector<std::shared_ptr<Subscriber>> followers;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [repo, follower] : followers_) followers.push_back(follower);
+  }
+  // Outside the lock: a follower takes it between loop turns.
+  for (auto& follower : followers) (void)follower->ReloadTrust();
 }
 
 std::vector<std::pair<std::string, uint64_t>> Relay::Applied() const {

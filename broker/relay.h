@@ -67,6 +67,10 @@ class Relay {
   Status Start();
   void Stop();
 
+  // SIGHUP: every follower re-reads its trust files (a bad file keeps the
+  // trust in force; logged by the follower).
+  void ReloadTrust();
+
   // Per followed repo, the serial its tree holds (durably applied).
   std::vector<std::pair<std::string, uint64_t>> Applied() const;
   // Repos whose follower reports stale (no valid heartbeat in time).
@@ -96,7 +100,7 @@ class Relay {
   std::atomic<bool> stop_{false};
   std::thread discovery_;
   mutable std::mutex mu_;  // followers_, restart_after_, heartbeats_
-  std::map<std::string, std::unique_ptr<Subscriber>> followers_;
+  std::map<std::string, std::shared_ptr<Subscriber>> followers_;
   std::map<std::string, std::chrono::steady_clock::time_point> restart_after_;
   std::deque<std::pair<std::string, std::string>> heartbeats_;
   // The batch in flight, whether it was confirmed (under mu_), and the

@@ -318,8 +318,12 @@ std::string RenderStatusHtml(const v1::StatusReply& status) {
     }
     h << "<tr class=\"health-" << health << "\" data-mirror=\"" << HtmlEscape(m.mirror_id())
       << "\" data-repo=\"" << HtmlEscape(m.repo()) << "\" data-health=\"" << health
-      << "\" data-serial=\"" << m.serial() << "\"><td>" << HtmlEscape(OneLine(m.mirror_id(), 80))
-      << "</td><td>" << HtmlEscape(m.repo()) << "</td><td class=\"n\">" << m.serial() << "</td><td>"
+      << "\" data-serial=\"" << m.serial() << "\" data-via=\"" << HtmlEscape(m.via()) << "\"><td>"
+      << HtmlEscape(OneLine(m.mirror_id(), 80));
+    // Behind relays: the path it reports through (the network as a tree).
+    if (!m.via().empty())
+      h << "<span class=\"why\"> via " << HtmlEscape(OneLine(m.via(), 120)) << "</span>";
+    h << "</td><td>" << HtmlEscape(m.repo()) << "</td><td class=\"n\">" << m.serial() << "</td><td>"
       << lag << "</td><td><span class=\"badge\" style=\"background:" << HealthColour(health)
       << "\">" << HealthLabel(health) << "</span>";
     if (!why.empty()) h << " <span class=\"why\">" << HtmlEscape(OneLine(why)) << "</span>";
@@ -391,6 +395,7 @@ std::string RenderStatusJson(const v1::StatusReply& status) {
   for (const auto& m : status.mirrors()) {
     json j;
     j["mirror_id"] = m.mirror_id();
+    j["via"] = m.via();
     j["repo"] = m.repo();
     j["serial"] = m.serial();
     j["target_serial"] = m.target_serial();
@@ -487,6 +492,12 @@ std::string RenderMetrics(const v1::StatusReply& status) {
   mirror_gauge("mirrorcast_mirror_last_ack_timestamp_seconds",
                "When the mirror last ACKed (Unix time; 0: never).",
                [](const M& m) { return m.last_ack_unix(); });
+  family("mirrorcast_mirror_info", "gauge",
+         "Always 1; `via` is the path of relays the mirror reports through (\"\": directly).");
+  for (const auto& m : status.mirrors()) {
+    o << "mirrorcast_mirror_info{" << mirror_labels(m) << ",via=\""
+      << PrometheusLabelEscape(m.via()) << "\"} 1\n";
+  }
   family("mirrorcast_mirror_health", "gauge",
          "1 for the mirror's health (applied, in_progress, failed, stale, behind, silent), 0 for "
          "the others.");

@@ -5,13 +5,20 @@
 #   1. an origin signing key, CURVE transport keys for the broker, the
 #      publisher, the admin tool and each mirror, an allow-list naming them in
 #      their roles, a sample yum-style repo (300 small packages, repodata/,
-#      one 50 MiB image), a broker and three mirrors (subscriber daemons);
-#      every socket uses CURVE and a key not on the list is refused;
+#      one 50 MiB image), an origin broker, a relay broker (a tier-1 mirror
+#      that serves its region: mirrorcast-broker --upstream) and three
+#      mirrors: mirror-1 follows the origin, mirror-2 and mirror-3 follow the
+#      relay (with the origin as their fallback); every socket uses CURVE and
+#      a key not on the list is refused;
 #   2. publish serial 1 and wait until every mirror has applied it;
 #   3. a second change: ~20 new files, a few KiB changed inside the big image,
 #      one delete, one rename, regenerated repodata; publish, wait again;
-#   4. print the broker's mirror table, check every mirror tree is identical
-#      to the origin and that the second update cost < 1 MiB per mirror.
+#   4. print the origin's mirror table (the relay's mirrors show "via" it:
+#      their ACKs travel up through the relay), check every mirror tree and
+#      the relay's is identical to the origin and that the second update
+#      cost < 1 MiB per mirror.
+#   5. kill -9 the relay: its mirrors fail over to the origin and a third
+#      change still reaches every mirror.
 # Exits 0 only if every check passed. Every process it starts is stopped on
 # any exit path. Set MIRRORCAST_DEMO_KEEP=1 to keep the directory for a look.
 set -euo pipefail
@@ -19,6 +26,8 @@ set -euo pipefail
 BUILD_DIR=${1:-build}
 REPO=demo
 MIRRORS=(mirror-1 mirror-2 mirror-3)
+RELAY=relay-eu
+BEHIND_RELAY=(mirror-2 mirror-3) # the others follow the origin
 APPLY_TIMEOUT=120                  # seconds for all mirrors to reach a serial
 WIRE_LIMIT=$((1024 * 1024))        # bytes a mirror may fetch for the second change
 
@@ -321,7 +330,7 @@ sed 's/^[[:space:]]*/    /' "$LOGS/keygen.log"
 say "generating CURVE transport keys and the broker's allow-list"
 mkdir -p "$D/keys"
 chmod 700 "$D/keys"
-for name in broker publisher admin "${MIRRORS[@]}" intruder; do
+for name in broker "$RELAY" publisher admin "${MIRRORS[@]}" intruder; do
   "$BIN/mirrorcast" keygen --curve --out "$D/keys/$name" >>"$LOGS/keygen.log" 2>&1 ||
     die "mirrorcast keygen --curve failed (log: $LOGS/keygen.log)"
 done
@@ -329,6 +338,7 @@ done
   echo "# ROLE NAME PUBLIC-KEY-FILE-OR-Z85 (roles: publish, mirror, relay, admin)"
   echo "publish release-host publisher.curve.pub"
   echo "admin ops admin.curve.pub"
+  echo "relay $RELAY $RELAY.curve.pub"
   for id in "${MIRRORS[@]}"; do echo "mirror $id $id.curve.pub"; done
 } >"$D/keys/allow.list"
 sed 's/^/    /' "$D/keys/allow.list"
@@ -352,12 +362,40 @@ BROKER=$(tr -d '[:space:]' <"$D/broker.port")
 [[ $BROKER =~ ^127\.0\.0\.1:[0-9]+$ ]] || die "unexpected port file content: '$BROKER'"
 info "control socket at $BROKER"
 
-say "starting ${#MIRRORS[@]} mirrors"
+say "starting the relay $RELAY (mirrorcast-broker --upstream $BROKER)"
+mkdir -p "$D/relay-root"
+# The relay's own allow-list (here the same file) names its region's mirrors;
+# the origin's names the relay with role relay: it may follow, never publish.
+start_daemon "$RELAY" "$BIN/mirrorcast-broker" --listen 127.0.0.1:0 --port-file "$D/relay.port" \
+  --state "$D/relay-state" --tree-root "$D/relay-root" --trust "$D/origin.pub" \
+  --curve-key "$D/keys/$RELAY.curve.key" --allow "$D/keys/allow.list" --broker-id "$RELAY" \
+  --upstream "$BROKER" --upstream-key "$D/keys/broker.curve.pub" --failover-after 3
+deadline=$((SECONDS + 20))
+while [[ ! -s $D/relay.port ]]; do
+  check_alive
+  ((SECONDS < deadline)) || die "the relay wrote no --port-file within 20 s"
+  sleep 0.05
+done
+sleep 0.05
+RELAY_ADDR=$(tr -d '[:space:]' <"$D/relay.port")
+info "relay control socket at $RELAY_ADDR, following $BROKER"
+
+behind_relay() { [[ " ${BEHIND_RELAY[*]} " == *" $1 "* ]]; }
+
+say "starting ${#MIRRORS[@]} mirrors (${BEHIND_RELAY[*]} behind $RELAY, the origin as fallback)"
 for id in "${MIRRORS[@]}"; do
   mkdir -p "$D/$id"
-  start_daemon "$id" "$BIN/mirrorcast-subscriber" --broker "$BROKER" --trust "$D/origin.pub" \
+  if behind_relay "$id"; then
+    # A dead relay is noticed at the next poll (or, with heartbeats, once
+    # stale): polled every 5 s here, 30 by default.
+    brokers=(--broker "$RELAY_ADDR" --broker "$BROKER" --failover-after 3 --poll-interval 5
+      --curve-key "$D/keys/$id.curve.key" --broker-key "$D/keys/$RELAY.curve.pub"
+      --broker-key "$D/keys/broker.curve.pub")
+  else
+    read -r -a brokers <<<"--broker $BROKER $(curve_flags "$id")"
+  fi
+  start_daemon "$id" "$BIN/mirrorcast-subscriber" "${brokers[@]}" --trust "$D/origin.pub" \
     --repo "$REPO" --tree "$D/$id" --state "$D/$id-state" --id "$id" --trace-name "$id" \
-    $(curve_flags "$id") \
     --delete-delay 0 # the demo compares trees at once; the default keeps deleted files 48 h
 done
 sleep 0.5
@@ -407,11 +445,47 @@ else
   info "refused: ${intruder:0:110}..."
 fi
 
-say "checking every mirror tree is identical to the origin"
+say "checking every mirror tree, and the relay's, is identical to the origin"
 verify_trees
+if diff -r --no-dereference -x .mirrorcast-staging "$D/origin-root/$REPO" "$D/relay-root/$REPO" \
+  >"$LOGS/diff-$RELAY.txt" 2>&1; then
+  info "$RELAY: identical to the origin (it applied each serial before its mirrors got it)"
+else
+  check_fail "$RELAY's tree differs from the origin's (see $LOGS/diff-$RELAY.txt)"
+fi
+for id in "${BEHIND_RELAY[@]}"; do
+  via=$(timeout 10 "$BIN/mirrorcast" status --broker "$BROKER" --json $(curve_flags admin) \
+    2>>"$LOGS/status.log" | python3 -c '
+import json, sys
+for m in json.load(sys.stdin).get("mirrors") or []:
+    if m.get("mirror_id") == sys.argv[1]: print(m.get("via", ""))' "$id" 2>/dev/null || true)
+  if [[ $via == "$RELAY" ]]; then
+    info "$id: reported to the origin via $RELAY"
+  else
+    check_fail "$id: the origin does not show it via $RELAY (via='$via')"
+  fi
+done
 
 say "checking the second change cost less than $(human "$WIRE_LIMIT") on the wire per mirror"
 verify_wire_cost "$serial2"
+
+say "kill -9 of the relay: its mirrors fail over to the origin for a third change"
+kill_daemon "$RELAY"
+random_file "$origin/Packages/e/e-pkg011-1.0-1.x86_64.rpm" 1024 20480
+make_repodata "$origin"
+t0=$(now)
+publish
+serial3=$(repo_serial)
+say "waiting for every mirror to apply serial $serial3 (those behind the dead relay from the origin)"
+wait_for_serial "$serial3" "$t0"
+for id in "${BEHIND_RELAY[@]}"; do
+  if grep -q "switched from broker" "$LOGS/$id.log"; then
+    info "$id: $(grep -o 'switched from broker.*' "$LOGS/$id.log" | head -n 1 | cut -c1-100)"
+  else
+    check_fail "$id did not log its failover"
+  fi
+done
+serial2=$serial3
 
 say "stopping everything (SIGTERM)"
 stop_all
@@ -424,5 +498,6 @@ if ((FAILED)); then
   echo "DEMO FAILED (see FAIL lines above)"
   exit 1
 fi
-echo "PASS: ${#MIRRORS[@]} mirrors identical to the origin at serial $serial2;" \
-  "the second change cost < $(human "$WIRE_LIMIT") per mirror"
+echo "PASS: ${#MIRRORS[@]} mirrors (${#BEHIND_RELAY[@]} behind relay $RELAY) identical to the" \
+  "origin at serial $serial2; the second change cost < $(human "$WIRE_LIMIT") per mirror;" \
+  "a killed relay's mirrors failed over"

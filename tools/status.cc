@@ -189,7 +189,7 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
     out << "no mirrors have reported yet\n";
     return out.str();
   }
-  std::vector<std::vector<std::string>> rows{{"MIRROR", "REPO", "SERIAL", "STATE", "HEALTH",
+  std::vector<std::vector<std::string>> rows{{"MIRROR", "VIA", "REPO", "SERIAL", "STATE", "HEALTH",
                                               "LAST SEEN", "LAST ACK", "FETCHED", "SIG SENT",
                                               "REUSED", "SECONDS", "ERROR"}};
   for (const v1::MirrorStatus& m : mirrors) {
@@ -210,11 +210,11 @@ std::string FormatStatusTable(const v1::StatusReply& status, int64_t now_unix) {
     if (m.last_seen_unix() != 0) {
       last_seen = Age(now_unix - m.last_seen_unix()) + " (" + IsoTime(m.last_seen_unix()) + ")";
     }
-    rows.push_back({OneLine(m.mirror_id()), OneLine(m.repo()), serial, StateName(m.state()),
-                    m.health().empty() ? "-" : OneLine(m.health()), last_seen, last_ack,
-                    HumanBytes(m.bytes_fetched()), HumanBytes(m.bytes_signature()),
-                    HumanBytes(m.bytes_reused()), seconds,
-                    m.error().empty() ? "-" : OneLine(m.error())});
+    rows.push_back(
+        {OneLine(m.mirror_id()), m.via().empty() ? "-" : OneLine(m.via()), OneLine(m.repo()),
+         serial, StateName(m.state()), m.health().empty() ? "-" : OneLine(m.health()), last_seen,
+         last_ack, HumanBytes(m.bytes_fetched()), HumanBytes(m.bytes_signature()),
+         HumanBytes(m.bytes_reused()), seconds, m.error().empty() ? "-" : OneLine(m.error())});
   }
   out << RenderTable(rows);
   return out.str();
@@ -281,7 +281,7 @@ std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix,
     return out;
   }
   std::vector<std::vector<std::string>> rows{
-      {"MIRROR", "REPO", "SERIAL", "BEHIND", "HEALTH", "SEEN", "FETCHED", "NOTE"}};
+      {"MIRROR", "VIA", "REPO", "SERIAL", "BEHIND", "HEALTH", "SEEN", "FETCHED", "NOTE"}};
   for (const v1::MirrorStatus& m : mirrors) {
     const uint64_t head = HeadOf(status, m.repo());
     const std::string behind = head > m.serial() ? std::to_string(head - m.serial()) : "0";
@@ -291,7 +291,8 @@ std::string FormatStatusCompact(const v1::StatusReply& status, int64_t now_unix,
     }
     // The broker's health and last-seen time; an older broker sends neither.
     const int64_t seen = m.last_seen_unix() != 0 ? m.last_seen_unix() : m.last_ack_unix();
-    rows.push_back({Cut(m.mirror_id(), 24), Cut(m.repo(), 16), std::to_string(m.serial()), behind,
+    rows.push_back({Cut(m.mirror_id(), 24), m.via().empty() ? "-" : Cut(m.via(), 32),
+                    Cut(m.repo(), 16), std::to_string(m.serial()), behind,
                     m.health().empty() ? StateName(m.state()) : Cut(m.health(), 11),
                     seen != 0 ? CompactAge(now_unix - seen) : "never",
                     HumanBytes(m.bytes_fetched()), note});
@@ -383,6 +384,7 @@ std::string FormatStatusJson(const v1::StatusReply& status) {
   nlohmann::json mirrors = nlohmann::json::array();
   for (const v1::MirrorStatus& m : SortedMirrors(status)) {
     mirrors.push_back({{"mirror_id", m.mirror_id()},
+                       {"via", m.via()},
                        {"repo", m.repo()},
                        {"serial", m.serial()},
                        {"target_serial", m.target_serial()},

@@ -57,6 +57,23 @@ stop_all() {
   NAMES=()
 }
 
+# kill_daemon NAME: SIGKILL (a crash, for a demo or test), reaped and no
+# longer tracked.
+kill_daemon() {
+  local i keep_pids=() keep_names=()
+  for i in "${!PIDS[@]}"; do
+    if [[ ${NAMES[i]} == "$1" ]]; then
+      kill -KILL "${PIDS[i]}" 2>/dev/null || true
+      wait "${PIDS[i]}" 2>/dev/null || true
+    else
+      keep_pids+=("${PIDS[i]}")
+      keep_names+=("${NAMES[i]}")
+    fi
+  done
+  PIDS=("${keep_pids[@]}")
+  NAMES=("${keep_names[@]}")
+}
+
 # check_alive: dies if any daemon has exited.
 check_alive() {
   local i

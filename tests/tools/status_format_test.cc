@@ -172,9 +172,9 @@ TEST(StatusTable, OneAlignedRowPerMirror) {
   const std::vector<std::string> table = MirrorTable(text);
   ASSERT_EQ(table.size(), 3u) << text;  // header + one row per mirror
   const std::string& h = table[0];
-  const std::vector<std::string> columns = {"MIRROR",   "REPO",      "SERIAL",   "STATE",
-                                            "HEALTH",   "LAST SEEN", "LAST ACK", "FETCHED",
-                                            "SIG SENT", "REUSED",    "SECONDS",  "ERROR"};
+  const std::vector<std::string> columns = {
+      "MIRROR",   "VIA",     "REPO",     "SERIAL", "STATE",   "HEALTH", "LAST SEEN",
+      "LAST ACK", "FETCHED", "SIG SENT", "REUSED", "SECONDS", "ERROR"};
   size_t previous = 0;
   for (const std::string& c : columns) {
     const size_t at = h.find(c, previous);
@@ -187,25 +187,26 @@ TEST(StatusTable, OneAlignedRowPerMirror) {
 
   const std::string& a = table[1];  // sorted by mirror id
   EXPECT_EQ(cell(a, 0), "mirror-a");
-  EXPECT_EQ(cell(a, 1), "main");
-  EXPECT_EQ(cell(a, 2), "2 -> 3");
-  EXPECT_EQ(cell(a, 3), "in_progress");
-  EXPECT_EQ(cell(a, 4), "-");  // the sample has no broker-computed health
-  EXPECT_EQ(cell(a, 5), "never");
+  EXPECT_EQ(cell(a, 1), "-");  // reports to this broker directly
+  EXPECT_EQ(cell(a, 2), "main");
+  EXPECT_EQ(cell(a, 3), "2 -> 3");
+  EXPECT_EQ(cell(a, 4), "in_progress");
+  EXPECT_EQ(cell(a, 5), "-");  // the sample has no broker-computed health
   EXPECT_EQ(cell(a, 6), "never");
-  EXPECT_EQ(cell(a, 7), "0 B");
-  EXPECT_EQ(cell(a, 11), "-");
+  EXPECT_EQ(cell(a, 7), "never");
+  EXPECT_EQ(cell(a, 8), "0 B");
+  EXPECT_EQ(cell(a, 12), "-");
 
   const std::string& b = table[2];
   EXPECT_EQ(cell(b, 0), "mirror-b");
-  EXPECT_EQ(cell(b, 2), "3");
-  EXPECT_EQ(cell(b, 3), "applied");
-  EXPECT_EQ(cell(b, 6), "30s ago (2023-11-14T22:12:50Z)");
-  EXPECT_EQ(cell(b, 7), "2.0 KiB");
-  EXPECT_EQ(cell(b, 8), "512 B");
-  EXPECT_EQ(cell(b, 9), "1.0 MiB");
-  EXPECT_EQ(cell(b, 10), "1.25");
-  EXPECT_EQ(cell(b, 11), "-");
+  EXPECT_EQ(cell(b, 3), "3");
+  EXPECT_EQ(cell(b, 4), "applied");
+  EXPECT_EQ(cell(b, 7), "30s ago (2023-11-14T22:12:50Z)");
+  EXPECT_EQ(cell(b, 8), "2.0 KiB");
+  EXPECT_EQ(cell(b, 9), "512 B");
+  EXPECT_EQ(cell(b, 10), "1.0 MiB");
+  EXPECT_EQ(cell(b, 11), "1.25");
+  EXPECT_EQ(cell(b, 12), "-");
 }
 
 TEST(StatusTable, EmptyBrokerSaysSo) {
