@@ -146,7 +146,13 @@ class Subscriber::Session : public BrokerLink {
   void MaybeGoBack(bool* need_sync);
   size_t current_ = 0;
   SteadyClock::time_point lost_since_{};     // when broker_lost_ began
-  SteadyClock::time_point trouble_since_{};  // lost or stale, for failover
+  SteadyClock::time_point trouble_since_{};  // lost, stale or refused, for failover
+  // The current broker's last catch-up was refused (what it offers fails
+  // verification: a bad signature, a rollback, content that does not match):
+  // a reason to fail over like an unreachable one. After such a switch the
+  // first broker is not taken back before refused_back_after_.
+  bool refused_ = false;
+  SteadyClock::time_point refused_back_after_{};
   // Random per process: the broker tells two processes with one id apart.
   static std::string NewInstance() {
     std::random_device random;
@@ -467,6 +473,7 @@ bool Subscriber::Session::SwitchTo(size_t i, const std::string& why) {
                   << hello->broker_id() << "): " << why << "; the mirror is at serial "
                   << follower_->serial();
   broker_lost_ = false;
+  refused_ = false;
   trouble_since_ = {};
   // The new broker learns where this mirror is.
   if (!stale_) {
@@ -478,7 +485,7 @@ bool Subscriber::Session::SwitchTo(size_t i, const std::string& why) {
 
 void Subscriber::Session::MaybeFailOver(bool* need_sync) {
   if (broker_count() < 2) return;
-  if (!broker_lost_ && !stale_) {
+  if (!broker_lost_ && !stale_ && !refused_) {
     trouble_since_ = {};
     return;
   }
@@ -493,9 +500,18 @@ void Subscriber::Session::MaybeFailOver(bool* need_sync) {
                              std::chrono::duration_cast<std::chrono::seconds>(now - trouble_since_)
                                  .count()) +
                          " s"
-                   : std::string("stale (no valid heartbeat)");
+      : refused_ ? "offers what this mirror refuses (" + EscapeForLog(last_failure_, 200) + ")"
+                 : std::string("stale (no valid heartbeat)");
+  const bool was_refused = refused_;
   for (size_t k = 1; k < broker_count(); ++k) {
+    const size_t from = current_;
     if (SwitchTo((current_ + k) % broker_count(), broker().ToString() + " " + why)) {
+      // A broker that served what fails verification is not trusted back
+      // soon: ten failover periods, at least ten minutes.
+      if (was_refused && from == 0) {
+        refused_back_after_ = now + std::max<std::chrono::seconds>(10 * options_.failover_after,
+                                                                   std::chrono::minutes(10));
+      }
       *need_sync = true;
       return;
     }
@@ -504,6 +520,7 @@ void Subscriber::Session::MaybeFailOver(bool* need_sync) {
 }
 
 void Subscriber::Session::MaybeGoBack(bool* need_sync) {
+  if (clock().Steady() < refused_back_after_) return;
   ControlClient probe(context_, BrokerAt(0), TransportAt(0));
   auto hello = HelloOn(probe, Millis(1000));
   if (!hello.ok()) return;
@@ -570,6 +587,7 @@ void Subscriber::Session::Serve() {
                        << " answers and the mirror is at serial " << follower_->serial();
         }
         last_failure_.clear();
+        refused_ = false;
         backoff = std::chrono::duration_cast<Millis>(options_.retry_min);
       } else if (!ShouldStop()) {
         // The same failure again (a broker that keeps offering what this
@@ -585,6 +603,7 @@ void Subscriber::Session::Serve() {
           MC_LOG(debug) << "catch-up failed again; retrying in " << backoff.count() << " ms";
         }
         if (!Unreachable(s)) last_failure_ = failure;
+        refused_ = s.code() == Status::Code::kRejected || s.code() == Status::Code::kCorruption;
         next_sync = clock().Steady() + backoff;
         backoff = std::min(backoff * 2, std::chrono::duration_cast<Millis>(options_.retry_max));
       }

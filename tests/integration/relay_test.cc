@@ -8,7 +8,9 @@
 
 #include <fstream>
 
+#include "core/net/control_client.h"
 #include "tests/integration/cluster.h"
+#include "tests/integration/hostile_broker.h"
 #include "tests/support/process.h"
 #include "tests/support/tree.h"
 
@@ -247,6 +249,50 @@ TEST_F(Relay, AMirrorBehindADeadRelayFailsOverToTheOriginAndComesBack) {
   EXPECT_EQ(Cluster::CountInLog(log, "applied repo=demo serial=2 "), 1u) << ReadFile(log);
   EXPECT_EQ(Cluster::CountInLog(log, "applied repo=demo serial=3 "), 1u) << ReadFile(log);
   EXPECT_EQ(Cluster::CountInLog(log, "rejected"), 0u) << ReadFile(log);
+}
+
+TEST_F(Relay, AMirrorRefusesWhatAHostileRelayAltersAndFailsOverToTheOrigin) {
+  Cluster c;
+  c.UseInsecurePlaintext();
+  WriteFile(c.origin_tree() / "a.rpm", "a");
+  c.StartBroker();
+  c.PublishOk();
+  // The relay in front of the mirror serves the origin's event with one
+  // byte of its signed payload changed.
+  zmq::context_t context(1);
+  ControlClient origin(context, HostPort{"127.0.0.1", c.broker_port()});
+  auto events = origin.Events("demo", 0, 10, 5s);
+  ASSERT_TRUE(events.ok()) << events.status().ToString();
+  ASSERT_EQ(events->envelopes_size(), 1);
+  v1::Envelope envelope;
+  ASSERT_TRUE(envelope.ParseFromString(events->envelopes(0)));
+  std::string payload = envelope.payload();
+  payload[payload.size() / 2] ^= 0x01;
+  envelope.set_payload(payload);
+  HostileBroker relay("demo");
+  relay.AddEvent(1, envelope.SerializeAsString());
+  relay.SetBroadcasts({envelope.SerializeAsString()});
+  relay.Start();
+
+  std::vector<std::string> argv = c.SubscriberArgv(
+      "m", {"--broker", relay.address(), "--broker", c.broker_address(), "--failover-after", "2"});
+  for (size_t i = 0; i + 1 < argv.size(); ++i) {
+    if (argv[i] == "--broker") {  // the cluster's own --broker: replaced by the two above
+      argv.erase(argv.begin() + static_cast<long>(i), argv.begin() + static_cast<long>(i) + 2);
+      break;
+    }
+  }
+  ChildProcess mirror;
+  mirror.Start(argv, c.root() / "logs" / "m.log");
+  const fs::path log = c.root() / "logs" / "m.log";
+  ASSERT_TRUE(WaitUntil([&] { return fs::exists(c.mirror_tree("m") / "a.rpm"); }, 40s))
+      << ReadFile(log);
+  EXPECT_GE(Cluster::CountInLog(log, "switched from broker " + relay.address()), 1u)
+      << ReadFile(log);
+  EXPECT_GE(Cluster::CountInLog(log, "offers what this mirror refuses"), 1u) << ReadFile(log);
+  // Nothing of the altered event was applied: the tree is the origin's.
+  EXPECT_TRUE(SameTree(c.mirror_tree("m"), c.origin_tree()));
+  mirror.Stop(10s);
 }
 
 }  // namespace
