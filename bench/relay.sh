@@ -17,6 +17,8 @@
 #   BENCH_RELAYS=R              relays (default 2)
 #   BENCH_MIRRORS_PER_RELAY=M   mirrors per relay (default 3); the direct and
 #                               rsync set-ups have the same M x R mirrors
+#   BENCH_RELAY_ROUNDS=N        updates per set-up and size (default 3); the
+#                               table shows the median of each figure
 #   BENCH_DIR=DIR, BENCH_KEEP=1 as for bench/run.sh
 #
 # The tree: packages of 512 B-128 KiB (log-uniform, 23 KiB on average) under
@@ -46,7 +48,7 @@
 #     the origin daemon sent, as rsync counts it (its own protocol bytes, no
 #     TCP/IP headers, like bytes_acked).
 #   - time: from just before mirrorcast-publish starts (full scan of the
-#     tree) to the latest "applied repo=R serial=2" line among the M x R
+#     tree) to the latest "applied repo=R serial=N" line among the M x R
 #     mirrors' logs (their own timestamps; the logs are polled every 50 ms).
 #     For rsync: from just before the first pull to the end of the last one.
 #     Each relay's chain runs on its own, as a staged push does: relay i
@@ -83,6 +85,7 @@ esac
 SIZES=${BENCH_RELAY_SIZES:-$SIZES}
 R=${BENCH_RELAYS:-2}
 M=${BENCH_MIRRORS_PER_RELAY:-3}
+ROUNDS=${BENCH_RELAY_ROUNDS:-3}
 MIN_BYTES=512 MAX_BYTES=131072
 REPO=relay
 CLK_TCK=$(getconf CLK_TCK)
@@ -94,7 +97,8 @@ die() {
   exit 1
 }
 
-[[ $R =~ ^[1-9][0-9]*$ && $M =~ ^[1-9][0-9]*$ ]] || die "BENCH_RELAYS and BENCH_MIRRORS_PER_RELAY must be positive"
+[[ $R =~ ^[1-9][0-9]*$ && $M =~ ^[1-9][0-9]*$ && $ROUNDS =~ ^[1-9][0-9]*$ ]] ||
+  die "BENCH_RELAYS, BENCH_MIRRORS_PER_RELAY and BENCH_RELAY_ROUNDS must be positive integers"
 [[ -d $BUILD_DIR/bin ]] || die "no $BUILD_DIR/bin: build first (make build)"
 BIN=$(cd "$BUILD_DIR/bin" && pwd)
 for prog in mirrorcast mirrorcast-broker mirrorcast-publish mirrorcast-subscriber \
@@ -164,6 +168,7 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.6f", a - b }'; }
+median() { tr ' ' '\n' | { grep . || true; } | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 short() {
   if (($1 >= 1000000 && $1 % 1000000 == 0)); then echo "$(($1 / 1000000))M"
   elif (($1 >= 1000 && $1 % 1000 == 0)); then echo "$(($1 / 1000))k"
@@ -367,11 +372,11 @@ fail_setup() { # N KIND MESSAGE
 }
 
 # Applies the benchmark's update to TREE (the same seed: the same update).
-update_tree() { # N TREE
+update_tree() { # N TREE ROUND
   local n=$1 pk
   pk=$((n - 2))
   "$GEN" update "$2" --modify $((pk * 6 / 1000)) --add $((pk * 3 / 1000)) --delete $((pk / 1000)) \
-    --min "$MIN_BYTES" --max "$MAX_BYTES" --seed 92 >>"$LOGS/gen.log" 2>&1 ||
+    --min "$MIN_BYTES" --max "$MAX_BYTES" --seed $((91 + $3)) >>"$LOGS/gen.log" 2>&1 ||
     die "mirrorcast-bench-gen update failed (log: $LOGS/gen.log)"
 }
 
@@ -433,50 +438,57 @@ run_mirrorcast() { # N KIND
   info "$kind: $((R * M)) mirrors at serial 1 (adopted their hard-linked trees) in $((SECONDS - tb)) s"
   sleep 2 # event subscriptions settle (PUB/SUB drops what precedes them)
 
-  update_tree "$n" "$origin_tree"
-  # shellcheck disable=SC2086
-  sock_counters ${PORTS_OF[$origin]} >"$w/sock.before"
+  local round serial last first l_e="" l_t="" l_c="" rports=""
   if [[ $kind == relay ]]; then
-    local rports=""
     for name in "${relay_names[@]}"; do rports+=" ${PORTS_OF[$name]}"; done
-    # shellcheck disable=SC2086
-    sock_counters $rports >"$w/relay-sock.before"
   fi
-  cpu0=$(proc_cpu "${PID_OF[$origin]}")
-  t0=$(now)
-  publish "$origin" "$origin_tree" "$w/pub-state" 2 ||
-    { fail_setup "$n" "$kind" "update publish: $SETUP_ERROR"; stop_all 15; return 0; }
-  info "$kind: publisher: $PUB_OUT($(sub "$(now)" "$t0") s)"
-  wait_applied 2 "$update_bound" "${names[@]}" ||
-    { fail_setup "$n" "$kind" "update: $SETUP_ERROR"; stop_all 15; return 0; }
-  local last=$APPLIED_LAST first=$APPLIED_FIRST
-  sleep 1 # the ACKs (and, through relays, their batches) reach the origin
-  cpu1=$(proc_cpu "${PID_OF[$origin]}")
-  # shellcheck disable=SC2086
-  sock_counters ${PORTS_OF[$origin]} >"$w/sock.after"
-  sock_delta "$w/sock.before" "$w/sock.after"
-  V[$n.${kind}_egress]=$SOCK_BYTES
-  V[$n.${kind}_time]=$(sub "$last" "$t0")
-  V[$n.${kind}_cpu]=$(sub "$cpu1" "$cpu0")
-  info "$kind: first mirror applied after $(sub "$first" "$t0") s, all $((R * M)) after ${V[$n.${kind}_time]} s;" \
-    "origin sent $SOCK_BYTES bytes ($(human_bytes "$SOCK_BYTES")) on $(wc -l <"$w/sock.after") sockets" \
-    "($SOCK_NEW new, $SOCK_GONE closed in between: their bytes are not counted), CPU ${V[$n.${kind}_cpu]} s"
-  if [[ $kind == relay ]]; then
+  for ((round = 1; round <= ROUNDS; round++)); do
+    serial=$((round + 1))
+    update_tree "$n" "$origin_tree" "$round"
     # shellcheck disable=SC2086
-    sock_counters $rports >"$w/relay-sock.after"
-    sock_delta "$w/relay-sock.before" "$w/relay-sock.after"
-    local rl=""
-    for name in "${relay_names[@]}"; do
-      rl+=" $(sub "$(log_epoch "$(grep -m 1 -E "applied repo=$REPO serial=2 " "$LOGS/$name.log" | cut -d' ' -f1)")" "$t0")"
-      rl+="/$(sub "$(log_epoch "$(grep -m 1 -E "relayed repo=$REPO serial=2 " "$LOGS/$name.log" | cut -d' ' -f1)" || echo "$t0")" "$t0")"
-    done
-    info "relay: relays applied/re-published serial 2 after (s):$rl; the relays sent $SOCK_BYTES bytes" \
-      "($(human_bytes "$SOCK_BYTES")) to their mirrors ($SOCK_GONE sockets closed in between)"
-  fi
+    sock_counters ${PORTS_OF[$origin]} >"$w/sock.before"
+    # shellcheck disable=SC2086
+    [[ $kind != relay ]] || sock_counters $rports >"$w/relay-sock.before"
+    cpu0=$(proc_cpu "${PID_OF[$origin]}")
+    t0=$(now)
+    publish "$origin" "$origin_tree" "$w/pub-state" "$serial" ||
+      { fail_setup "$n" "$kind" "update publish (round $round): $SETUP_ERROR"; stop_all 15; return 0; }
+    info "$kind round $round: publisher: $PUB_OUT($(sub "$(now)" "$t0") s)"
+    wait_applied "$serial" "$update_bound" "${names[@]}" ||
+      { fail_setup "$n" "$kind" "update (round $round): $SETUP_ERROR"; stop_all 15; return 0; }
+    last=$APPLIED_LAST first=$APPLIED_FIRST
+    sleep 1 # the ACKs (and, through relays, their batches) reach the origin
+    cpu1=$(proc_cpu "${PID_OF[$origin]}")
+    # shellcheck disable=SC2086
+    sock_counters ${PORTS_OF[$origin]} >"$w/sock.after"
+    sock_delta "$w/sock.before" "$w/sock.after"
+    l_e+=" $SOCK_BYTES" l_t+=" $(sub "$last" "$t0")" l_c+=" $(sub "$cpu1" "$cpu0")"
+    info "$kind round $round: first mirror applied after $(sub "$first" "$t0") s, all $((R * M)) after" \
+      "$(sub "$last" "$t0") s; origin sent $SOCK_BYTES bytes ($(human_bytes "$SOCK_BYTES")) on" \
+      "$(wc -l <"$w/sock.after") sockets ($SOCK_NEW new, $SOCK_GONE closed in between: their bytes are" \
+      "not counted), origin CPU $(sub "$cpu1" "$cpu0") s"
+    if [[ $kind == relay ]]; then
+      # shellcheck disable=SC2086
+      sock_counters $rports >"$w/relay-sock.after"
+      sock_delta "$w/relay-sock.before" "$w/relay-sock.after"
+      local rl="" ts
+      for name in "${relay_names[@]}"; do
+        ts=$(log_epoch "$(grep -m 1 -E "applied repo=$REPO serial=$serial " "$LOGS/$name.log" | cut -d' ' -f1)") || ts=$t0
+        rl+=" $(sub "$ts" "$t0")"
+        ts=$(log_epoch "$(grep -m 1 -E "relayed repo=$REPO serial=$serial " "$LOGS/$name.log" | cut -d' ' -f1)") || ts=$t0
+        rl+="/$(sub "$ts" "$t0")"
+      done
+      info "relay round $round: relays applied/re-published after (s):$rl; the relays sent $SOCK_BYTES" \
+        "bytes ($(human_bytes "$SOCK_BYTES")) to their mirrors ($SOCK_GONE sockets closed in between)"
+    fi
+  done
+  V[$n.${kind}_egress]=$(median <<<"$l_e")
+  V[$n.${kind}_time]=$(median <<<"$l_t")
+  V[$n.${kind}_cpu]=$(median <<<"$l_c")
   for ((i = 1; i <= R; i++)); do
     for ((j = 1; j <= M; j++)); do
       [[ $(tree_listing "$w/m$i-$j") == "$ORIGIN_LISTING" ]] ||
-        { fail_setup "$n" "$kind" "mirror m$i-$j differs from the origin after serial 2"; break 2; }
+        { fail_setup "$n" "$kind" "mirror m$i-$j differs from the origin after serial $serial"; break 2; }
     done
   done
   stop_all 15
@@ -497,44 +509,51 @@ run_rsync() { # N
     start_rsyncd "rsyncd-relay-$i-$n" "$w/relay-$i"
     relay_url[i]=$RSYNCD_URL
   done
-  update_tree "$n" "$w/origin"
-  cpu0=$(proc_cpu "$origin_pid" all)
-  t0=$(now)
-  for ((i = 1; i <= R; i++)); do
-    (
-      set -e
-      timeout -k 10 600 "$RSYNC" -a --delete --stats "$origin_url" "$w/relay-$i/" \
-        >"$w/relay-$i.stats" 2>>"$LOGS/rsync-$n.log"
-      now >"$w/relay-$i.done"
-      pids=()
-      for ((j = 1; j <= M; j++)); do
-        timeout -k 10 600 "$RSYNC" -a --delete --stats "${relay_url[i]}" "$w/m$i-$j/" \
-          >"$w/m$i-$j.stats" 2>>"$LOGS/rsync-$n.log" &
-        pids+=($!)
-      done
-      for p in "${pids[@]}"; do wait "$p"; done
-    ) &
-    chains+=($!)
-    JOBS+=($!)
-  done
-  for i in "${chains[@]}"; do wait "$i" || rc=$?; done
-  t1=$(now)
-  JOBS=()
-  wait_reaped "$origin_pid"
-  cpu1=$(proc_cpu "$origin_pid" all)
-  if ((rc != 0)); then
-    fail_setup "$n" rsync "an rsync pull failed (exit $rc): $(first_error "$LOGS/rsync-$n.log")"
-  else
+  local round l_e="" l_t="" l_c=""
+  for ((round = 1; round <= ROUNDS; round++)); do
+    update_tree "$n" "$w/origin" "$round"
+    cpu0=$(proc_cpu "$origin_pid" all)
+    t0=$(now)
+    chains=()
+    for ((i = 1; i <= R; i++)); do
+      (
+        set -e
+        timeout -k 10 600 "$RSYNC" -a --delete --stats "$origin_url" "$w/relay-$i/" \
+          >"$w/relay-$i.stats" 2>>"$LOGS/rsync-$n.log"
+        now >"$w/relay-$i.done"
+        pids=()
+        for ((j = 1; j <= M; j++)); do
+          timeout -k 10 600 "$RSYNC" -a --delete --stats "${relay_url[i]}" "$w/m$i-$j/" \
+            >"$w/m$i-$j.stats" 2>>"$LOGS/rsync-$n.log" &
+          pids+=($!)
+        done
+        for p in "${pids[@]}"; do wait "$p"; done
+      ) &
+      chains+=($!)
+      JOBS+=($!)
+    done
+    for i in "${chains[@]}"; do wait "$i" || rc=$?; done
+    t1=$(now)
+    JOBS=()
+    wait_reaped "$origin_pid"
+    cpu1=$(proc_cpu "$origin_pid" all)
+    ((rc == 0)) || break
+    egress=0
     for ((i = 1; i <= R; i++)); do egress=$((egress + $(rs_received "$w/relay-$i.stats"))); done
-    V[$n.rsync_egress]=$egress
-    V[$n.rsync_time]=$(sub "$t1" "$t0")
-    V[$n.rsync_cpu]=$(sub "$cpu1" "$cpu0")
+    l_e+=" $egress" l_t+=" $(sub "$t1" "$t0")" l_c+=" $(sub "$cpu1" "$cpu0")"
     local rl="" mb=0
     for ((i = 1; i <= R; i++)); do rl+=" $(sub "$(cat "$w/relay-$i.done")" "$t0")"; done
     for name in "${MIRRORS[@]}"; do mb=$((mb + $(rs_received "$w/$name.stats"))); done
-    info "rsync: relays done after (s):$rl; all $((R * M)) mirrors after ${V[$n.rsync_time]} s;" \
-      "origin daemon sent $egress bytes ($(human_bytes "$egress")) by the relays' --stats, CPU ${V[$n.rsync_cpu]} s;" \
-      "the relays sent $mb bytes ($(human_bytes "$mb")) to their mirrors"
+    info "rsync round $round: relays done after (s):$rl; all $((R * M)) mirrors after $(sub "$t1" "$t0") s;" \
+      "origin daemon sent $egress bytes ($(human_bytes "$egress")) by the relays' --stats, CPU" \
+      "$(sub "$cpu1" "$cpu0") s; the relays sent $mb bytes ($(human_bytes "$mb")) to their mirrors"
+  done
+  if ((rc != 0)); then
+    fail_setup "$n" rsync "an rsync pull failed (exit $rc): $(first_error "$LOGS/rsync-$n.log")"
+  else
+    V[$n.rsync_egress]=$(median <<<"$l_e")
+    V[$n.rsync_time]=$(median <<<"$l_t")
+    V[$n.rsync_cpu]=$(median <<<"$l_c")
     for name in "${MIRRORS[@]}"; do
       [[ $(tree_listing "$w/$name") == "$ORIGIN_LISTING" ]] ||
         { fail_setup "$n" rsync "mirror $name differs from the origin"; break; }
@@ -557,9 +576,10 @@ run_size() { # N
     die "mirrorcast-bench-gen tree failed (log: $LOGS/gen.log)"
   info "generated $(cat "$D/gen.out") in $(printf '%.1f' "$(sub "$(now)" "$t0")") s;" \
     "$(du -s -BM "$BASE" | cut -f1) on disk"
-  # What every mirror must hold after the update (the update on a scratch copy).
+  # What every mirror must hold after the updates (made on a scratch copy).
   cp -al "$BASE" "$D/expected-$n"
-  update_tree "$n" "$D/expected-$n"
+  local round
+  for ((round = 1; round <= ROUNDS; round++)); do update_tree "$n" "$D/expected-$n" "$round"; done
   ORIGIN_LISTING=$(tree_listing "$D/expected-$n")
   rm -rf "$D/expected-$n"
   local kind
@@ -598,14 +618,15 @@ machine() {
   echo "machine: nproc $(nproc) ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r)"
   echo "memory:  $(free -h | awk '/^Mem:/ { print $2 " total, " $7 " available" }')"
   echo "rsync:   $("$RSYNC" --version | head -n 1)"
-  echo "set-up:  $R relays x $M mirrors per relay ($((R * M)) mirrors); scale $SCALE, sizes: $SIZES files"
+  echo "set-up:  $R relays x $M mirrors per relay ($((R * M)) mirrors); scale $SCALE, sizes: $SIZES files;"
+  echo "         $ROUNDS updates per set-up and size (medians)"
   echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)"
 }
 report() {
   local n rows=() k unit label
   for n in $SIZES; do
-    for k in egress:bytes:"origin egress for the update" time:s:"publish start -> all $((R * M)) mirrors applied" \
-      cpu:s:"origin CPU seconds (user+sys)"; do
+    for k in egress:bytes:"origin egress per update" time:s:"publish start -> all $((R * M)) mirrors applied" \
+      cpu:s:"origin CPU seconds per update (user+sys)"; do
       IFS=: read -r key unit label <<<"$k"
       local rv=${V[$n.relay_$key]:-} dv=${V[$n.direct_$key]:-} sv=${V[$n.rsync_$key]:-} r1=- r2=-
       [[ -z $rv || -z $dv ]] || r1=$(ratio "$rv" "$dv")
