@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # mirrorcast benchmarks against rsync, side by side in one run (make bench):
 #
-#   bash bench/run.sh BUILD_DIR [delta] [idle] [fanout] [publish] [acks] [scale]
+#   bash bench/run.sh BUILD_DIR [delta] [idle] [fanout] [publish] [acks] [scale] [relay]
 #
-# With no names, all six run, in that order:
+# With no names, all seven run, in that order:
 #   delta    bytes on the wire for a changed large file (1% changed in 8 places)
 #   idle     work when nothing changed: bytes read and time (rsync -c, rsync)
 #   fanout   propagation of one update to N mirrors vs N parallel rsync pulls
@@ -12,6 +12,12 @@
 #   scale    the same scenario at 100k and 1M files (small: 10k, 50k), each vs
 #            rsync: bench/scale.sh, which prints its own table (also written to
 #            BUILD_DIR/bench-scale-results.txt); 10-30 min at full scale
+#   relay    one origin, 2 relays, 3 mirrors per relay vs the same 6 mirrors fed
+#            by the origin and vs an rsync hub-and-spoke: origin egress, time
+#            to the last mirror and origin CPU for a 1% update, at 10k and 100k
+#            files (small: 2k, 10k): bench/relay.sh, which prints its own table
+#            (also BUILD_DIR/bench-relay-results.txt; BENCH_RELAYS,
+#            BENCH_MIRRORS_PER_RELAY); about 10 min at full scale
 #
 # Environment:
 #   BENCH_SCALE=small    quick run with small trees (default: full)
@@ -29,7 +35,7 @@ set -euo pipefail
 
 BUILD_DIR=${1:-build}
 shift || true
-ALL_BENCHES=(delta idle fanout publish acks scale)
+ALL_BENCHES=(delta idle fanout publish acks scale relay)
 if (($# > 0)); then SELECTED=("$@"); else SELECTED=("${ALL_BENCHES[@]}"); fi
 for name in "${SELECTED[@]}"; do
   [[ " ${ALL_BENCHES[*]} " == *" $name "* ]] || {
@@ -726,6 +732,23 @@ bench_scale() {
 }
 
 # ---------------------------------------------------------------------------
+# 7. relay: bench/relay.sh (its own table; a FAILED set-up there fails this
+# run after the summary), started like scale.sh.
+# ---------------------------------------------------------------------------
+RELAY_RC=0
+bench_relay() {
+  local rc=0
+  BENCH_DIR=$D bash "$(dirname "${BASH_SOURCE[0]}")/relay.sh" "$BUILD_DIR" &
+  PIDS+=("$!")
+  NAMES+=(relay)
+  wait "$!" || rc=$?
+  unset 'PIDS[-1]' 'NAMES[-1]'
+  RELAY_RC=$rc
+  result relay "see the relay table above ($(basename "$BUILD_DIR")/bench-relay-results.txt)" \
+    "$( ((rc == 0)) && echo ok || echo "FAILED set-ups (exit $rc)")" - -
+}
+
+# ---------------------------------------------------------------------------
 # Run and report
 # ---------------------------------------------------------------------------
 machine() {
@@ -774,4 +797,4 @@ echo
 cat "$RESULTS_FILE"
 echo
 echo "(written to $RESULTS_FILE)"
-((SCALE_RC == 0)) || exit 1
+((SCALE_RC == 0 && RELAY_RC == 0)) || exit 1
