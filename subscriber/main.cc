@@ -8,9 +8,9 @@
 #include "core/cli/signals.h"
 #include "core/cli/transport.h"
 #include "core/fs/lock.h"
+#include "core/mirror/subscriber.h"
 #include "core/mirror/trace_files.h"
 #include "core/net/endpoint.h"
-#include "core/mirror/subscriber.h"
 
 namespace po = boost::program_options;
 

@@ -19,9 +19,9 @@
 
 #include "core/crypto/keys.h"
 #include "core/manifest/manifest.h"
+#include "core/mirror/subscriber.h"
 #include "core/net/endpoint.h"
 #include "core/wire/envelope.h"
-#include "core/mirror/subscriber.h"
 #include "tests/integration/hostile_broker.h"
 #include "tests/support/entries.h"
 #include "tests/support/fake_clock.h"

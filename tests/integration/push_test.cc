@@ -6,8 +6,8 @@
 
 #include "core/cli/signals.h"
 #include "core/crypto/sha256.h"
-#include "core/net/endpoint.h"
 #include "core/mirror/subscriber.h"
+#include "core/net/endpoint.h"
 #include "tests/integration/cluster.h"
 #include "tests/support/tree.h"
 
