@@ -1599,17 +1599,10 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request,
                 " (logged once per key and id)");
     return Fail("refused: this key may ACK only as mirror " + caller->name);
   }
-  if (Status s = ValidateRepoName(ack.repo()); !s.ok()) return Fail(s.message());
-  if (ack.error().size() > 4096) return Fail("error text too long");
-  // A mirror can only hold what was published.
-  const RepoHead head = state_->Head(ack.repo());
-  if (ack.serial() > head.serial || ack.target_serial() > head.serial) {
+  if (std::string why = AckRefusal(ack); !why.empty()) {
     MC_LOG(warning) << "refused ACK from mirror=" << EscapeForLog(ack.mirror_id())
-                    << " repo=" << ack.repo() << ": serial " << ack.serial() << " (target "
-                    << ack.target_serial() << ") is above the latest, " << head.serial;
-    return Fail("refused: serial " + std::to_string(std::max(ack.serial(), ack.target_serial())) +
-                " is above the broker's latest serial " + std::to_string(head.serial) + " of " +
-                ack.repo());
+                    << " repo=" << EscapeForLog(ack.repo(), 64) << ": " << why;
+    return Fail("refused: " + why);
   }
   // Before the row moves: the serials this ACK passes were reached now.
   if (Status s = state_->RecordReached(ack, BrokerClock(options_).NowUnixMillis()); !s.ok()) {
@@ -1629,6 +1622,20 @@ v1::ControlReply Broker::HandleAck(const v1::AckRequest& request,
   v1::ControlReply reply = Ok();
   reply.mutable_ack();
   return reply;
+}
+
+std::string Broker::AckRefusal(const v1::Ack& ack) {
+  if (!PrintableId(ack.mirror_id())) return "a bad mirror id";
+  if (Status s = ValidateRepoName(ack.repo()); !s.ok()) return s.message();
+  if (ack.error().size() > 4096) return "error text too long";
+  // A mirror can only hold what was published.
+  const RepoHead head = state_->Head(ack.repo());
+  if (ack.serial() > head.serial || ack.target_serial() > head.serial) {
+    return "serial " + std::to_string(std::max(ack.serial(), ack.target_serial())) +
+           " is above the broker's latest serial " + std::to_string(head.serial) + " of " +
+           ack.repo();
+  }
+  return "";
 }
 
 v1::ControlReply Broker::HandleRelayAcks(const v1::RelayAcksRequest& request,
@@ -1654,24 +1661,17 @@ v1::ControlReply Broker::HandleRelayAcks(const v1::RelayAcksRequest& request,
   uint32_t recorded = 0;
   for (const v1::RelayedAck& r : request.acks()) {
     const v1::Ack& ack = r.ack();
-    std::string why;
-    const RepoHead head = ValidateRepoName(ack.repo()).ok() ? state_->Head(ack.repo()) : RepoHead{};
-    if (!PrintableId(ack.mirror_id())) {
-      why = "a bad mirror id";
+    // The checks of a mirror's own ACK, then the relay's limits.
+    std::string why = AckRefusal(ack);
+    if (!why.empty()) {
     } else if (ack.mirror_id() == relay) {
       why = "the relay's own id (its own ACKs come direct)";
     } else if (list && (list->NameHasRole(ack.mirror_id(), PeerRole::kPublish) ||
                         list->NameHasRole(ack.mirror_id(), PeerRole::kAdmin))) {
       why = "a name this broker lists as a publisher or admin";
-    } else if (!ValidateRepoName(ack.repo()).ok()) {
-      why = "a bad repo name";
     } else if (r.via().size() > 1024 ||
                !PrintableId(r.via().empty() ? "x" : r.via().substr(0, 128))) {
       why = "a bad relay path";
-    } else if (ack.error().size() > 4096) {
-      why = "an error text that is too long";
-    } else if (ack.serial() > head.serial || ack.target_serial() > head.serial) {
-      why = "a serial above this broker's latest, " + std::to_string(head.serial);
     } else if (direct.count({ack.mirror_id(), ack.repo()})) {
       why = "a mirror that reports to this broker directly";
     }

@@ -258,6 +258,10 @@ class Broker {
   // per ACK: the relay's own name, a name this broker lists as a publisher
   // or admin, and a mirror that reports to this broker directly and was
   // seen recently (a relay cannot take over another's mirror record).
+  // Why an ACK (a mirror's own or forwarded) cannot be recorded: a bad id
+  // or repo, an oversized error text, a serial above the repo's head; ""
+  // when it can.
+  std::string AckRefusal(const v1::Ack& ack);
   v1::ControlReply HandleRelayAcks(const v1::RelayAcksRequest& request,
                                    const std::optional<PeerIdentity>& caller);
   // Relay mode: an ACK row to forward upstream (changed since it was last
